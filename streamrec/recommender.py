@@ -1,0 +1,292 @@
+"""The recommender core: learn from a micro-batch of events, then refresh the touched users' top-k.
+
+Plain Python, no Kafka: the Faust agents, the evaluation harness and the tests all drive this one class.
+Per batch it (1) embeds search queries in one call, (2) walks the events in order — so each user's events
+apply in sequence — turning every labelled event into a training example scored against the user's state
+*before* the event, then folding the event into the profile, co-visitation and popularity, (3) takes one
+SGD step on the fusion ranker for the whole batch, and (4) retrieves and ranks candidates for all touched
+users with one FAISS call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .events import ITEM_EVENT_TYPES, Event, ItemEmbedding
+from .profiles import ProfileStore, UserProfile, apply_event, unit
+from .ranker import FEATURES, FusionRanker
+from .retrieval import Catalog, CoVisitation, freshness, log1p_safe, price_feature
+from .settings import Settings
+
+QueryEncoder = Callable[[Sequence[str]], np.ndarray]
+F_INDEX = {name: i for i, name in enumerate(FEATURES)}
+SEARCH_KIND = "search"
+BEHAVIOUR_KIND = "behaviour"
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredItem:
+    item_id: str
+    score: float
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    """One message on the ``recommendations`` topic."""
+
+    user_id: str
+    items: tuple[ScoredItem, ...]
+    model_version: str
+    generated_at: float
+    event_ts: float
+    kind: str = BEHAVIOUR_KIND
+    query: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "user_id": self.user_id,
+            "kind": self.kind,
+            "items": [{"item_id": i.item_id, "score": round(i.score, 6), "reasons": list(i.reasons)} for i in self.items],
+            "model_version": self.model_version,
+            "generated_at": self.generated_at,
+            "event_ts": self.event_ts,
+        }
+        if self.query is not None:
+            out["query"] = self.query
+        return out
+
+
+@dataclass(slots=True)
+class BatchResult:
+    recommendations: list[Recommendation] = field(default_factory=list)
+    applied: int = 0
+    duplicates: int = 0
+    """Events skipped because their offset was already applied (at-least-once redelivery)."""
+    loss: float = 0.0
+
+
+@dataclass(slots=True)
+class _Request:
+    profile: UserProfile
+    ts: float
+    query: str | None = None
+    query_vector: np.ndarray | None = None
+
+
+class Recommender:
+    """Catalogue + co-visitation + popularity + fusion ranker, updated online."""
+
+    def __init__(self, settings: Settings, encode_queries: QueryEncoder | None = None) -> None:
+        self.settings = settings
+        self.catalog = Catalog(settings)
+        self.covis = CoVisitation(settings)
+        self.ranker = FusionRanker(settings)
+        self.encode_queries = encode_queries
+        self.rng = np.random.default_rng(settings.seed)
+        self.clock = 0.0
+        """Latest event time seen: 'now' for popularity and freshness, so replays are reproducible."""
+
+    # --- catalogue ----------------------------------------------------------------------------------
+    def upsert_item(self, emb: ItemEmbedding) -> bool:
+        return self.catalog.upsert(emb)
+
+    # --- features -----------------------------------------------------------------------------------
+    def features(
+        self,
+        profile: UserProfile,
+        rows: np.ndarray,
+        now: float,
+        covis: dict[int, float] | None = None,
+        query_vector: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Feature matrix (len(rows), F) of ``rows`` for ``profile`` as it is now."""
+        cat = self.catalog
+        vecs = cat.vectors[rows]
+        x = np.zeros((len(rows), len(FEATURES)), np.float32)
+        x[:, F_INDEX["sim_long"]] = vecs @ unit(profile.long_term)
+        x[:, F_INDEX["sim_intent"]] = vecs @ unit(profile.intent)
+        if query_vector is not None:
+            x[:, F_INDEX["sim_query"]] = vecs @ query_vector
+        if covis is None:
+            covis = self.covis.scores(self._rows(profile.recent), now)
+        if covis:
+            x[:, F_INDEX["covisit"]] = log1p_safe(np.array([covis.get(int(r), 0.0) for r in rows]))
+        total = sum(profile.categories.values())
+        if total > 0.0:
+            codes = cat.category[rows]
+            col = x[:, F_INDEX["category"]]
+            for name, w in profile.categories.items():
+                code = cat.category_code.get(name)
+                if code is not None:
+                    col[codes == code] = w / total
+        x[:, F_INDEX["popularity"]] = log1p_safe(cat.popularity_at(rows, now))
+        x[:, F_INDEX["price"]] = price_feature(cat.price[rows])
+        x[:, F_INDEX["freshness"]] = freshness(cat.item_ts[rows], now, self.settings.freshness_half_life_s) * (
+            cat.item_ts[rows] > 0
+        )
+        x[:, F_INDEX["seen"]] = np.isin(rows, self._rows(profile.recent))
+        return x
+
+    def _rows(self, item_ids: Sequence[str]) -> list[int]:
+        row_of = self.catalog.row_of
+        return [row_of[i] for i in item_ids if i in row_of]
+
+    # --- learning -----------------------------------------------------------------------------------
+    def _negatives(self, profile: UserProfile, positive: int) -> list[int]:
+        shown = [r for r in self._rows(profile.shown) if r != positive][: self.settings.negatives_shown]
+        n_items = len(self.catalog)
+        sampled: list[int] = []
+        if n_items > 1:
+            draws = self.rng.integers(0, n_items, size=self.settings.negatives_sampled)
+            sampled = [int(r) for r in draws if r != positive and r not in shown]
+        return shown + sampled
+
+    def learn(
+        self,
+        events: Sequence[Event],
+        store: ProfileStore,
+        positions: Sequence[tuple[int, int] | None] | None = None,
+    ) -> tuple[BatchResult, dict[str, _Request], list[_Request]]:
+        """Fold a batch into state and step the ranker once; returns who needs fresh recommendations."""
+        result = BatchResult()
+        queries = [e.query for e in events if e.type == "search" and e.query]
+        qvecs: dict[str, np.ndarray] = {}
+        if queries and self.encode_queries is not None:
+            unique = list(dict.fromkeys(queries))
+            for q, v in zip(unique, self.encode_queries(unique), strict=True):
+                qvecs[q] = unit(np.asarray(v, np.float32))
+        profiles: dict[str, UserProfile] = {}
+        behaviour: dict[str, _Request] = {}
+        searches: list[_Request] = []
+        pos_x: list[np.ndarray] = []
+        neg_x: list[np.ndarray] = []
+        weights: list[float] = []
+        for idx, event in enumerate(events):
+            profile = profiles.get(event.user_id) or store.get(event.user_id)
+            if profile is None:
+                profile = UserProfile.new(event.user_id, self.settings.embedding_dim)
+            profiles[event.user_id] = profile
+            part, off = (positions[idx] or (None, None)) if positions is not None else (None, None)
+            if profile.already_applied(part, off):
+                result.duplicates += 1
+                continue
+            self.clock = max(self.clock, event.ts)
+            if event.type in ITEM_EVENT_TYPES and event.item_id is not None:
+                row = self.catalog.ensure(event.item_id)
+                if event.context and isinstance(event.context.get("category"), str):
+                    self.catalog.set_category(row, event.context["category"])
+                negs = self._negatives(profile, row)
+                if negs:
+                    rows = np.array([row, *negs], dtype=np.int64)
+                    x = self.features(profile, rows, event.ts)
+                    pos_x.append(x[0])
+                    neg_x.append(x[1:])
+                    weights.append(self.settings.event_weight(event.type))
+                previous = self._rows(profile.recent)
+                vector = self.catalog.vectors[row] if self.catalog.has_vector[row] else None
+                apply_event(profile, event, vector, self.catalog.category_of(row), self.settings, part, off)
+                weight = self.settings.event_weight(event.type)
+                self.covis.add(previous, row, weight, event.ts)
+                self.catalog.add_popularity(row, weight, event.ts)
+                behaviour[event.user_id] = _Request(profile, event.ts)
+            else:  # search: update intent with the query, answer with query-aware results
+                qv = qvecs.get(event.query or "")
+                apply_event(profile, event, qv, None, self.settings, part, off)
+                searches.append(_Request(profile, event.ts, event.query, qv))
+            result.applied += 1
+        if pos_x:
+            m = max(len(n) for n in neg_x)
+            neg = np.zeros((len(neg_x), m, len(FEATURES)), np.float32)
+            for i, n in enumerate(neg_x):
+                neg[i, : len(n)] = n
+            result.loss = self.ranker.step(
+                np.stack(pos_x),
+                neg,
+                np.array([len(n) for n in neg_x], np.int64),
+                np.array(weights, np.float32),
+            )
+        for profile in profiles.values():
+            store.put(profile)
+        return result, behaviour, searches
+
+    # --- recommending -------------------------------------------------------------------------------
+    def recommend(
+        self,
+        profiles: Sequence[UserProfile],
+        now: float | None = None,
+        query_vectors: Sequence[np.ndarray | None] | None = None,
+        k: int | None = None,
+    ) -> list[list[ScoredItem]]:
+        """Top-k for each profile (one FAISS call for all); query vectors make it a search."""
+        k = k or self.settings.top_k
+        now = self.clock if now is None else now
+        n_cand = self.settings.candidates_per_source
+        qvs = list(query_vectors) if query_vectors is not None else [None] * len(profiles)
+        retrieval = np.zeros((len(profiles), self.settings.embedding_dim), np.float32)
+        blend = self.settings.search_query_weight
+        for i, (p, qv) in enumerate(zip(profiles, qvs, strict=True)):
+            taste = unit(unit(p.long_term) + unit(p.intent))
+            retrieval[i] = unit(blend * qv + (1.0 - blend) * taste) if qv is not None else taste
+        _, sem_rows = self.catalog.search(retrieval, n_cand)
+        popular = self.catalog.top_popular(n_cand)
+        out: list[list[ScoredItem]] = []
+        for i, profile in enumerate(profiles):
+            seeds = self._rows(profile.recent)
+            covis = self.covis.scores(seeds, now)
+            covis_top = sorted(covis, key=covis.__getitem__, reverse=True)[:n_cand]
+            cands = np.unique(
+                np.concatenate(
+                    [sem_rows[i][sem_rows[i] >= 0] if len(sem_rows) else [], covis_top, popular]
+                ).astype(np.int64)
+            )
+            if self.settings.exclude_purchased and profile.purchased:
+                cands = cands[~np.isin(cands, self._rows(profile.purchased))]
+            if len(cands) == 0:
+                out.append([])
+                continue
+            x = self.features(profile, cands, now, covis, qvs[i])
+            scores = self.ranker.score(x)
+            top = np.argsort(-scores, kind="stable")[:k]
+            out.append(
+                [
+                    ScoredItem(self.catalog.item_id(int(cands[j])), float(scores[j]), tuple(self.ranker.reasons(x[j])))
+                    for j in top
+                ]
+            )
+        return out
+
+    def process(
+        self,
+        events: Sequence[Event],
+        store: ProfileStore,
+        positions: Sequence[tuple[int, int] | None] | None = None,
+    ) -> BatchResult:
+        """Learn from a batch, then publish-ready top-k for every user it touched (and every search)."""
+        result, behaviour, searches = self.learn(events, store, positions)
+        requests = list(behaviour.values()) + searches
+        if not requests:
+            return result
+        lists = self.recommend(
+            [r.profile for r in requests], self.clock, [r.query_vector for r in requests]
+        )
+        now = time.time()
+        version = self.ranker.version
+        for req, items in zip(requests, lists, strict=True):
+            kind = SEARCH_KIND if req.query is not None else BEHAVIOUR_KIND
+            if kind == BEHAVIOUR_KIND:
+                req.profile.shown = [i.item_id for i in items]
+                store.put(req.profile)
+            result.recommendations.append(
+                Recommendation(req.profile.user_id, tuple(items), version, now, req.ts, kind, req.query)
+            )
+        return result
+
+    def forget(self, user_id: str, store: ProfileStore) -> None:
+        """Delete everything kept about a user (privacy requests)."""
+        store.delete(user_id)

