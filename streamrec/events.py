@@ -113,7 +113,7 @@ class ItemEmbedding:
 # Field checks
 
 
-def _loads(raw: bytes | str, max_bytes: int) -> dict[str, Any]:
+def loads_message(raw: bytes | str, max_bytes: int) -> dict[str, Any]:
     if raw is None:
         raise InvalidMessage("empty message (null value)")
     size = len(raw)
@@ -227,15 +227,15 @@ def item_from_dict(obj: dict[str, Any], allowed: frozenset[str] = _ITEM_KEYS) ->
 
 
 def parse_event(raw: bytes | str, max_bytes: int = DEFAULT_MAX_BYTES) -> Event:
-    return event_from_dict(_loads(raw, max_bytes))
+    return event_from_dict(loads_message(raw, max_bytes))
 
 
 def parse_item(raw: bytes | str, max_bytes: int = DEFAULT_MAX_BYTES) -> Item:
-    return item_from_dict(_loads(raw, max_bytes))
+    return item_from_dict(loads_message(raw, max_bytes))
 
 
 def parse_item_embedding(raw: bytes | str, max_bytes: int = 1 << 20) -> ItemEmbedding:
-    obj = _loads(raw, max_bytes)
+    obj = loads_message(raw, max_bytes)
     for name in ("embedding", "dim", "model", "source"):
         if name not in obj:
             raise InvalidMessage(f"missing required field '{name}'")

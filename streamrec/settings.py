@@ -41,6 +41,8 @@ class Settings:
     """Prepended to every topic name, so several deployments can share one cluster."""
     app_id: str = "streamrec"
     """Faust application id; also the consumer-group id of the recommender workers."""
+    replication_factor: int = 1
+    """Replication of the topics ``streamrec topics apply`` creates (use 3 on a production cluster)."""
     security_protocol: SecurityProtocol = "PLAINTEXT"
     sasl_mechanism: SaslMechanism = "PLAIN"
     sasl_username: str = ""
@@ -60,6 +62,8 @@ class Settings:
     """Events taken from the stream per micro-batch."""
     batch_within_s: float = 0.005
     """Longest wait to fill a micro-batch before it is processed anyway."""
+    data_dir: str = ".streamrec"
+    """Local working directory of a worker (Faust's datadir)."""
     web_port: int = 6066
     web_host: str = "127.0.0.1"
 

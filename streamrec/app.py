@@ -1,0 +1,319 @@
+"""The recommender worker: a Faust app whose thin agents feed micro-batches to :class:`Recommender`.
+
+* ``events`` agent — takes up to ``batch_size`` events (or what arrived within ``batch_within_s``), rejects
+  invalid ones to ``dead-letters``, hands the rest to the core (profiles in a changelog-backed Faust table,
+  one ranker step per batch) and sends the refreshed top-k per user to ``recommendations``.
+* catalogue follower — every worker reads the whole compacted ``item-embeddings`` topic (not a consumer
+  group: each worker needs every item) and upserts items into its FAISS index as they arrive.
+* model snapshots — restored at start-up, published every ``snapshot_interval_s`` to ``model-snapshots``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import faust
+import numpy as np
+import orjson
+import torch
+from aiokafka.structs import ConsumerRecord
+from faust.streams import _current_event
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from .events import Event, InvalidMessage, dumps, event_from_dict, loads_message, parse_item_embedding
+from .kafka import DeadLetters, make_consumer, read_to_end
+from .profiles import UserProfile
+from .recommender import Recommender
+from .settings import Settings
+from .topics import load_topics
+
+log = logging.getLogger("streamrec.worker")
+
+PROFILE_TABLE = "profiles"
+LATENCY_WINDOW = 10_000
+FOLLOW_POLL_MS = 100
+MODEL_SNAPSHOT_KEY = b"fusion"
+
+
+def _patch_fetch_wait(wait_ms: int) -> None:
+    """Faust hard-codes a 1,500 ms fetch wait, which makes idle-to-busy wake-ups slow; use ours."""
+    cls = faust_aiokafka.AIOKafkaConsumerThread
+    original = getattr(cls, "_streamrec_original_create", cls._create_worker_consumer)
+
+    def create(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = wait_ms  # read by AIOKafkaConsumer.start() when it builds its Fetcher
+        return consumer
+
+    cls._streamrec_original_create = original
+    cls._create_worker_consumer = create
+
+
+def faust_credentials(settings: Settings) -> Any:
+    """SASL/SSL settings in Faust's terms (None for PLAINTEXT)."""
+    kw = settings.kafka_client_kwargs()
+    if settings.security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password,
+            mechanism=settings.sasl_mechanism,
+            ssl_context=kw.get("ssl_context"),
+        )
+    if settings.security_protocol == "SSL":
+        return faust.SSLCredentials(kw["ssl_context"])
+    return None
+
+
+@contextlib.contextmanager
+def _as_current(event: Any) -> Iterator[None]:
+    """Make ``event`` Faust's current event, so a table write goes to *its* changelog partition.
+
+    Inside ``take_events`` the current event is the last one of the batch, which may belong to another
+    partition; each user's state must be written where that user's events are.
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class TableProfileStore:
+    """:class:`ProfileStore` over a Faust table of raw bytes, keyed by UTF-8 user id."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self.source_event: dict[str, Any] = {}
+
+    def get(self, user_id: str) -> UserProfile | None:
+        raw = self.table.get(user_id.encode())
+        return None if raw is None else UserProfile.from_bytes(raw)
+
+    def put(self, profile: UserProfile) -> None:
+        with _as_current(self.source_event[profile.user_id]):
+            self.table[profile.user_id.encode()] = profile.to_bytes()
+
+    def delete(self, user_id: str) -> None:
+        with _as_current(self.source_event[user_id]):
+            self.table.pop(user_id.encode(), None)
+
+
+@dataclass
+class WorkerStats:
+    """Counters shown on ``/stats`` and in logs."""
+
+    started: float = field(default_factory=time.time)
+    events: int = 0
+    duplicates: int = 0
+    recommendations: int = 0
+    batches: int = 0
+    items_indexed: int = 0
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+
+    def as_dict(self, recommender: Recommender, dead_letters: int) -> dict[str, Any]:
+        lat = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(1)
+        elapsed = max(time.time() - self.started, 1e-9)
+        return {
+            "events": self.events,
+            "events_per_s": self.events / elapsed,
+            "duplicates_skipped": self.duplicates,
+            "recommendations": self.recommendations,
+            "batches": self.batches,
+            "dead_letters": dead_letters,
+            "items_indexed": recommender.catalog.n_indexed,
+            "model_version": recommender.ranker.version,
+            "processing_ms_p50": float(np.percentile(lat, 50)),
+            "processing_ms_p99": float(np.percentile(lat, 99)),
+        }
+
+
+class Worker:
+    """Wires the core to Faust: holds the recommender, the table store and the output topics."""
+
+    def __init__(self, settings: Settings, app: faust.App, encode_queries: Any = None) -> None:
+        self.settings = settings
+        self.app = app
+        self.recommender = Recommender(settings, encode_queries)
+        self.stats = WorkerStats()
+        self.catalog_ready = asyncio.Event()
+        self.model_ready = asyncio.Event()
+        self._snapshotted_steps = -1
+        self.dead_letters = DeadLetters(settings, self._send_raw)
+
+    async def _send_raw(self, topic: str, key: bytes, value: bytes) -> None:
+        await self.app.producer.send(topic, key, value, partition=None, timestamp=None, headers=None)
+
+    # --- events -------------------------------------------------------------------------------------
+    async def handle_batch(self, batch: Sequence[Any], store: TableProfileStore, recs_topic: Any) -> None:
+        await self.catalog_ready.wait()
+        await self.model_ready.wait()
+        t0 = time.perf_counter()
+        valid: list[Event] = []
+        positions: list[tuple[int, int] | None] = []
+        for fevent in batch:
+            msg = fevent.message
+            try:
+                obj = loads_message(fevent.value, self.settings.max_message_bytes)
+                event = event_from_dict(obj)
+            except InvalidMessage as exc:
+                await self.dead_letters.reject(msg.topic, fevent.value, str(exc), msg.key, msg.partition, msg.offset)
+                continue
+            store.source_event[event.user_id] = fevent
+            valid.append(event)
+            positions.append((msg.partition, msg.offset))
+        if valid:
+            result = self.recommender.process(valid, store, positions)
+            for rec in result.recommendations:
+                await recs_topic.send(key=rec.user_id.encode(), value=dumps(rec.to_dict()))
+            self.stats.events += result.applied
+            self.stats.duplicates += result.duplicates
+            self.stats.recommendations += len(result.recommendations)
+        store.source_event.clear()
+        self.stats.batches += 1
+        self.stats.latencies_ms.append((time.perf_counter() - t0) * 1000.0)
+
+    # --- catalogue ----------------------------------------------------------------------------------
+    def _apply_item_record(self, record: ConsumerRecord) -> str | None:
+        """Upsert one ``item-embeddings`` record; returns the rejection reason for a bad one."""
+        try:
+            emb = parse_item_embedding(record.value)
+        except InvalidMessage as exc:
+            return str(exc)
+        if emb.vector.shape[0] != self.settings.embedding_dim:
+            return f"embedding has {emb.vector.shape[0]} dimensions, this deployment uses {self.settings.embedding_dim}"
+        if self.recommender.upsert_item(emb):
+            self.stats.items_indexed += 1
+        return None
+
+    async def follow_catalog(self) -> None:
+        """Load every item embedding, mark the catalogue ready, then keep applying new ones."""
+        topic = self.settings.topic("item-embeddings")
+        consumer = make_consumer(self.settings)
+        await consumer.start()
+        rejected: list[tuple[ConsumerRecord, str]] = []
+
+        def apply(record: ConsumerRecord) -> None:
+            reason = self._apply_item_record(record)
+            if reason is not None:
+                rejected.append((record, reason))
+
+        try:
+            n = await read_to_end(self.settings, topic, apply, consumer=consumer)
+            log.info("catalogue loaded: %d records, %d items indexed", n, self.recommender.catalog.n_indexed)
+            self.catalog_ready.set()
+            while True:
+                for record, reason in rejected:
+                    await self.dead_letters.reject(
+                        topic, record.value, reason, record.key, record.partition, record.offset
+                    )
+                rejected.clear()
+                batch = await consumer.getmany(timeout_ms=FOLLOW_POLL_MS)
+                for records in batch.values():
+                    for record in records:
+                        apply(record)
+        finally:
+            await consumer.stop()
+
+    # --- model snapshots ----------------------------------------------------------------------------
+    async def restore_model(self) -> None:
+        latest: dict[str, Any] = {}
+
+        def keep(record: ConsumerRecord) -> None:
+            if record.value is not None and record.key == MODEL_SNAPSHOT_KEY:
+                latest["snap"] = orjson.loads(record.value)
+
+        await read_to_end(self.settings, self.settings.topic("model-snapshots"), keep)
+        if "snap" in latest:
+            try:
+                self.recommender.ranker.restore(latest["snap"])
+                log.info("ranker resumed from snapshot %s", self.recommender.ranker.version)
+            except (ValueError, KeyError) as exc:
+                log.warning("ignoring incompatible model snapshot: %s", exc)
+        self._snapshotted_steps = self.recommender.ranker.steps
+        self.model_ready.set()
+
+    async def publish_snapshot(self) -> None:
+        ranker = self.recommender.ranker
+        if not self.model_ready.is_set() or ranker.steps == self._snapshotted_steps:
+            return
+        await self._send_raw(self.settings.topic("model-snapshots"), MODEL_SNAPSHOT_KEY, dumps(ranker.snapshot()))
+        self._snapshotted_steps = ranker.steps
+
+
+def create_app(settings: Settings | None = None, with_query_encoder: bool = True) -> tuple[faust.App, Worker]:
+    """Build the Faust app and its worker state from settings."""
+    settings = settings or Settings.from_env()
+    _patch_fetch_wait(settings.fetch_max_wait_ms)
+    # One intra-op thread per process: on small machines OpenMP spin-waits make more threads slower.
+    faiss.omp_set_num_threads(settings.torch_threads)
+    torch.set_num_threads(settings.torch_threads)
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    specs = load_topics()
+    partitions = specs["events"].partitions
+    app = faust.App(
+        settings.app_id,
+        broker=";".join(f"kafka://{b.strip()}" for b in settings.broker.split(",")),
+        broker_credentials=faust_credentials(settings),
+        store="memory://",
+        datadir=f"{settings.data_dir}/{settings.app_id}-data",
+        processing_guarantee="at_least_once",
+        topic_replication_factor=settings.replication_factor,
+        topic_partitions=partitions,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_rebalance_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=True,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        producer_linger_ms=1,
+    )
+    encode_queries = None
+    if with_query_encoder:
+        from .encoder import TextEncoder
+
+        encoder = TextEncoder(settings)
+        encode_queries = encoder.encode
+    worker = Worker(settings, app, encode_queries)
+    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    events_topic = app.topic(settings.topic("events"), **raw)
+    recs_topic = app.topic(settings.topic("recommendations"), **raw)
+    table = app.Table(PROFILE_TABLE, partitions=partitions, key_type=bytes, value_type=bytes)
+    store = TableProfileStore(table)
+
+    @app.agent(events_topic, name="events")
+    async def on_events(stream: Any) -> None:
+        async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+            await worker.handle_batch(batch, store, recs_topic)
+
+    @app.task
+    async def on_start() -> None:
+        await worker.restore_model()
+        await worker.follow_catalog()
+
+    @app.timer(settings.snapshot_interval_s)
+    async def snapshot() -> None:
+        await worker.publish_snapshot()
+
+    @app.page("/stats")
+    async def stats_page(web: Any, request: Any) -> Any:
+        return web.json(worker.stats.as_dict(worker.recommender, worker.dead_letters.count))
+
+    return app, worker
+
+
+def run_worker(settings: Settings | None = None, loglevel: str = "info") -> None:
+    """Run the recommender worker until interrupted (SIGINT/SIGTERM stop it cleanly)."""
+    app, _ = create_app(settings)
+    faust.Worker(app, loglevel=loglevel).execute_from_commandline()

@@ -1,0 +1,195 @@
+"""``streamrec`` command line: broker, topics, workers, replay, recommendations and the demo.
+
+Every command reads :class:`Settings` from the environment (``STREAMREC_*``); ``--broker`` overrides
+``STREAMREC_BROKER`` for one call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from .settings import Settings, SettingsError
+
+
+def _settings(ctx: click.Context) -> Settings:
+    return ctx.obj["settings"]
+
+
+@click.group()
+@click.option("--broker", envvar="STREAMREC_BROKER", default=None, help="Kafka bootstrap servers (host:port,...).")
+@click.pass_context
+def cli(ctx: click.Context, broker: str | None) -> None:
+    """streamrec — streaming real-time recommendations with online learning on Kafka."""
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+    if broker:
+        settings = settings.replace(broker=broker)
+        os.environ["STREAMREC_BROKER"] = broker  # child processes and Faust see the same broker
+    ctx.obj = {"settings": settings}
+
+
+@cli.command()
+@click.option("--port", default=9092, show_default=True, help="Loopback port to listen on.")
+def broker(port: int) -> None:
+    """Run the local Kafka-compatible broker (Tansu, in memory) on 127.0.0.1 until Ctrl-C."""
+    from .broker import LocalBroker
+
+    with LocalBroker(port) as b:
+        click.echo(f"local broker listening on {b.url} (in-memory; Ctrl-C to stop)")
+        stop = {"flag": False}
+
+        def _stop(*_: Any) -> None:
+            stop["flag"] = True
+
+        signal.signal(signal.SIGTERM, _stop)
+        try:
+            while not stop["flag"] and b.process is not None and b.process.poll() is None:
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
+
+
+@cli.group()
+def topics() -> None:
+    """Topic contracts (topics/*.json)."""
+
+
+@topics.command("apply")
+@click.pass_context
+def topics_apply(ctx: click.Context) -> None:
+    """Create every declared topic that is missing on the broker."""
+    from .topics import apply_topics
+
+    created = asyncio.run(apply_topics(_settings(ctx)))
+    click.echo(f"created {len(created)} topic(s): {', '.join(created) if created else '(all existed)'}")
+
+
+@topics.command("list")
+def topics_list() -> None:
+    """Print the declared topics."""
+    from .topics import load_topics
+
+    for spec in load_topics().values():
+        policy = spec.config.get("cleanup.policy", "delete")
+        click.echo(f"{spec.name:18} partitions={spec.partitions:<3} key={spec.key:22} {policy:8} {spec.description}")
+
+
+@cli.command()
+@click.option("--loglevel", default="info", show_default=True)
+@click.pass_context
+def worker(ctx: click.Context, loglevel: str) -> None:
+    """Run a recommender worker (Faust app; scale out by starting more)."""
+    from .app import run_worker
+
+    sys.argv = [sys.argv[0], "worker"]  # Faust's command line parser must not see ours
+    run_worker(_settings(ctx), loglevel)
+
+
+@cli.command()
+@click.pass_context
+def encoder(ctx: click.Context) -> None:
+    """Run an encoder worker: items → item-embeddings."""
+    from .encoder_worker import main as encoder_main
+
+    encoder_main(_settings(ctx))
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["taobao", "movielens", "csv", "jsonl"]), required=True)
+@click.option("--speed", type=float, default=None, help="Replay at N× real time (default: as fast as possible).")
+@click.option("--limit", type=int, default=None, help="Only the first N rows of the file.")
+@click.option("--columns", default=None, help="csv: column mapping, e.g. user=uid,item=sku,type=action,ts=time.")
+@click.option("--types", "type_map", default=None, help="csv: event names, e.g. pageview=view,order=purchase.")
+@click.option("--ts-format", type=click.Choice(["unix", "unix_ms", "iso"]), default="unix", show_default=True)
+@click.option("--delimiter", default=",", show_default=True)
+@click.option("--no-header", is_flag=True, help="csv: the file has no header row (columns are 0-based indexes).")
+@click.pass_context
+def replay(
+    ctx: click.Context,
+    file: Path,
+    fmt: str,
+    speed: float | None,
+    limit: int | None,
+    columns: str | None,
+    type_map: str | None,
+    ts_format: str,
+    delimiter: str,
+    no_header: bool,
+) -> None:
+    """Publish an event log to Kafka in timestamp order (items before the events that use them)."""
+    from .replay import CsvMapping, ReplayStats, publish, read_log
+
+    mapping = None
+    if fmt == "csv":
+        if not columns or not type_map:
+            raise click.UsageError("--format csv needs --columns and --types")
+        mapping = CsvMapping.from_options(
+            columns, type_map, timestamp_format=ts_format, delimiter=delimiter, has_header=not no_header
+        )
+    stats = ReplayStats()
+    records = list(read_log(file, fmt, mapping=mapping, limit=limit, stats=stats))
+    asyncio.run(publish(records, _settings(ctx), speed=speed, progress=True, total=len(records)))
+    click.echo(f"published {len(records)} records ({stats.events} events, {stats.items} items)")
+    if stats.skipped:
+        click.echo(f"skipped {stats.skipped} bad row(s); first reasons:", err=True)
+        for reason in stats.reasons[:5]:
+            click.echo(f"  {reason}", err=True)
+
+
+@cli.command()
+@click.argument("user")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw message.")
+@click.pass_context
+def recs(ctx: click.Context, user: str, as_json: bool) -> None:
+    """Print USER's latest recommendations from the recommendations topic."""
+    from .consumer import latest_recommendation
+
+    rec = asyncio.run(latest_recommendation(_settings(ctx), user))
+    if rec is None:
+        click.echo(f"no recommendations for {user!r} yet", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(orjson.dumps(rec, option=orjson.OPT_INDENT_2).decode())
+        return
+    click.echo(f"{rec['kind']} recommendations for {user} (model {rec['model_version']}):")
+    for rank, item in enumerate(rec["items"], start=1):
+        click.echo(f"{rank:3}. {item['item_id']:<20} {item['score']:8.3f}  {'; '.join(item['reasons'])}")
+
+
+@cli.command()
+@click.option("--dataset", type=click.Path(exists=True, path_type=Path), default=None, help="Replay a real log.")
+@click.option("--format", "fmt", type=click.Choice(["taobao", "movielens", "jsonl"]), default="taobao")
+@click.option("--limit", type=int, default=20_000, show_default=True, help="Rows of --dataset to replay.")
+@click.option("--users", type=int, default=60, show_default=True, help="Synthetic users.")
+@click.option("--events", "n_events", type=int, default=6_000, show_default=True, help="Synthetic events.")
+@click.option("--rate", type=float, default=300.0, show_default=True, help="Events/s for the latency phase.")
+@click.pass_context
+def demo(
+    ctx: click.Context, dataset: Path | None, fmt: str, limit: int, users: int, n_events: int, rate: float
+) -> None:
+    """Start everything locally, stream a catalogue and events, print recommendations and figures."""
+    from .demo import DemoOptions, run_demo
+
+    opts = DemoOptions(dataset=dataset, fmt=fmt, limit=limit, users=users, events=n_events, rate=rate)
+    code = run_demo(_settings(ctx), opts)
+    sys.exit(code)
+
+
+def main() -> None:
+    cli(prog_name="streamrec")
+
+
+if __name__ == "__main__":
+    main()

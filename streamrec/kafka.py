@@ -1,0 +1,120 @@
+"""aiokafka clients built from :class:`Settings`, and small helpers every worker shares.
+
+All clients get the same connection and security options (SASL/SSL pass through from settings). Producers
+are at-least-once (``acks=all``, no idempotence: the local broker rejects InitProducerId); consumers never
+trust ``end_offsets`` alone, because the local broker reports them short — they read until the topic is idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from .events import dead_letter, dumps
+from .settings import Settings
+
+LINGER_MS = 5
+IDLE_POLL_MS = 300
+"""A compacted topic counts as fully read after one empty poll this long past its reported end."""
+DISCOVER_TIMEOUT_S = 10.0
+
+
+def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+    kwargs: dict[str, Any] = {
+        **settings.kafka_client_kwargs(),
+        "acks": "all",
+        "linger_ms": LINGER_MS,
+        "enable_idempotence": False,
+        "max_request_size": max(settings.max_message_bytes * 4, 1 << 20),
+    }
+    kwargs.update(overrides)
+    return AIOKafkaProducer(**kwargs)
+
+
+def make_consumer(settings: Settings, *topics: str, **overrides: Any) -> AIOKafkaConsumer:
+    kwargs: dict[str, Any] = {
+        **settings.kafka_client_kwargs(),
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "fetch_max_wait_ms": settings.fetch_max_wait_ms,
+        "session_timeout_ms": int(settings.session_timeout_s * 1000),
+        "heartbeat_interval_ms": int(settings.heartbeat_interval_s * 1000),
+    }
+    kwargs.update(overrides)
+    return AIOKafkaConsumer(*topics, **kwargs)
+
+
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """All partitions of ``topic`` (waits for metadata; empty list if the topic does not exist)."""
+    deadline = asyncio.get_running_loop().time() + DISCOVER_TIMEOUT_S
+    while True:
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return [TopicPartition(topic, p) for p in sorted(parts)]
+        if asyncio.get_running_loop().time() > deadline:
+            return []
+        await consumer._client.force_metadata_update()
+        await asyncio.sleep(0.1)
+
+
+async def read_to_end(
+    settings: Settings,
+    topic: str,
+    on_record: Callable[[ConsumerRecord], None],
+    consumer: AIOKafkaConsumer | None = None,
+    partitions: list[TopicPartition] | None = None,
+) -> int:
+    """Read ``partitions`` (default: all) of ``topic`` from the beginning until idle; returns records read.
+
+    Stops only when each partition's position has passed its reported end offset *and* a poll comes
+    back empty — the local broker under-reports end offsets, so the second condition is what counts.
+    """
+    own = consumer is None
+    consumer = consumer or make_consumer(settings)
+    if own:
+        await consumer.start()
+    try:
+        tps = partitions or await partitions_of(consumer, topic)
+        if not tps:
+            return 0
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        count = 0
+        while True:
+            batch = await consumer.getmany(timeout_ms=IDLE_POLL_MS)
+            for records in batch.values():
+                for record in records:
+                    on_record(record)
+                    count += 1
+            if not batch and all([await consumer.position(tp) >= ends[tp] for tp in tps]):
+                return count
+    finally:
+        if own:
+            await consumer.stop()
+
+
+class DeadLetters:
+    """Sends rejected messages to ``dead-letters`` with their original bytes and the reason; counts them."""
+
+    def __init__(self, settings: Settings, send: Callable[[str, bytes, bytes], Any]) -> None:
+        self.topic = settings.topic("dead-letters")
+        self._send = send
+        self.count = 0
+
+    async def reject(
+        self,
+        source_topic: str,
+        value: bytes | None,
+        reason: str,
+        key: bytes | None = None,
+        partition: int | None = None,
+        offset: int | None = None,
+    ) -> None:
+        self.count += 1
+        record = dead_letter(source_topic, value, reason, key, partition, offset)
+        await self._send(self.topic, source_topic.encode(), dumps(record))

@@ -1,0 +1,110 @@
+"""Starting streamrec's workers as separate OS processes (demo, end-to-end tests, chaos runs).
+
+Each service is ``python -m streamrec <command>`` with the caller's settings passed as ``STREAMREC_*``
+environment variables, its output in a log file, and a clean SIGTERM → SIGKILL stop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+from .settings import ENV_PREFIX, Settings
+
+STOP_TIMEOUT_S = 20.0
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a child process build exactly these settings."""
+    env = dict(os.environ)
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        env[ENV_PREFIX + f.name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return env
+
+
+class Service:
+    """One streamrec worker process."""
+
+    def __init__(self, name: str, command: list[str], settings: Settings, log_dir: Path) -> None:
+        self.name = name
+        self.command = command
+        self.settings = settings
+        self.log_path = log_dir / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Service:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "streamrec", *self.command],
+            env=settings_env(self.settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, for resilience tests."""
+        if self.process is not None and self.alive:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
+        """SIGTERM and wait (SIGKILL after ``timeout``); returns the exit code."""
+        if self.process is None:
+            return None
+        if self.alive:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
+async def worker_stats(settings: Settings, timeout: float = 2.0) -> dict[str, float] | None:
+    """The worker's ``/stats`` page, or None while it is not up yet."""
+    url = f"http://{settings.web_host}:{settings.web_port}/stats"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+            session.get(url) as resp,
+        ):
+            if resp.status != 200:
+                return None
+            return await resp.json()
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return None
+
+
+def wait_until(predicate: object, timeout: float, interval: float = 0.2) -> bool:
+    """Poll a zero-argument callable until it returns truthy or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(interval)
+    return False

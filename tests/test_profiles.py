@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamrec.events import Event
+from streamrec.profiles import UserProfile, apply_event, category_affinity, decay_factor
+from streamrec.settings import Settings
+
+S = Settings(embedding_dim=3, recent_items=3, max_categories=2, profile_half_life_s=10.0, intent_half_life_s=1.0)
+E1 = np.array([1.0, 0.0, 0.0], np.float32)
+E2 = np.array([0.0, 1.0, 0.0], np.float32)
+
+
+def test_decay_halves_per_half_life() -> None:
+    assert decay_factor(10.0, 10.0) == pytest.approx(0.5)
+    assert decay_factor(-5.0, 10.0) == 1.0
+
+
+def test_weighted_decayed_sum_and_intent() -> None:
+    p = UserProfile.new("u", 3)
+    apply_event(p, Event("u", "purchase", 0.0, item_id="a"), E1, "x", S)
+    apply_event(p, Event("u", "view", 10.0, item_id="b"), E2, "y", S)
+    # long term: purchase weight 3 halved once, plus view 0.3
+    np.testing.assert_allclose(p.long_term, [1.5, 0.3, 0.0], rtol=1e-6)
+    # intent: 10 half-lives later the purchase is almost gone
+    np.testing.assert_allclose(p.intent, [3.0 * 2**-10, 0.3, 0.0], rtol=1e-6)
+    assert p.recent == ["a", "b"] and p.purchased == ["a"] and p.events == 2
+    assert p.categories == pytest.approx({"x": 1.5, "y": 0.3})
+
+
+def test_bounded_state() -> None:
+    p = UserProfile.new("u", 3)
+    for i, cat in enumerate(["a", "b", "c", "c", "a"]):
+        apply_event(p, Event("u", "click", float(i), item_id=f"i{i}"), E1, cat, S)
+    assert p.recent == ["i2", "i3", "i4"]
+    assert len(p.categories) == 2
+
+
+def test_revisit_moves_item_to_front_and_counts_shown() -> None:
+    p = UserProfile.new("u", 3)
+    p.shown = ["b", "c"]
+    for item in ["a", "b", "a"]:
+        apply_event(p, Event("u", "click", 1.0, item_id=item), E1, None, S)
+    assert p.recent == ["b", "a"]
+    assert p.shown == ["c"]  # b was taken
+
+
+def test_redelivered_offsets_are_noops() -> None:
+    p = UserProfile.new("u", 3)
+    assert apply_event(p, Event("u", "click", 1.0, item_id="a"), E1, None, S, partition=0, offset=5)
+    before = p.to_bytes()
+    assert not apply_event(p, Event("u", "click", 1.0, item_id="a"), E1, None, S, partition=0, offset=5)
+    assert not apply_event(p, Event("u", "click", 1.0, item_id="a"), E1, None, S, partition=0, offset=4)
+    assert p.to_bytes() == before
+    assert apply_event(p, Event("u", "click", 2.0, item_id="b"), E1, None, S, partition=0, offset=6)
+
+
+def test_search_updates_intent_only() -> None:
+    p = UserProfile.new("u", 3)
+    apply_event(p, Event("u", "search", 0.0, query="q"), E2, None, S)
+    np.testing.assert_allclose(p.long_term, 0.0)
+    np.testing.assert_allclose(p.intent, [0.0, 0.5, 0.0])
+    assert p.recent == []
+
+
+def test_serialisation_is_compact_and_lossless_enough() -> None:
+    s = Settings()
+    p = UserProfile.new("user-1", s.embedding_dim)
+    rng = np.random.default_rng(0)
+    for i in range(50):
+        apply_event(
+            p,
+            Event("user-1", "click", float(i), item_id=f"item-{i}"),
+            rng.normal(size=384).astype(np.float32),
+            f"c{i % 7}",
+            s,
+        )
+    raw = p.to_bytes()
+    q = UserProfile.from_bytes(raw)
+    assert (q.recent, q.categories.keys(), q.events) == (p.recent, p.categories.keys(), 50)
+    np.testing.assert_allclose(q.long_term, p.long_term, rtol=2e-3, atol=2e-3)
+    assert len(raw) < 3000
+
+
+def test_category_affinity_shares() -> None:
+    p = UserProfile.new("u", 3)
+    p.categories = {"a": 3.0, "b": 1.0}
+    np.testing.assert_allclose(category_affinity(p, ["a", "b", "z", None]), [0.75, 0.25, 0.0, 0.0])
