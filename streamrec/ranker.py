@@ -43,7 +43,7 @@ FEATURES: tuple[str, ...] = (
 PRIOR_WEIGHTS: dict[str, float] = {
     "sim_long": 1.0,
     "sim_intent": 1.0,
-    "sim_query": 2.0,
+    "sim_query": 4.0,
     "covisit": 0.5,
     "category": 1.0,
     "popularity": 0.3,

@@ -52,7 +52,9 @@ class Recommendation:
         out: dict[str, Any] = {
             "user_id": self.user_id,
             "kind": self.kind,
-            "items": [{"item_id": i.item_id, "score": round(i.score, 6), "reasons": list(i.reasons)} for i in self.items],
+            "items": [
+                {"item_id": i.item_id, "score": round(i.score, 6), "reasons": list(i.reasons)} for i in self.items
+            ],
             "model_version": self.model_version,
             "generated_at": self.generated_at,
             "event_ts": self.event_ts,
@@ -241,12 +243,15 @@ class Recommender:
             covis = self.covis.scores(seeds, now)
             covis_top = sorted(covis, key=covis.__getitem__, reverse=True)[:n_cand]
             cands = np.unique(
-                np.concatenate(
-                    [sem_rows[i][sem_rows[i] >= 0] if len(sem_rows) else [], covis_top, popular]
-                ).astype(np.int64)
+                np.concatenate([sem_rows[i][sem_rows[i] >= 0] if len(sem_rows) else [], covis_top, popular]).astype(
+                    np.int64
+                )
             )
-            if self.settings.exclude_purchased and profile.purchased:
-                cands = cands[~np.isin(cands, self._rows(profile.purchased))]
+            excluded = self._rows(profile.purchased) if self.settings.exclude_purchased else []
+            if self.settings.exclude_seen and qvs[i] is None:
+                excluded += self._rows(profile.recent)
+            if excluded:
+                cands = cands[~np.isin(cands, excluded)]
             if len(cands) == 0:
                 out.append([])
                 continue
@@ -272,9 +277,7 @@ class Recommender:
         requests = list(behaviour.values()) + searches
         if not requests:
             return result
-        lists = self.recommend(
-            [r.profile for r in requests], self.clock, [r.query_vector for r in requests]
-        )
+        lists = self.recommend([r.profile for r in requests], self.clock, [r.query_vector for r in requests])
         now = time.time()
         version = self.ranker.version
         for req, items in zip(requests, lists, strict=True):

@@ -71,6 +71,8 @@ class Settings:
     top_k: int = 20
     candidates_per_source: int = 100
     exclude_purchased: bool = True
+    exclude_seen: bool = True
+    """Leave the user's recent items out of behaviour recommendations (they have just seen them)."""
     search_query_weight: float = 0.7
     """Blend of query embedding vs. user profile for search results (1.0 = query only)."""
 

@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamrec.events import Event, Item, ItemEmbedding
+from streamrec.profiles import DictProfileStore
+from streamrec.recommender import Recommender
+from streamrec.settings import Settings
+
+DIM = 8
+CATS = ("shoes", "coffee", "books")
+
+
+def build(settings: Settings | None = None, n_per_cat: int = 10) -> Recommender:
+    """A catalogue whose embeddings cluster by category (unit directions + noise)."""
+    s = settings or Settings(embedding_dim=DIM, top_k=5, seed=1)
+    rec = Recommender(s)
+    rng = np.random.default_rng(0)
+    centres = {c: np.eye(DIM)[i] for i, c in enumerate(CATS)}
+    for c in CATS:
+        for j in range(n_per_cat):
+            v = centres[c] + 0.2 * rng.normal(size=DIM)
+            item = Item(f"{c}-{j}", f"{c} {j}", ts=0.0, category=c, price=10.0 + j)
+            rec.upsert_item(ItemEmbedding(item, v.astype(np.float32), "m", "text"))
+    return rec
+
+
+def cat_of(item_id: str) -> str:
+    return item_id.split("-")[0]
+
+
+def test_user_gets_their_category_and_purchases_are_excluded() -> None:
+    rec = build()
+    store = DictProfileStore()
+    events = [Event("u", t, float(i), item_id=f"coffee-{i}") for i, t in enumerate(["view", "click", "purchase"])]
+    result = rec.process(events, store)
+    assert result.applied == 3 and result.duplicates == 0
+    [out] = result.recommendations
+    assert out.user_id == "u" and out.kind == "behaviour" and out.event_ts == 2.0
+    ids = [i.item_id for i in out.items]
+    assert len(ids) == 5 and {cat_of(i) for i in ids} == {"coffee"}
+    assert not {"coffee-0", "coffee-1", "coffee-2"} & set(ids)  # just seen / purchased
+    assert store.get("u").shown == ids  # remembered for negatives
+    assert out.model_version == "fusion@1"
+
+
+def test_per_user_order_within_a_batch_and_one_list_per_user() -> None:
+    rec = build()
+    store = DictProfileStore()
+    events = [
+        Event("a", "click", 1.0, item_id="shoes-1"),
+        Event("b", "click", 1.0, item_id="books-1"),
+        Event("a", "click", 2.0, item_id="shoes-2"),
+    ]
+    result = rec.process(events, store)
+    assert [r.user_id for r in result.recommendations] == ["a", "b"]
+    assert store.get("a").recent == ["shoes-1", "shoes-2"]
+    assert rec.ranker.steps == 1
+
+
+def test_redelivered_batch_is_not_applied_twice() -> None:
+    rec = build()
+    store = DictProfileStore()
+    events = [Event("a", "click", 1.0, item_id="shoes-1"), Event("a", "view", 2.0, item_id="shoes-3")]
+    positions = [(0, 10), (0, 11)]
+    rec.process(events, store, positions)
+    state = store.get("a").to_bytes()
+    again = rec.process(events, store, positions)
+    assert (again.applied, again.duplicates) == (0, 2)
+    assert store.get("a").to_bytes() == state and store.get("a").events == 2
+
+
+def test_search_blends_query_with_profile() -> None:
+    query_vec = np.eye(DIM)[CATS.index("books")].astype(np.float32)
+    s = Settings(embedding_dim=DIM, top_k=5, seed=1)
+    rec = build(s)
+    rec.encode_queries = lambda qs: np.stack([query_vec for _ in qs])
+    store = DictProfileStore()
+    rec.process([Event("u", "click", 1.0, item_id="shoes-1")], store)
+    result = rec.process([Event("u", "search", 2.0, query="a good novel")], store)
+    [out] = result.recommendations
+    assert (out.kind, out.query) == ("search", "a good novel")
+    assert cat_of(out.items[0].item_id) == "books"
+    assert "matches your search" in out.items[0].reasons
+
+
+def test_learning_moves_the_ranker_toward_what_users_take() -> None:
+    """Users always take the most popular shown item: the popularity weight must grow."""
+    s = Settings(embedding_dim=DIM, top_k=5, seed=1, learning_rate=0.1, negatives_sampled=8)
+    rec = build(s)
+    store = DictProfileStore()
+    before = rec.ranker.weight("popularity")
+    rng = np.random.default_rng(5)
+    hot = [f"{c}-0" for c in CATS]
+    for t in range(300):
+        user = f"u{rng.integers(20)}"
+        rec.process([Event(user, "click", float(t), item_id=hot[t % 3])], store)
+    assert rec.ranker.steps == 300
+    assert rec.ranker.weight("popularity") > before
+
+
+def test_unknown_items_still_count_for_collaborative_signals() -> None:
+    rec = build()
+    store = DictProfileStore()
+    events = [
+        Event("a", "click", 1.0, item_id="ghost-1", context={"category": "ghosts"}),
+        Event("a", "click", 2.0, item_id="ghost-2"),
+        Event("b", "click", 3.0, item_id="ghost-1"),
+    ]
+    result = rec.process(events, store)
+    b_items = [i.item_id for i in result.recommendations[1].items]
+    assert b_items[0] == "ghost-2"  # co-visited with ghost-1 by user a; never embedded
+    assert rec.catalog.category_of(rec.catalog.row_of["ghost-1"]) == "ghosts"
+
+
+def test_learn_disabled_freezes_parameters() -> None:
+    rec = build(Settings(embedding_dim=DIM, top_k=5, learn=False))
+    w = rec.ranker.weights.copy()
+    rec.process([Event("u", "purchase", 1.0, item_id="shoes-1")], DictProfileStore())
+    np.testing.assert_array_equal(rec.ranker.weights, w)
+    assert rec.ranker.version == "fusion@0"
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_k_override(k: int) -> None:
+    rec = build()
+    store = DictProfileStore()
+    rec.process([Event("u", "click", 1.0, item_id="shoes-1")], store)
+    assert len(rec.recommend([store.get("u")], k=k)[0]) == k

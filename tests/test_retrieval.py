@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamrec.events import Item, ItemEmbedding
+from streamrec.retrieval import Catalog, CoVisitation, DecayClock, freshness
+from streamrec.settings import Settings
+
+S = Settings(embedding_dim=4, popularity_half_life_s=10.0, cooc_window=2)
+
+
+def emb(item_id: str, vec: list[float], ts: float = 1.0, category: str | None = "c") -> ItemEmbedding:
+    return ItemEmbedding(Item(item_id, item_id, ts, category=category, price=5.0), np.array(vec, np.float32), "m", "text")
+
+
+def test_upsert_replaces_vector_and_ignores_stale_versions() -> None:
+    cat = Catalog(S)
+    assert cat.upsert(emb("a", [1, 0, 0, 0], ts=5.0))
+    assert cat.upsert(emb("b", [0, 1, 0, 0]))
+    _, rows = cat.search(np.array([[0, 1, 0, 0]], np.float32), 1)
+    assert cat.item_id(int(rows[0, 0])) == "b"
+    assert cat.upsert(emb("a", [0, 0.6, 0.8, 0], ts=6.0))  # newer: replaces in FAISS
+    assert not cat.upsert(emb("a", [1, 0, 0, 0], ts=4.0))  # older: ignored
+    assert cat.n_indexed == 2 and len(cat) == 2
+    scores, rows = cat.search(np.array([[0, 0, 1, 0]], np.float32), 2)
+    assert [cat.item_id(int(r)) for r in rows[0]] == ["a", "b"]
+    assert scores[0, 0] == pytest.approx(0.8)
+
+
+def test_capacity_grows_and_id_only_items_are_not_indexed() -> None:
+    cat = Catalog(S)
+    for i in range(2500):
+        cat.upsert(emb(f"i{i}", [1, i % 7, 0, 1]))
+    row = cat.ensure("unknown-item")
+    assert (len(cat), cat.n_indexed, cat.item_id(row)) == (2501, 2500, "unknown-item")
+    assert not cat.has_vector[row] and cat.category_of(row) is None
+
+
+def test_decayed_popularity_ranks_recent_activity_higher() -> None:
+    cat = Catalog(S)
+    for name in "abc":
+        cat.ensure(name)
+    cat.add_popularity(cat.row_of["a"], 4.0, ts=0.0)
+    cat.add_popularity(cat.row_of["b"], 3.0, ts=10.0)  # one half-life later
+    assert cat.popularity_at(np.array([0, 1, 2]), 10.0) == pytest.approx([2.0, 3.0, 0.0])
+    assert [cat.item_id(int(r)) for r in cat.top_popular(5)] == ["b", "a"]
+
+
+def test_decay_clock_rescale_keeps_ratios() -> None:
+    clock = DecayClock(1.0)
+    assert clock.growth(0.0) == 1.0
+    assert clock.needs_rescale(61.0)
+    factor = clock.rebase(61.0)
+    assert factor == pytest.approx(2.0**-61) and clock.growth(61.0) == 1.0
+
+
+def test_covisitation_is_symmetric_recency_weighted_and_bounded() -> None:
+    cv = CoVisitation(Settings(cooc_window=2, cooc_max_neighbours=2, popularity_half_life_s=1e9))
+    cv.add([], 1, 1.0, 0.0)
+    cv.add([1], 2, 1.0, 0.0)
+    cv.add([1, 2], 3, 1.0, 0.0)  # 3 co-visits 2 (distance 1) and 1 (distance 2)
+    assert cv.scores([3], 0.0) == pytest.approx({2: 1.0, 1: 0.5})
+    assert cv.scores([1], 0.0) == pytest.approx({2: 1.0, 3: 0.5})
+    assert cv.top([1, 2], 0.0, n=1, exclude=[1, 2]) == pytest.approx({3: 1.0 + 0.5 * 0.5})
+    for other in range(10, 20):
+        cv.add([5], other, float(other), 0.0)
+    assert len(cv.neighbours[5]) <= 2 * 2
+
+
+def test_freshness_halves() -> None:
+    assert freshness(np.array([10.0, 0.0, 20.0]), 10.0, 10.0) == pytest.approx([1.0, 0.5, 1.0])
