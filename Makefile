@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(VENV)/bin/streamrec demo
+	$(VENV)/bin/streamrec demo $(ARGS)
 
 test: install
 	$(VENV)/bin/ruff check streamrec tests
