@@ -11,7 +11,9 @@ S = Settings(embedding_dim=4, popularity_half_life_s=10.0, cooc_window=2)
 
 
 def emb(item_id: str, vec: list[float], ts: float = 1.0, category: str | None = "c") -> ItemEmbedding:
-    return ItemEmbedding(Item(item_id, item_id, ts, category=category, price=5.0), np.array(vec, np.float32), "m", "text")
+    return ItemEmbedding(
+        Item(item_id, item_id, ts, category=category, price=5.0), np.array(vec, np.float32), "m", "text"
+    )
 
 
 def test_upsert_replaces_vector_and_ignores_stale_versions() -> None:

@@ -108,9 +108,7 @@ def test_end_to_end(pipeline: tuple[Settings, list[Service]]) -> None:
     # catalogue, with one malformed item upsert among the valid ones
     bad_item = b'{"item_id": "x", "title": "negative price", "price": -4, "ts": 1}'
     run(publish(settings, [("items", i.item_id, dumps(i.to_dict())) for i in shop.items] + [("items", "x", bad_item)]))
-    wait_for(
-        lambda: (s := run(worker_stats(settings))) and s["items_indexed"] >= len(shop.items), "indexing", services
-    )
+    wait_for(lambda: (s := run(worker_stats(settings))) and s["items_indexed"] >= len(shop.items), "indexing", services)
 
     # two users with one clear taste each, a malformed event in the middle, a search
     bad_event = b'{"user_id": "mallory", "item_id": "i", "type": "view", "ts": 5'  # truncated JSON
@@ -128,7 +126,9 @@ def test_end_to_end(pipeline: tuple[Settings, list[Service]]) -> None:
     assert stats["events"] == valid_events
     assert stats["dead_letters"] == 1  # the bad item upsert is rejected by the encoder, not the worker
 
-    recs = wait_for(lambda: (r := latest_recs(settings)) and {"alice", "bob", "carol"} <= r.keys() and r, "recs", services)
+    recs = wait_for(
+        lambda: (r := latest_recs(settings)) and {"alice", "bob", "carol"} <= r.keys() and r, "recs", services
+    )
     alice, bob, carol = recs["alice"][-1], recs["bob"][-1], recs["carol"][-1]
     assert len(alice["items"]) == settings.top_k and len(bob["items"]) == settings.top_k
     assert category[alice["items"][0]["item_id"]] == "coffee"
@@ -150,7 +150,9 @@ def test_end_to_end(pipeline: tuple[Settings, list[Service]]) -> None:
     assert "'price' must be >= 0" in by_source[settings.topic("items")]["reason"]
 
     # a new item, published while everything runs, reaches a matching user without a restart
-    new = Item("fresh-espresso", "Barista dark roast espresso coffee beans", 3_000.0, "Rich crema.", "coffee", "Roastery", 14.0)
+    new = Item(
+        "fresh-espresso", "Barista dark roast espresso coffee beans", 3_000.0, "Rich crema.", "coffee", "Roastery", 14.0
+    )
     run(publish(settings, [("items", new.item_id, dumps(new.to_dict()))]))
     wait_for(
         lambda: (s := run(worker_stats(settings))) and s["items_indexed"] >= len(shop.items) + 1, "new item", services
