@@ -105,16 +105,48 @@ def encoder(ctx: click.Context) -> None:
     encoder_main(_settings(ctx))
 
 
+def _csv_mapping(fmt: str, columns: str | None, type_map: str | None, ts_format: str, delimiter: str, no_header: bool):  # type: ignore[no-untyped-def]
+    from .replay import CsvMapping
+
+    if fmt != "csv":
+        return None
+    if not columns or not type_map:
+        raise click.UsageError("--format csv needs --columns and --types")
+    try:
+        return CsvMapping.from_options(
+            columns, type_map, timestamp_format=ts_format, delimiter=delimiter, has_header=not no_header
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def csv_options(f: Any) -> Any:
+    """The generic-CSV mapping options shared by ``replay`` and ``eval``."""
+    for option in reversed(
+        [
+            click.option(
+                "--columns", default=None, help="csv: column mapping, e.g. user=uid,item=sku,type=action,ts=time."
+            ),
+            click.option(
+                "--types", "type_map", default=None, help="csv: event names, e.g. pageview=view,order=purchase."
+            ),
+            click.option(
+                "--ts-format", type=click.Choice(["unix", "unix_ms", "iso"]), default="unix", show_default=True
+            ),
+            click.option("--delimiter", default=",", show_default=True),
+            click.option("--no-header", is_flag=True, help="csv: no header row (columns are 0-based indexes)."),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
 @cli.command()
 @click.argument("file", type=click.Path(exists=True, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["taobao", "movielens", "csv", "jsonl"]), required=True)
 @click.option("--speed", type=float, default=None, help="Replay at N× real time (default: as fast as possible).")
 @click.option("--limit", type=int, default=None, help="Only the first N rows of the file.")
-@click.option("--columns", default=None, help="csv: column mapping, e.g. user=uid,item=sku,type=action,ts=time.")
-@click.option("--types", "type_map", default=None, help="csv: event names, e.g. pageview=view,order=purchase.")
-@click.option("--ts-format", type=click.Choice(["unix", "unix_ms", "iso"]), default="unix", show_default=True)
-@click.option("--delimiter", default=",", show_default=True)
-@click.option("--no-header", is_flag=True, help="csv: the file has no header row (columns are 0-based indexes).")
+@csv_options
 @click.pass_context
 def replay(
     ctx: click.Context,
@@ -129,23 +161,99 @@ def replay(
     no_header: bool,
 ) -> None:
     """Publish an event log to Kafka in timestamp order (items before the events that use them)."""
-    from .replay import CsvMapping, ReplayStats, publish, read_log
+    from .replay import ReplayStats, publish, read_log
 
-    mapping = None
-    if fmt == "csv":
-        if not columns or not type_map:
-            raise click.UsageError("--format csv needs --columns and --types")
-        mapping = CsvMapping.from_options(
-            columns, type_map, timestamp_format=ts_format, delimiter=delimiter, has_header=not no_header
-        )
+    mapping = _csv_mapping(fmt, columns, type_map, ts_format, delimiter, no_header)
     stats = ReplayStats()
     records = list(read_log(file, fmt, mapping=mapping, limit=limit, stats=stats))
-    asyncio.run(publish(records, _settings(ctx), speed=speed, progress=True, total=len(records)))
-    click.echo(f"published {len(records)} records ({stats.events} events, {stats.items} items)")
+    sent = asyncio.run(publish(records, _settings(ctx), speed=speed, progress=True, total=len(records)))
+    click.echo(f"published {sent} records ({stats.events} events, {stats.items} item upserts)")
     if stats.skipped:
         click.echo(f"skipped {stats.skipped} bad row(s); first reasons:", err=True)
         for reason in stats.reasons[:5]:
             click.echo(f"  {reason}", err=True)
+
+
+@cli.command("eval")
+@click.argument("file", type=click.Path(exists=True, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["taobao", "movielens", "csv", "jsonl"]), required=True)
+@csv_options
+@click.option("--k", "k", default=20, show_default=True)
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the report here.")
+@click.option("--plot", "plot_out", type=click.Path(path_type=Path), default=None, help="Windowed Recall@k plot (PNG).")
+@click.option(
+    "--systems",
+    default=",".join(("streamrec", "streamrec_no_learn", "popularity", "cooccurrence", "online_mf", "text_only")),
+    show_default=True,
+)
+@click.option("--no-learn", is_flag=True, help="Freeze the ranker of the 'streamrec' system too.")
+@click.option("--limit", type=int, default=None, help="Only the first N rows of the file.")
+@click.option(
+    "--jobs", type=int, default=os.cpu_count() or 1, show_default="CPU count", help="Systems replayed in parallel."
+)
+@click.option("--set", "overrides", multiple=True, help="Setting override, e.g. --set learning_rate=0.1 (repeatable).")
+@click.pass_context
+def eval_cmd(
+    ctx: click.Context,
+    file: Path,
+    fmt: str,
+    columns: str | None,
+    type_map: str | None,
+    ts_format: str,
+    delimiter: str,
+    no_header: bool,
+    k: int,
+    json_out: Path | None,
+    plot_out: Path | None,
+    systems: str,
+    no_learn: bool,
+    limit: int | None,
+    jobs: int,
+    overrides: tuple[str, ...],
+) -> None:
+    """Prequential (test-then-train) evaluation of streamrec and baselines on a log, in process."""
+    from .evaluation import ALL_SYSTEMS, evaluate, format_table, plot
+    from .replay import ReplayStats, read_log
+    from .settings import ENV_PREFIX
+
+    env = dict(os.environ)
+    for item in overrides:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise click.UsageError(f"--set expects name=value, got {item!r}")
+        env[ENV_PREFIX + name.strip().upper()] = value.strip()
+    try:
+        settings = Settings.from_env(env)
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+    if no_learn:
+        settings = settings.replace(learn=False)
+    _threads(settings)
+    mapping = _csv_mapping(fmt, columns, type_map, ts_format, delimiter, no_header)
+    stats = ReplayStats()
+    records = list(read_log(file, fmt, mapping=mapping, limit=limit, stats=stats))
+    names = [n.strip() for n in systems.split(",") if n.strip()]
+    unknown = set(names) - set(ALL_SYSTEMS)
+    if unknown:
+        raise click.UsageError(f"unknown system(s) {sorted(unknown)}; choose from {', '.join(ALL_SYSTEMS)}")
+    report = evaluate(records, settings, names, k=k, dataset=f"{file.name} ({fmt})", jobs=jobs)
+    click.echo(format_table(report))
+    click.echo(
+        f"{report.events} events, {report.scored} discovery events scored, {report.events_per_s:,.0f} system-events/s"
+    )
+    if json_out:
+        json_out.write_bytes(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2))
+    if plot_out:
+        plot(report, plot_out)
+
+
+def _threads(settings: Settings) -> None:
+    """One intra-op thread: on small machines OpenMP spin-waits make more threads slower."""
+    import faiss
+    import torch
+
+    faiss.omp_set_num_threads(settings.torch_threads)
+    torch.set_num_threads(settings.torch_threads)
 
 
 @cli.command()

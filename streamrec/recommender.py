@@ -224,6 +224,7 @@ class Recommender:
         now: float | None = None,
         query_vectors: Sequence[np.ndarray | None] | None = None,
         k: int | None = None,
+        reasons: bool = True,
     ) -> list[list[ScoredItem]]:
         """Top-k for each profile (one FAISS call for all); query vectors make it a search."""
         k = k or self.settings.top_k
@@ -260,7 +261,11 @@ class Recommender:
             top = np.argsort(-scores, kind="stable")[:k]
             out.append(
                 [
-                    ScoredItem(self.catalog.item_id(int(cands[j])), float(scores[j]), tuple(self.ranker.reasons(x[j])))
+                    ScoredItem(
+                        self.catalog.item_id(int(cands[j])),
+                        float(scores[j]),
+                        tuple(self.ranker.reasons(x[j])) if reasons else (),
+                    )
                     for j in top
                 ]
             )

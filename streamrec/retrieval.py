@@ -26,6 +26,10 @@ INITIAL_CAPACITY = 1024
 RESCALE_LOG2 = 60.0
 """Rescale decayed counters when the growth factor passes 2^60, far from float64 overflow."""
 NO_CATEGORY = -1
+ANN_MIN_LISTS = 64
+ANN_MAX_LISTS = 1024
+ANN_TRAIN_POINTS_PER_LIST = 40
+"""k-means training sample per IVF list (FAISS asks for at least 39)."""
 
 
 class DecayClock:
@@ -82,7 +86,9 @@ class Catalog:
         self.item_ts = np.zeros(cap, np.float64)
         self.popularity = np.zeros(cap, np.float64)
         self.pop_clock = DecayClock(settings.popularity_half_life_s)
-        self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+        self.index: faiss.Index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+        self._quantizer: faiss.Index | None = None
+        self.rng = np.random.default_rng(settings.seed)
 
     def __len__(self) -> int:
         return len(self.row_of)
@@ -146,7 +152,24 @@ class Catalog:
             self.index.remove_ids(ids)
         self.index.add_with_ids(self.vectors[row : row + 1], ids)
         self.has_vector[row] = True
+        if self._quantizer is None and self.index.ntotal >= self.settings.ann_threshold:
+            self._build_ivf()
         return True
+
+    def _build_ivf(self) -> None:
+        """Switch from exact search to IVF once the catalogue is large: a query then scans ~nprobe/nlist of it."""
+        rows = np.flatnonzero(self.has_vector[: len(self.row_of)]).astype(np.int64)
+        nlist = int(np.clip(np.sqrt(len(rows)), ANN_MIN_LISTS, ANN_MAX_LISTS))
+        sample = rows
+        if len(rows) > nlist * ANN_TRAIN_POINTS_PER_LIST:
+            sample = self.rng.choice(rows, nlist * ANN_TRAIN_POINTS_PER_LIST, replace=False)
+        quantizer = faiss.IndexFlatIP(self.dim)
+        ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.train(np.ascontiguousarray(self.vectors[sample]))
+        ivf.add_with_ids(np.ascontiguousarray(self.vectors[rows]), rows)
+        ivf.nprobe = self.settings.ann_nprobe
+        self._quantizer = quantizer  # the IVF index does not own it: keep it alive
+        self.index = ivf
 
     def item_id(self, row: int) -> str:
         meta = self.meta[row]

@@ -94,6 +94,10 @@ class Settings:
     # --- Catalogue / retrieval ------------------------------------------------------------------------------------
     embedding_dim: int = 384
     """Dimension of item embeddings (all-MiniLM-L6-v2: 384); other sizes are rejected to dead-letters."""
+    ann_threshold: int = 20_000
+    """Exact FAISS search up to this many items; beyond it an IVF index (trained once on the catalogue)."""
+    ann_nprobe: int = 16
+    """IVF lists visited per query: recall vs. speed."""
     popularity_half_life_s: float = 24 * 3600.0
     cooc_window: int = 5
     """A new interaction co-visits with this many of the user's previous items."""
