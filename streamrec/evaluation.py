@@ -55,11 +55,11 @@ class StreamrecSystem:
 
     def recommend(self, user_id: str, now: float, k: int) -> list[str]:
         profile = self.store.get(user_id)
-        lists = self.recommender.recommend([profile or UserProfile.new(user_id, self.dim)], now, k=k, reasons=False)
-        ids = [i.item_id for i in lists[0]]
-        if profile is not None:
-            profile.shown = ids  # what the worker would have published: not-taken items become negatives
-        return ids
+        # remember=True, as the worker does when it publishes: the list and pool become the next negatives
+        lists = self.recommender.recommend(
+            [profile or UserProfile.new(user_id, self.dim)], now, k=k, reasons=False, remember=True
+        )
+        return [i.item_id for i in lists[0]]
 
     def learn(self, event: Event) -> None:
         self.recommender.learn([event], self.store)

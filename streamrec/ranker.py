@@ -63,6 +63,7 @@ REASON_LABELS: dict[str, str] = {
     "seen": "you viewed this before",
 }
 MODEL_NAME = "fusion"
+RMS_EPS = 1e-8
 
 
 class FusionRanker:
@@ -75,6 +76,7 @@ class FusionRanker:
         with torch.no_grad():
             self.linear.weight.copy_(torch.tensor([[PRIOR_WEIGHTS[f] for f in FEATURES]]))
         self.steps = 0
+        self._sq = torch.zeros(len(FEATURES))
         self._weights_np = self._read_weights()
 
     # --- inference ----------------------------------------------------------------------------------
@@ -110,7 +112,8 @@ class FusionRanker:
         pos: (B, F) features of the taken items; neg: (B, M, F) negatives, padded; n_neg: (B,) how many of
         the M are real; weight: (B,) event strength. Events with no negatives contribute nothing.
         The gradient of the pairwise logistic loss of a linear model is closed-form, so it is computed
-        directly (same value as autograd, a fraction of its overhead) and applied as ``θ ← θ − η∇L``.
+        directly (same value as autograd, a fraction of its overhead) and applied as ``θ ← θ − η∇L``
+        (per-feature normalised with the default RMSProp optimizer).
         """
         if not self.settings.learn or len(pos) == 0:
             return 0.0
@@ -128,12 +131,27 @@ class FusionRanker:
             pair_w = mask * coef.unsqueeze(1)  # (B, M)
             loss = (torch.nn.functional.softplus(-margin) * pair_w).sum()
             loss = loss + 0.5 * self.settings.l2 * (theta**2).sum()
-            # d softplus(-m)/dm = -sigmoid(-m)
-            grad = -(torch.sigmoid(-margin) * pair_w).unsqueeze(-1).mul(diff).sum((0, 1)) + self.settings.l2 * theta[0]
-            theta[0] -= self.settings.learning_rate * grad
+            # d softplus(-m)/dm = -sigmoid(-m); the L2 part is applied as plain (decoupled) weight decay, so
+            # features that rarely fire (e.g. search similarity) are not normalised into fast shrinkage
+            grad = -(torch.sigmoid(-margin) * pair_w).unsqueeze(-1).mul(diff).sum((0, 1))
+            lr = self.settings.learning_rate
+            theta[0] -= lr * (self._scale(grad) + self.settings.l2 * theta[0])
         self.steps += 1
         self._weights_np = self._read_weights()
         return float(loss)
+
+    def _scale(self, grad: torch.Tensor) -> torch.Tensor:
+        """Plain SGD, or RMSProp: each feature's step is normalised by its recent gradient magnitude.
+
+        Features differ a lot in how often and how strongly they fire (co-visitation is zero for most pairs,
+        similarity never is); per-feature normalisation lets rare-but-decisive ones learn as fast as the rest.
+        """
+        if self.settings.optimizer == "sgd":
+            return grad
+        rho = self.settings.rms_decay
+        self._sq.mul_(rho).add_((1.0 - rho) * grad * grad)
+        corrected = self._sq / (1.0 - rho ** (self.steps + 1))
+        return grad / (corrected.sqrt() + RMS_EPS)
 
     # --- persistence --------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -143,7 +161,7 @@ class FusionRanker:
             "version": self.version,
             "steps": self.steps,
             "features": list(FEATURES),
-            "params": {"weight": self._weights_np.tolist()},
+            "params": {"weight": self._weights_np.tolist(), "grad_sq": self._sq.tolist()},
             "ts": time.time(),
         }
 
@@ -153,5 +171,6 @@ class FusionRanker:
             raise ValueError(f"snapshot features {snap.get('features')} do not match {list(FEATURES)}")
         with torch.no_grad():
             self.linear.weight.copy_(torch.tensor([snap["params"]["weight"]], dtype=torch.float32))
+            self._sq = torch.tensor(snap["params"].get("grad_sq", [0.0] * len(FEATURES)), dtype=torch.float32)
         self.steps = int(snap["steps"])
         self._weights_np = self._read_weights()

@@ -11,6 +11,7 @@ users with one FAISS call.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,7 @@ import numpy as np
 from .events import ITEM_EVENT_TYPES, Event, ItemEmbedding
 from .profiles import ProfileStore, UserProfile, apply_event, unit
 from .ranker import FEATURES, FusionRanker
-from .retrieval import Catalog, CoVisitation, freshness, log1p_safe, price_feature
+from .retrieval import Catalog, CoVisitation, freshness, price_feature
 from .settings import Settings
 
 QueryEncoder = Callable[[Sequence[str]], np.ndarray]
@@ -91,6 +92,8 @@ class Recommender:
         self.ranker = FusionRanker(settings)
         self.encode_queries = encode_queries
         self.rng = np.random.default_rng(settings.seed)
+        self._pools: OrderedDict[str, np.ndarray] = OrderedDict()
+        """Each recent user's last candidate pool: learning happens against what retrieval offered."""
         self.clock = 0.0
         """Latest event time seen: 'now' for popularity and freshness, so replays are reproducible."""
 
@@ -118,7 +121,13 @@ class Recommender:
         if covis is None:
             covis = self.covis.scores(self._rows(profile.recent), now)
         if covis:
-            x[:, F_INDEX["covisit"]] = log1p_safe(np.array([covis.get(int(r), 0.0) for r in rows]))
+            # rank among the user's co-visited items, NDCG-style: scale-free across datasets and decay settings,
+            # and any co-visited item scores above every item that was never co-visited
+            ranked = sorted(covis, key=covis.__getitem__, reverse=True)
+            rank_of = {r: i for i, r in enumerate(ranked)}
+            x[:, F_INDEX["covisit"]] = [
+                1.0 / np.log2(rank_of[int(r)] + 2.0) if int(r) in rank_of else 0.0 for r in rows
+            ]
         total = sum(profile.categories.values())
         if total > 0.0:
             codes = cat.category[rows]
@@ -127,7 +136,7 @@ class Recommender:
                 code = cat.category_code.get(name)
                 if code is not None:
                     col[codes == code] = w / total
-        x[:, F_INDEX["popularity"]] = log1p_safe(cat.popularity_at(rows, now))
+        x[:, F_INDEX["popularity"]] = cat.relative_popularity(rows, now)
         x[:, F_INDEX["price"]] = price_feature(cat.price[rows])
         x[:, F_INDEX["freshness"]] = freshness(cat.item_ts[rows], now, self.settings.freshness_half_life_s) * (
             cat.item_ts[rows] > 0
@@ -140,14 +149,28 @@ class Recommender:
         return [row_of[i] for i in item_ids if i in row_of]
 
     # --- learning -----------------------------------------------------------------------------------
-    def _negatives(self, profile: UserProfile, positive: int) -> list[int]:
-        shown = [r for r in self._rows(profile.shown) if r != positive][: self.settings.negatives_shown]
+    def _negatives(self, profile: UserProfile, positive: int, pool: np.ndarray) -> list[int]:
+        """Shown-not-taken + candidate-pool + uniform negatives for one labelled event (no duplicates)."""
+        s = self.settings
+        chosen = [r for r in self._rows(profile.shown) if r != positive][: s.negatives_shown]
+        if len(pool):
+            draws = self.rng.choice(pool, min(len(pool), s.negatives_pool + len(chosen) + 1), replace=False)
+            chosen += [int(r) for r in draws if r != positive and r not in chosen][: s.negatives_pool]
         n_items = len(self.catalog)
-        sampled: list[int] = []
-        if n_items > 1:
-            draws = self.rng.integers(0, n_items, size=self.settings.negatives_sampled)
-            sampled = [int(r) for r in draws if r != positive and r not in shown]
-        return shown + sampled
+        if n_items > 1 and s.negatives_sampled > 0:
+            draws = self.rng.integers(0, n_items, size=s.negatives_sampled)
+            chosen += [int(r) for r in dict.fromkeys(draws.tolist()) if r != positive and r not in chosen]
+        return chosen
+
+    def _remember(self, profile: UserProfile, cands: np.ndarray, order: np.ndarray, k: int) -> None:
+        """Keep the published list on the profile and the candidate pool in a bounded in-memory cache."""
+        item_id = self.catalog.item_id
+        profile.shown = [item_id(int(cands[j])) for j in order[:k]]
+        cache = self._pools
+        cache[profile.user_id] = cands.astype(np.int32)
+        cache.move_to_end(profile.user_id)
+        while len(cache) > self.settings.candidate_cache_users:
+            cache.popitem(last=False)
 
     def learn(
         self,
@@ -183,7 +206,10 @@ class Recommender:
                 row = self.catalog.ensure(event.item_id)
                 if event.context and isinstance(event.context.get("category"), str):
                     self.catalog.set_category(row, event.context["category"])
-                negs = self._negatives(profile, row)
+                pool = self._pools.get(event.user_id)
+                # Learn only from choices the ranker could have made: the taken item was among the candidates
+                # it ranked. Items retrieval never offered would teach it to distrust its own sources.
+                negs = self._negatives(profile, row, pool) if pool is not None and row in pool else []
                 if negs:
                     rows = np.array([row, *negs], dtype=np.int64)
                     x = self.features(profile, rows, event.ts)
@@ -225,8 +251,13 @@ class Recommender:
         query_vectors: Sequence[np.ndarray | None] | None = None,
         k: int | None = None,
         reasons: bool = True,
+        remember: bool = False,
     ) -> list[list[ScoredItem]]:
-        """Top-k for each profile (one FAISS call for all); query vectors make it a search."""
+        """Top-k for each profile (one FAISS call for all); query vectors make it a search.
+
+        ``remember`` stores the list and a sample of the remaining candidates on each profile: what the
+        ranker learns against when the user's next labelled event arrives.
+        """
         k = k or self.settings.top_k
         now = self.clock if now is None else now
         n_cand = self.settings.candidates_per_source
@@ -258,7 +289,10 @@ class Recommender:
                 continue
             x = self.features(profile, cands, now, covis, qvs[i])
             scores = self.ranker.score(x)
-            top = np.argsort(-scores, kind="stable")[:k]
+            order = np.argsort(-scores, kind="stable")
+            top = order[:k]
+            if remember:
+                self._remember(profile, cands, order, k)
             out.append(
                 [
                     ScoredItem(
@@ -282,14 +316,14 @@ class Recommender:
         requests = list(behaviour.values()) + searches
         if not requests:
             return result
-        lists = self.recommend([r.profile for r in requests], self.clock, [r.query_vector for r in requests])
+        lists = self.recommend(
+            [r.profile for r in requests], self.clock, [r.query_vector for r in requests], remember=True
+        )
         now = time.time()
         version = self.ranker.version
         for req, items in zip(requests, lists, strict=True):
             kind = SEARCH_KIND if req.query is not None else BEHAVIOUR_KIND
-            if kind == BEHAVIOUR_KIND:
-                req.profile.shown = [i.item_id for i in items]
-                store.put(req.profile)
+            store.put(req.profile)
             result.recommendations.append(
                 Recommendation(req.profile.user_id, tuple(items), version, now, req.ts, kind, req.query)
             )

@@ -203,6 +203,15 @@ class Catalog:
             return np.zeros(len(rows))
         return self.popularity[rows] / self.pop_clock.growth(ts)
 
+    def relative_popularity(self, rows: np.ndarray, ts: float) -> np.ndarray:
+        """log-popularity of ``rows`` relative to the most popular item, in [0, 1] (scale-free)."""
+        size = len(self.row_of)
+        peak = float(self.popularity[:size].max()) if size else 0.0
+        if peak <= 0.0:
+            return np.zeros(len(rows), np.float32)
+        g = self.pop_clock.growth(ts)
+        return (np.log1p(self.popularity[rows] / g) / np.log1p(peak / g)).astype(np.float32)
+
     def top_popular(self, n: int) -> np.ndarray:
         """Rows of the ``n`` most popular items right now (order: most popular first)."""
         size = len(self.row_of)

@@ -21,6 +21,7 @@ from typing import Any, Literal, get_args, get_origin
 
 Device = Literal["auto", "cpu", "cuda"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+Optimizer = Literal["sgd", "rmsprop"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 ENV_PREFIX = "STREAMREC_"
@@ -106,12 +107,21 @@ class Settings:
     freshness_half_life_s: float = 3 * 24 * 3600.0
 
     # --- Ranker ----------------------------------------------------------------------------------------
-    learning_rate: float = 0.05
+    learning_rate: float = 0.02
+    optimizer: Optimizer = "rmsprop"
+    """``sgd``: θ ← θ − η∇L; ``rmsprop``: the same step with each feature's gradient normalised."""
+    rms_decay: float = 0.99
     l2: float = 1e-4
-    negatives_sampled: int = 4
-    """Random catalogue negatives per labelled event, on top of shown-but-not-taken items."""
-    negatives_shown: int = 8
-    """How many shown-but-not-taken items count as negatives per labelled event."""
+    negatives_shown: int = 2
+    """Per labelled event, this many items from the list last shown to the user and not taken are negatives.
+    Few on purpose: if the user never saw the list (replays, other surfaces), top-ranked "negatives" teach the
+    ranker to distrust its own best signals."""
+    negatives_pool: int = 8
+    """Negatives sampled from the user's last candidate pool: the ranker's real decision set."""
+    candidate_cache_users: int = 4096
+    """Users whose last candidate pool is kept in memory (not persisted) for learning against it."""
+    negatives_sampled: int = 2
+    """Uniform random catalogue items as negatives."""
     learn: bool = True
     """Set to false to freeze the ranker (an evaluation ablation)."""
     snapshot_interval_s: float = 10.0

@@ -18,7 +18,7 @@ def _batch(feature: str, n: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def test_sgd_step_moves_theta_along_negative_gradient() -> None:
-    r = FusionRanker(Settings(learning_rate=0.1, l2=0.0))
+    r = FusionRanker(Settings(learning_rate=0.1, l2=0.0, optimizer="sgd"))
     w0 = r.weights.copy()
     loss = r.step(*_batch("freshness"))
     i = FEATURES.index("freshness")
@@ -38,7 +38,7 @@ def test_learning_reduces_loss_over_steps() -> None:
 
 
 def test_padding_and_no_negative_events_do_not_count() -> None:
-    r = FusionRanker(Settings(learning_rate=0.1))
+    r = FusionRanker(Settings(learning_rate=0.1, optimizer="sgd"))
     pos, neg, _, w = _batch("price", 2)
     w0 = r.weights.copy()
     r.step(pos, neg, np.zeros(2, np.int64), w)
@@ -71,3 +71,27 @@ def test_reasons_name_the_largest_contributions() -> None:
     x[FEATURES.index("popularity")] = 1.0
     x[FEATURES.index("sim_long")] = 0.1
     assert r.reasons(x) == ["from a category you like", "popular right now"]
+
+
+def test_closed_form_gradient_equals_autograd() -> None:
+    """The hand-derived BPR gradient must match torch autograd on the same loss."""
+    import torch
+
+    s = Settings(learning_rate=0.3, l2=0.01, optimizer="sgd")
+    r = FusionRanker(s)
+    rng = np.random.default_rng(3)
+    pos = rng.normal(size=(4, F)).astype(np.float32)
+    neg = rng.normal(size=(4, 5, F)).astype(np.float32)
+    n_neg = np.array([5, 2, 0, 3], np.int64)
+    w = np.array([1.0, 3.0, 2.0, 0.3], np.float32)
+    theta = torch.tensor(r.weights.copy(), requires_grad=True)
+    mask = (torch.arange(5)[None, :] < torch.from_numpy(n_neg)[:, None]).float()
+    margin = (torch.from_numpy(pos) @ theta)[:, None] - torch.from_numpy(neg) @ theta
+    per_event = (torch.nn.functional.softplus(-margin) * mask).sum(1) / mask.sum(1).clamp(min=1)
+    wt = torch.from_numpy(w)
+    loss = (per_event * wt).sum() / (wt * (mask.sum(1) > 0).float()).sum() + 0.5 * 0.01 * (theta**2).sum()
+    loss.backward()
+    expected = theta.detach().numpy() - 0.3 * theta.grad.numpy()
+    reported = r.step(pos, neg, n_neg, w)
+    assert reported == pytest.approx(float(loss.detach()), rel=1e-5)
+    np.testing.assert_allclose(r.weights, expected, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from streamrec.evaluation import StreamrecSystem, _Job, _replay, evaluate
+from streamrec.events import Event, Item, ItemEmbedding
+from streamrec.replay import Record
+from streamrec.settings import Settings
+
+
+class Spy:
+    """Remembers every call; recommends the user's *last learned* item — a cheat if learning leaked."""
+
+    name = "spy"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str | None]] = []
+        self.last: dict[str, str] = {}
+
+    def upsert_item(self, emb: ItemEmbedding) -> None:
+        self.calls.append(("upsert", emb.item.item_id, None))
+
+    def recommend(self, user_id: str, now: float, k: int) -> list[str]:
+        self.calls.append(("recommend", user_id, None))
+        return [self.last[user_id]] if user_id in self.last else []
+
+    def learn(self, event: Event) -> None:
+        self.calls.append(("learn", event.user_id, event.item_id))
+        if event.item_id:
+            self.last[event.user_id] = event.item_id
+
+
+def records() -> list[Record]:
+    out = [Record("items", f"i{n}", Item(f"i{n}", "", 0.0, category="c").to_dict(), 0.0) for n in range(3)]
+    seq = [("u", "i0"), ("u", "i1"), ("u", "i1"), ("v", "i1"), ("u", "i2")]
+    for t, (user, item) in enumerate(seq, start=1):
+        out.append(Record("events", user, Event(user, "click", float(t), item_id=item).to_dict(), float(t)))
+    return out
+
+
+def job(recs: list[Record]) -> _Job:
+    s = Settings(embedding_dim=8)
+    embs = {
+        i: ItemEmbedding(Item(r.key, "", 0.0, category="c"), np.ones(8, np.float32) / np.sqrt(8), "m", "category")
+        for i, r in enumerate(recs)
+        if r.topic == "items"
+    }
+    return _Job(recs, embs, s, 20, False)
+
+
+def test_every_event_is_scored_before_it_is_learned() -> None:
+    spy = Spy()
+    ranks, discoveries, _ = _replay(spy, job(records()))
+    event_calls = [c for c in spy.calls if c[0] != "upsert"]
+    # strictly alternating: recommend for the event's user, then learn that event
+    assert [c[0] for c in event_calls] == ["recommend", "learn"] * 5
+    assert all(a[1] == b[1] for a, b in zip(event_calls[::2], event_calls[1::2], strict=True))
+    # the cheat (recommend what was just learned) only "hits" on true repeats, never on discoveries
+    assert discoveries == [True, True, False, True, True]
+    assert ranks == [None, None, 1, None, None]
+
+
+def test_evaluate_reports_every_system_and_the_counts(taobao_path: Path) -> None:
+    from streamrec.replay import read_log
+
+    recs = list(read_log(taobao_path, "taobao", limit=1500))
+    settings = Settings()
+    report = evaluate(recs, settings, ["streamrec", "popularity", "cooccurrence"], k=20, progress=False, jobs=2)
+    assert report.events == 1500
+    assert set(report.systems) == {"streamrec", "popularity", "cooccurrence"}
+    assert report.scored == sum(1 for _ in {(r.key, r.value["item_id"]) for r in recs if r.topic == "events"})
+    for metrics in report.systems.values():
+        assert 0.0 <= metrics["ndcg"] <= metrics["recall"] <= 1.0
+        assert metrics["scored_all"] == 1500
+
+
+def test_streamrec_system_is_the_production_core() -> None:
+    from streamrec.recommender import Recommender
+
+    system = StreamrecSystem(Settings(embedding_dim=8))
+    assert type(system.recommender) is Recommender
