@@ -38,7 +38,12 @@ def test_taobao_order_and_mapping(tmp_path: Path) -> None:
         ("events", "2"),
         ("events", "1"),
     ]
-    assert [r.value["type"] for r in records if r.topic == "events"] == ["purchase", "add_to_cart", "add_to_cart", "view"]
+    assert [r.value["type"] for r in records if r.topic == "events"] == [
+        "purchase",
+        "add_to_cart",
+        "add_to_cart",
+        "view",
+    ]
     assert stats.skipped == 1 and "line 5" in stats.reasons[0]
 
 

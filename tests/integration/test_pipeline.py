@@ -166,6 +166,14 @@ def test_end_to_end(pipeline: tuple[Settings, list[Service]]) -> None:
         services,
     )
 
+    # alice takes items from her list: labelled events on items the ranker offered -> online SGD steps
+    offered = [i["item_id"] for i in latest_recs(settings)["alice"][-1]["items"]]
+    run(
+        publish(
+            settings, [event("alice", "click", offered[3], 3_002.0), event("alice", "add_to_cart", offered[5], 3_003.0)]
+        )
+    )
+
     # online learning happened: the snapshot topic holds parameters that moved away from the priors
     snaps = wait_for(
         lambda: [orjson.loads(r.value) for r in run(read_all(settings, "model-snapshots")) if r.value],
@@ -177,3 +185,10 @@ def test_end_to_end(pipeline: tuple[Settings, list[Service]]) -> None:
     prior = [PRIOR_WEIGHTS[f] for f in FEATURES]
     assert max(abs(a - b) for a, b in zip(latest["params"]["weight"], prior, strict=True)) > 1e-4
     assert alice["model_version"].startswith("fusion@")
+
+    # the consumer example services copy (`streamrec recs`) reads back the newest list for a user
+    from streamrec.consumer import latest_recommendation
+
+    newest = run(latest_recommendation(settings, "bob"))
+    assert newest == latest_recs(settings)["bob"][-1]
+    assert run(latest_recommendation(settings, "nobody")) is None
