@@ -42,7 +42,11 @@ def test_user_gets_their_category_and_purchases_are_excluded() -> None:
     assert len(ids) == 5 and {cat_of(i) for i in ids} == {"coffee"}
     assert not {"coffee-0", "coffee-1", "coffee-2"} & set(ids)  # just seen / purchased
     assert store.get("u").shown == ids  # remembered for negatives
-    assert out.model_version == "fusion@1"
+    assert out.model_version == "fusion@0"  # nothing was offered before: nothing to learn against yet
+    taken = ids[2]
+    [again] = rec.process([Event("u", "click", 3.0, item_id=taken)], store).recommendations
+    assert again.model_version == "fusion@1" and rec.ranker.steps == 1
+    assert taken not in [i.item_id for i in again.items]
 
 
 def test_per_user_order_within_a_batch_and_one_list_per_user() -> None:
@@ -56,6 +60,23 @@ def test_per_user_order_within_a_batch_and_one_list_per_user() -> None:
     result = rec.process(events, store)
     assert [r.user_id for r in result.recommendations] == ["a", "b"]
     assert store.get("a").recent == ["shoes-1", "shoes-2"]
+    assert rec.ranker.steps == 0  # no user had been offered anything yet
+    # both users take an item from the list they were shown: one ranker step for the whole batch
+    picks = [Event(r.user_id, "click", 3.0, item_id=r.items[0].item_id) for r in result.recommendations]
+    assert rec.process(picks, store).applied == 2
+    assert rec.ranker.steps == 1
+
+
+def test_learns_only_when_the_taken_item_was_a_candidate() -> None:
+    rec = build(Settings(embedding_dim=DIM, top_k=5, seed=1, candidates_per_source=6))
+    store = DictProfileStore()
+    rec.process([Event("u", "click", 1.0, item_id="shoes-1")], store)
+    pool = {rec.catalog.item_id(int(r)) for r in rec._pools["u"]}
+    outside = next(f"{c}-{j}" for c in CATS for j in range(10) if f"{c}-{j}" not in pool | {"shoes-1"})
+    rec.process([Event("u", "click", 2.0, item_id=outside)], store)
+    assert rec.ranker.steps == 0
+    inside = store.get("u").shown[0]
+    rec.process([Event("u", "click", 3.0, item_id=inside)], store)
     assert rec.ranker.steps == 1
 
 
@@ -93,10 +114,15 @@ def test_learning_moves_the_ranker_toward_what_users_take() -> None:
     before = rec.ranker.weight("popularity")
     rng = np.random.default_rng(5)
     hot = [f"{c}-0" for c in CATS]
+    expected_steps = 0
     for t in range(300):
         user = f"u{rng.integers(20)}"
-        rec.process([Event(user, "click", float(t), item_id=hot[t % 3])], store)
-    assert rec.ranker.steps == 300
+        item = hot[t % 3]
+        pool = rec._pools.get(user)
+        expected_steps += pool is not None and rec.catalog.row_of[item] in pool
+        rec.process([Event(user, "click", float(t), item_id=item)], store)
+    assert expected_steps >= 30
+    assert rec.ranker.steps == expected_steps
     assert rec.ranker.weight("popularity") > before
 
 
@@ -117,7 +143,9 @@ def test_unknown_items_still_count_for_collaborative_signals() -> None:
 def test_learn_disabled_freezes_parameters() -> None:
     rec = build(Settings(embedding_dim=DIM, top_k=5, learn=False))
     w = rec.ranker.weights.copy()
-    rec.process([Event("u", "purchase", 1.0, item_id="shoes-1")], DictProfileStore())
+    store = DictProfileStore()
+    rec.process([Event("u", "click", 1.0, item_id="shoes-1")], store)
+    rec.process([Event("u", "purchase", 2.0, item_id=store.get("u").shown[0])], store)
     np.testing.assert_array_equal(rec.ranker.weights, w)
     assert rec.ranker.version == "fusion@0"
 
