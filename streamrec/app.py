@@ -21,11 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import faiss
 import faust
 import numpy as np
 import orjson
-import torch
 from aiokafka.structs import ConsumerRecord
 from faust.streams import _current_event
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -34,7 +32,7 @@ from .events import Event, InvalidMessage, dumps, event_from_dict, loads_message
 from .kafka import DeadLetters, make_consumer, read_to_end
 from .profiles import UserProfile
 from .recommender import Recommender
-from .settings import Settings
+from .settings import Settings, limit_threads
 from .topics import load_topics
 
 log = logging.getLogger("streamrec.worker")
@@ -254,9 +252,7 @@ def create_app(settings: Settings | None = None, with_query_encoder: bool = True
     """Build the Faust app and its worker state from settings."""
     settings = settings or Settings.from_env()
     _patch_fetch_wait(settings.fetch_max_wait_ms)
-    # One intra-op thread per process: on small machines OpenMP spin-waits make more threads slower.
-    faiss.omp_set_num_threads(settings.torch_threads)
-    torch.set_num_threads(settings.torch_threads)
+    limit_threads(settings.torch_threads)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     specs = load_topics()
     partitions = specs["events"].partitions

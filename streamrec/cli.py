@@ -17,7 +17,7 @@ from typing import Any
 import click
 import orjson
 
-from .settings import Settings, SettingsError
+from .settings import Settings, SettingsError, limit_threads
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -228,7 +228,7 @@ def eval_cmd(
         raise click.UsageError(str(exc)) from None
     if no_learn:
         settings = settings.replace(learn=False)
-    _threads(settings)
+    limit_threads(settings.torch_threads)
     mapping = _csv_mapping(fmt, columns, type_map, ts_format, delimiter, no_header)
     stats = ReplayStats()
     records = list(read_log(file, fmt, mapping=mapping, limit=limit, stats=stats))
@@ -245,15 +245,6 @@ def eval_cmd(
         json_out.write_bytes(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2))
     if plot_out:
         plot(report, plot_out)
-
-
-def _threads(settings: Settings) -> None:
-    """One intra-op thread: on small machines OpenMP spin-waits make more threads slower."""
-    import faiss
-    import torch
-
-    faiss.omp_set_num_threads(settings.torch_threads)
-    torch.set_num_threads(settings.torch_threads)
 
 
 @cli.command()

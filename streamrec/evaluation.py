@@ -23,7 +23,7 @@ from .events import ITEM_EVENT_TYPES, Event, Item, ItemEmbedding, event_from_dic
 from .metrics import PrequentialScore, hit_rank
 from .profiles import DictProfileStore, UserProfile
 from .recommender import Recommender
-from .settings import Settings
+from .settings import Settings, limit_threads
 
 DEFAULT_WINDOWS = 20
 ALL_SYSTEMS = ("streamrec", "streamrec_no_learn", "popularity", "cooccurrence", "online_mf", "text_only")
@@ -195,7 +195,9 @@ def evaluate(
     if jobs > 1 and len(names) > 1:
         _JOB = job
         try:
-            with multiprocessing.get_context("fork").Pool(min(jobs, len(names))) as pool:
+            # one thread per child: libgomp is not fork-safe, and a forked child that enters an OpenMP
+            # parallel region with more threads waits forever for the parent's pool threads
+            with multiprocessing.get_context("fork").Pool(min(jobs, len(names)), limit_threads, (1,)) as pool:
                 results = pool.map(_replay_named, tasks, chunksize=1)
         finally:
             _JOB = None

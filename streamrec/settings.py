@@ -221,3 +221,15 @@ def _parse(name: str, tp: Any, raw: str) -> Any:
     except ValueError as exc:
         raise SettingsError(f"{ENV_PREFIX}{name.upper()}={raw!r}: not a valid {tp.__name__}") from exc
     raise SettingsError(f"unsupported setting type for {name}: {tp!r}")
+
+
+def limit_threads(n: int) -> None:
+    """Give torch and FAISS ``n`` intra-op threads in this process.
+
+    On small machines OpenMP spin-waits make more threads slower; parallelism comes from processes.
+    """
+    import faiss
+    import torch
+
+    faiss.omp_set_num_threads(n)
+    torch.set_num_threads(n)

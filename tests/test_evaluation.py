@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from streamrec.evaluation import StreamrecSystem, _Job, _replay, evaluate
 from streamrec.events import Event, Item, ItemEmbedding
@@ -62,9 +63,18 @@ def test_every_event_is_scored_before_it_is_learned() -> None:
     assert ranks == [None, None, 1, None, None]
 
 
+@pytest.mark.timeout(300)
 def test_evaluate_reports_every_system_and_the_counts(taobao_path: Path) -> None:
+    import faiss
+
     from streamrec.replay import read_log
 
+    # the parent has a live 2-thread OpenMP pool when it forks (as after any multi-threaded FAISS search):
+    # the forked systems must still finish rather than wait for pool threads that do not exist in them
+    faiss.omp_set_num_threads(2)
+    index = faiss.IndexFlatIP(16)
+    index.add(np.ones((1000, 16), np.float32))
+    index.search(np.ones((200, 16), np.float32), 5)
     recs = list(read_log(taobao_path, "taobao", limit=1500))
     settings = Settings()
     report = evaluate(recs, settings, ["streamrec", "popularity", "cooccurrence"], k=20, progress=False, jobs=2)
