@@ -1,10 +1,12 @@
 """Baselines a team would otherwise ship, evaluated in the same prequential harness as streamrec.
 
-Each is small and honest. Decay (``popularity_half_life_s``), co-visitation window and neighbour bounds come from
-the same :class:`Settings` streamrec runs with, so an override on the command line (``--set k=v``) applies to
-every system alike and a baseline is never handicapped by a setting only streamrec got. All follow the same list
-rules as streamrec: purchased items and the user's recent items are not recommended, and a list that its own
-signal cannot fill is topped up with decayed popularity (so cold users get something from every system).
+Each is small and honest. Decay (``popularity_half_life_s``) and neighbour bounds come from the same
+:class:`Settings` streamrec runs with, so an override on the command line (``--set k=v``) applies to every system
+alike and a baseline is never handicapped by a setting only streamrec got; the co-visitation baseline has its
+own tuned window (``baseline_cooc_window``), since a wider one serves it better than it serves streamrec.
+All follow the same list rules as streamrec: purchased items and the user's recent items are not recommended,
+and a list that its own signal cannot fill is topped up with decayed popularity (so cold users get something
+from every system).
 
 * :class:`PopularityBaseline` — time-decayed global popularity.
 * :class:`CooccurrenceBaseline` — item-to-item co-visitation from the user's recent items, decayed.
@@ -115,13 +117,13 @@ def _fill(ranked: Sequence[str], fallback: PopularityBaseline, k: int, exclude: 
 
 
 class CooccurrenceBaseline:
-    """Items co-visited with the user's last ``cooc_window`` items (closer in the session weighs more), decayed."""
+    """Items co-visited with the user's last ``baseline_cooc_window`` items (closer weighs more), decayed."""
 
     name = "cooccurrence"
 
     def __init__(self, settings: Settings) -> None:
         self.popularity = PopularityBaseline(settings)
-        self.covis = CoVisitation(settings)
+        self.covis = CoVisitation(settings.replace(cooc_window=settings.baseline_cooc_window))
         self.row_of: dict[str, int] = {}
         self.ids: list[str] = []
 

@@ -209,7 +209,8 @@ class Recommender:
                 pool = self._pools.get(event.user_id)
                 # Learn only from choices the ranker could have made: the taken item was among the candidates
                 # it ranked. Items retrieval never offered would teach it to distrust its own sources.
-                negs = self._negatives(profile, row, pool) if pool is not None and row in pool else []
+                learnable = self.settings.learn and pool is not None and row in pool
+                negs = self._negatives(profile, row, pool) if learnable else []
                 if negs:
                     rows = np.array([row, *negs], dtype=np.int64)
                     x = self.features(profile, rows, event.ts)
