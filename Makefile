@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test eval lint clean
 
 install: $(STAMP)
 
@@ -26,6 +26,15 @@ demo: install
 test: install
 	$(VENV)/bin/ruff check streamrec tests
 	$(PY) -m pytest -q
+
+# Prequential quality on the two logs in ../shared/datasets (README, "Evaluating quality").
+SHARED ?= ../shared/datasets
+eval: install
+	mkdir -p out
+	$(VENV)/bin/streamrec eval $(SHARED)/taobao-userbehavior-sample/UserBehavior_head.csv --format taobao \
+		--json out/eval-taobao.json --plot out/eval-taobao.png
+	$(VENV)/bin/streamrec eval $(SHARED)/movielens-100k --format movielens \
+		--json out/eval-movielens.json --plot out/eval-movielens.png
 
 lint: install
 	$(VENV)/bin/ruff check streamrec tests
