@@ -21,7 +21,7 @@ import numpy as np
 from .events import ITEM_EVENT_TYPES, Event, ItemEmbedding
 from .profiles import ProfileStore, UserProfile, apply_event, unit
 from .ranker import FEATURES, FusionRanker
-from .retrieval import Catalog, CoVisitation, freshness, price_feature
+from .retrieval import Catalog, CoEmbedding, CoVisitation, freshness, price_feature
 from .settings import Settings
 
 QueryEncoder = Callable[[Sequence[str]], np.ndarray]
@@ -89,6 +89,7 @@ class Recommender:
         self.settings = settings
         self.catalog = Catalog(settings)
         self.covis = CoVisitation(settings)
+        self.coemb = CoEmbedding(settings)
         self.ranker = FusionRanker(settings)
         self.encode_queries = encode_queries
         self.rng = np.random.default_rng(settings.seed)
@@ -141,7 +142,9 @@ class Recommender:
         x[:, F_INDEX["freshness"]] = freshness(cat.item_ts[rows], now, self.settings.freshness_half_life_s) * (
             cat.item_ts[rows] > 0
         )
-        x[:, F_INDEX["seen"]] = np.isin(rows, self._rows(profile.recent))
+        recent_rows = self._rows(profile.recent)
+        x[:, F_INDEX["coemb"]] = self.coemb.similarity(self.coemb.user_vector(recent_rows), rows)
+        x[:, F_INDEX["seen"]] = np.isin(rows, recent_rows)
         return x
 
     def _rows(self, item_ids: Sequence[str]) -> list[int]:
@@ -222,6 +225,7 @@ class Recommender:
                 apply_event(profile, event, vector, self.catalog.category_of(row), self.settings, part, off)
                 weight = self.settings.event_weight(event.type)
                 self.covis.add(previous, row, weight, event.ts)
+                self.coemb.add(previous, row)
                 self.catalog.add_popularity(row, weight, event.ts)
                 behaviour[event.user_id] = _Request(profile, event.ts)
             else:  # search: update intent with the query, answer with query-aware results

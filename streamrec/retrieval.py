@@ -289,6 +289,83 @@ class CoVisitation:
         return dict(best)
 
 
+class CoEmbedding:
+    """Online item embeddings learned from co-visits (skip-gram with negative sampling, one step per event).
+
+    Co-visitation counts only know pairs that were seen together; embeddings trained on the same pairs also
+    relate items through shared neighbours (two films each co-watched with a third), which is what a sparse,
+    young co-visitation graph misses. Vectors are small (``coemb_dim``) and updated in place.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.dim = settings.coemb_dim
+        self.window = settings.cooc_window
+        self.lr = settings.coemb_learning_rate
+        self.negatives = settings.coemb_negatives
+        self.rng = np.random.default_rng(settings.seed)
+        self.min_visits = settings.coemb_min_visits
+        self.vectors = self._init(INITIAL_CAPACITY)
+        self.visits = np.zeros(INITIAL_CAPACITY, np.int32)
+        self.n = 0
+
+    def _init(self, n: int) -> np.ndarray:
+        return (self.rng.standard_normal((n, self.dim)) / math.sqrt(self.dim) * COEMB_INIT_SCALE).astype(np.float32)
+
+    def _ensure(self, row: int) -> None:
+        if row >= len(self.vectors):
+            grow = max(row + 1, 2 * len(self.vectors)) - len(self.vectors)
+            self.vectors = np.concatenate([self.vectors, self._init(grow)])
+            self.visits = np.concatenate([self.visits, np.zeros(grow, np.int32)])
+        self.n = max(self.n, row + 1)
+
+    def add(self, previous_rows: Sequence[int], row: int) -> None:
+        """``row`` was visited after ``previous_rows``: pull it towards them, push it from random items."""
+        context = [r for r in previous_rows[-self.window :] if r != row]
+        self._ensure(max([row, *context]))
+        self.visits[row] += 1
+        if not context:
+            return
+        ctx = np.array(context, np.int64)
+        neg = self.rng.integers(0, self.n, size=self.negatives)
+        neg = neg[neg != row]
+        others = np.concatenate([ctx, neg])
+        labels = np.concatenate([np.ones(len(ctx), np.float32), np.zeros(len(neg), np.float32)])
+        v = self.vectors[row].copy()
+        u = self.vectors[others]
+        g = self.lr * (labels - _sigmoid(u @ v))  # (n,)
+        self.vectors[row] = v + g @ u
+        np.add.at(self.vectors, others, g[:, None] * v[None, :])
+
+    def user_vector(self, seed_rows: Sequence[int]) -> np.ndarray | None:
+        """The user's recent items' vectors, the most recent weighing most (unit length)."""
+        seeds = [r for r in seed_rows[-self.window :] if r < self.n and self.visits[r] >= self.min_visits]
+        if not seeds:
+            return None
+        w = 1.0 / np.arange(len(seeds), 0, -1, dtype=np.float32)
+        u = w @ self.vectors[seeds]
+        norm = float(np.linalg.norm(u))
+        return u / norm if norm > 0 else None
+
+    def similarity(self, user: np.ndarray | None, rows: np.ndarray) -> np.ndarray:
+        """Cosine between the user vector and each row's vector (0 for unknown rows or no user vector)."""
+        out = np.zeros(len(rows), np.float32)
+        if user is None:
+            return out
+        known = rows < self.n
+        known[known] = self.visits[rows[known]] >= self.min_visits
+        v = self.vectors[rows[known]]
+        norms = np.linalg.norm(v, axis=1)
+        out[known] = (v @ user) / np.maximum(norms, 1e-12)
+        return out
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -30.0, 30.0)))
+
+
+COEMB_INIT_SCALE = 0.1
+
+
 def log1p_safe(x: np.ndarray) -> np.ndarray:
     return np.log1p(np.maximum(x, 0.0))
 

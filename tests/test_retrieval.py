@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from streamrec.events import Item, ItemEmbedding
-from streamrec.retrieval import Catalog, CoVisitation, DecayClock, freshness
+from streamrec.retrieval import Catalog, CoEmbedding, CoVisitation, DecayClock, freshness
 from streamrec.settings import Settings
 
 S = Settings(embedding_dim=4, popularity_half_life_s=10.0, cooc_window=2)
@@ -68,6 +68,35 @@ def test_covisitation_is_symmetric_recency_weighted_and_bounded() -> None:
     for other in range(10, 20):
         cv.add([5], other, float(other), 0.0)
     assert len(cv.neighbours[5]) <= 2 * 2
+
+
+def _trained_coembedding(sessions: list[list[int]], repeats: int) -> CoEmbedding:
+    emb = CoEmbedding(Settings(cooc_window=3, seed=1))
+    for _ in range(repeats):
+        for session in sessions:
+            for i, row in enumerate(session):
+                emb.add(session[:i], row)
+    return emb
+
+
+def test_coembedding_relates_items_through_shared_neighbours() -> None:
+    # 0 and 2 are never visited together, only each with 1; 3-4-5 form a separate taste; 10..209 are
+    # unrelated pairs (a catalogue for the negatives to come from)
+    filler = [[10 + 2 * i, 11 + 2 * i] for i in range(100)]
+    emb = _trained_coembedding([[0, 1], [1, 2], [3, 4], [4, 5], *filler], repeats=100)
+    sims = emb.similarity(emb.user_vector([0]), np.arange(210))
+    assert sims[2] > 0.5
+    assert sims[2] > sims[3:6].max() + 0.5
+    assert sims[2] > sims[10:].max() + 0.3
+
+
+def test_coembedding_weighs_the_latest_item_most_and_knows_nothing_of_unseen_rows() -> None:
+    emb = _trained_coembedding([[0, 1], [2, 3], *[[10 + 2 * i, 11 + 2 * i] for i in range(100)]], repeats=100)
+    after_3 = emb.similarity(emb.user_vector([0, 2]), np.array([3, 1]))  # 2 is the latest
+    assert after_3[0] > after_3[1]
+    assert emb.user_vector([]) is None
+    assert emb.similarity(None, np.array([0, 1])).tolist() == [0.0, 0.0]
+    assert emb.similarity(emb.user_vector([0]), np.array([emb.n + 5])).tolist() == [0.0]
 
 
 def test_freshness_halves() -> None:
