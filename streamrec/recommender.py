@@ -21,13 +21,38 @@ import numpy as np
 from .events import ITEM_EVENT_TYPES, Event, ItemEmbedding
 from .profiles import ProfileStore, UserProfile, apply_event, unit
 from .ranker import FEATURES, FusionRanker
-from .retrieval import Catalog, CoEmbedding, CoVisitation, freshness, price_feature
+from .retrieval import Catalog, CoEmbedding, CoVisitation, freshness
 from .settings import Settings
 
 QueryEncoder = Callable[[Sequence[str]], np.ndarray]
 F_INDEX = {name: i for i, name in enumerate(FEATURES)}
 SEARCH_KIND = "search"
 BEHAVIOUR_KIND = "behaviour"
+
+
+def member(rows: np.ndarray, few: Sequence[int]) -> np.ndarray:
+    """``np.isin(rows, few)`` for the short lists used here (recent, purchased), without isin's sorting."""
+    if not len(few):
+        return np.zeros(len(rows), bool)
+    return (rows[:, None] == np.asarray(few, rows.dtype)[None, :]).any(axis=1)
+
+
+def covisit_rank_feature(covis: dict[int, float], rows: np.ndarray) -> np.ndarray:
+    """Each row's rank among the user's co-visited items as 1/log2(rank + 2), NDCG-style; 0 if not co-visited.
+
+    Scale-free across datasets and decay settings, and any co-visited item scores above every item that was
+    never co-visited. Ties keep the co-visitation order (a stable sort), as ``sorted`` would.
+    """
+    keys = np.fromiter(covis.keys(), np.int64, len(covis))
+    vals = np.fromiter(covis.values(), np.float64, len(covis))
+    rank = np.empty(len(keys), np.int64)
+    rank[np.argsort(-vals, kind="stable")] = np.arange(len(keys))
+    sorter = np.argsort(keys)
+    pos = np.searchsorted(keys, rows, sorter=sorter).clip(max=len(keys) - 1)
+    hit = keys[sorter[pos]] == rows
+    out = np.zeros(len(rows), np.float32)
+    out[hit] = 1.0 / np.log2(rank[sorter[pos[hit]]] + 2.0)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,13 +147,7 @@ class Recommender:
         if covis is None:
             covis = self.covis.scores(self._rows(profile.recent), now)
         if covis:
-            # rank among the user's co-visited items, NDCG-style: scale-free across datasets and decay settings,
-            # and any co-visited item scores above every item that was never co-visited
-            ranked = sorted(covis, key=covis.__getitem__, reverse=True)
-            rank_of = {r: i for i, r in enumerate(ranked)}
-            x[:, F_INDEX["covisit"]] = [
-                1.0 / np.log2(rank_of[int(r)] + 2.0) if int(r) in rank_of else 0.0 for r in rows
-            ]
+            x[:, F_INDEX["covisit"]] = covisit_rank_feature(covis, rows)
         total = sum(profile.categories.values())
         if total > 0.0:
             codes = cat.category[rows]
@@ -138,13 +157,13 @@ class Recommender:
                 if code is not None:
                     col[codes == code] = w / total
         x[:, F_INDEX["popularity"]] = cat.relative_popularity(rows, now)
-        x[:, F_INDEX["price"]] = price_feature(cat.price[rows])
+        x[:, F_INDEX["price"]] = cat.price_feature[rows]
         x[:, F_INDEX["freshness"]] = freshness(cat.item_ts[rows], now, self.settings.freshness_half_life_s) * (
             cat.item_ts[rows] > 0
         )
         recent_rows = self._rows(profile.recent)
         x[:, F_INDEX["coemb"]] = self.coemb.similarity(self.coemb.user_vector(recent_rows), rows)
-        x[:, F_INDEX["seen"]] = np.isin(rows, recent_rows)
+        x[:, F_INDEX["seen"]] = member(rows, recent_rows)
         return x
 
     def _rows(self, item_ids: Sequence[str]) -> list[int]:
@@ -288,7 +307,7 @@ class Recommender:
             if self.settings.exclude_seen and qvs[i] is None:
                 excluded += self._rows(profile.recent)
             if excluded:
-                cands = cands[~np.isin(cands, excluded)]
+                cands = cands[~member(cands, excluded)]
             if len(cands) == 0:
                 out.append([])
                 continue

@@ -82,6 +82,8 @@ class Catalog:
         self.vectors = np.zeros((cap, self.dim), np.float32)
         self.has_vector = np.zeros(cap, bool)
         self.price = np.full(cap, np.nan, np.float32)
+        self.price_feature = np.zeros(cap, np.float32)
+        """``price_feature(price)`` per row, computed once at upsert rather than per ranking."""
         self.category = np.full(cap, NO_CATEGORY, np.int32)
         self.item_ts = np.zeros(cap, np.float64)
         self.popularity = np.zeros(cap, np.float64)
@@ -103,6 +105,7 @@ class Catalog:
             ("vectors", 0.0),
             ("has_vector", False),
             ("price", np.nan),
+            ("price_feature", 0.0),
             ("category", NO_CATEGORY),
             ("item_ts", 0.0),
             ("popularity", 0.0),
@@ -142,6 +145,7 @@ class Catalog:
             return False
         self.meta[row] = ItemMeta(item.item_id, item.title, item.category, item.brand, item.price, item.ts, emb.source)
         self.price[row] = np.nan if item.price is None else item.price
+        self.price_feature[row] = price_feature(self.price[row : row + 1])[0]
         self.category[row] = self.code_for(item.category)
         self.item_ts[row] = item.ts
         vector = emb.vector.astype(np.float32)
