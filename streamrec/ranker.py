@@ -101,9 +101,17 @@ class FusionRanker:
 
     def reasons(self, x: np.ndarray, top: int = 2) -> list[str]:
         """The features that contributed most to one item's score, as readable labels."""
+        return list(self.reasons_many(x[None, :], top)[0])
+
+    def reasons_many(self, x: np.ndarray, top: int = 2) -> list[tuple[str, ...]]:
+        """:meth:`reasons` for each row of an (N, F) feature matrix, with one sort for all rows."""
         contrib = x * self._weights_np
-        order = np.argsort(-contrib)[:top]
-        return [REASON_LABELS[FEATURES[i]] for i in order if contrib[i] > 0]
+        order = np.argsort(-contrib, axis=1, kind="stable")[:, :top]
+        best = np.take_along_axis(contrib, order, axis=1)
+        return [
+            tuple(REASON_LABELS[FEATURES[i]] for i, c in zip(row, vals, strict=True) if c > 0)
+            for row, vals in zip(order.tolist(), best.tolist(), strict=True)
+        ]
 
     @property
     def version(self) -> str:

@@ -317,14 +317,12 @@ class Recommender:
             top = order[:k]
             if remember:
                 self._remember(profile, cands, order, k)
+            why = self.ranker.reasons_many(x[top]) if reasons else [()] * len(top)
+            item_id = self.catalog.item_id
             out.append(
                 [
-                    ScoredItem(
-                        self.catalog.item_id(int(cands[j])),
-                        float(scores[j]),
-                        tuple(self.ranker.reasons(x[j])) if reasons else (),
-                    )
-                    for j in top
+                    ScoredItem(item_id(int(j)), float(sc), r)
+                    for j, sc, r in zip(cands[top].tolist(), scores[top].tolist(), why, strict=True)
                 ]
             )
         return out

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamrec.ranker import FEATURES, PRIOR_WEIGHTS, FusionRanker
+from streamrec.ranker import FEATURES, PRIOR_WEIGHTS, REASON_LABELS, FusionRanker
 from streamrec.settings import Settings
 
 F = len(FEATURES)
@@ -71,6 +71,19 @@ def test_reasons_name_the_largest_contributions() -> None:
     x[FEATURES.index("popularity")] = 1.0
     x[FEATURES.index("sim_long")] = 0.1
     assert r.reasons(x) == ["from a category you like", "popular right now"]
+    assert r.reasons(np.zeros(F, np.float32)) == []  # nothing contributes: no reason invented
+
+
+def test_reasons_for_many_rows_are_each_rows_largest_positive_terms() -> None:
+    r = FusionRanker(Settings())
+    x = np.random.default_rng(3).normal(size=(50, F)).astype(np.float32)
+    expected = []
+    for row in x:
+        contrib = [float(v) * r.weight(f) for v, f in zip(row, FEATURES, strict=True)]
+        best = sorted(range(F), key=lambda i: -contrib[i])[:3]
+        expected.append(tuple(REASON_LABELS[FEATURES[i]] for i in best if contrib[i] > 0))
+    assert r.reasons_many(x, top=3) == expected
+    assert {len(e) for e in expected} >= {2, 3}  # the sample exercises the "no positive term" cut
 
 
 def test_closed_form_gradient_equals_autograd() -> None:
