@@ -24,7 +24,7 @@ demo: install
 	$(VENV)/bin/streamrec demo $(ARGS)
 
 test: install
-	$(VENV)/bin/ruff check streamrec tests
+	$(VENV)/bin/ruff check streamrec tests benchmarks
 	$(PY) -m pytest -q
 
 # Prequential quality on the two logs in ../shared/datasets (README, "Evaluating quality").
@@ -37,8 +37,8 @@ eval: install
 		--json out/eval-movielens.json --plot out/eval-movielens.png
 
 lint: install
-	$(VENV)/bin/ruff check streamrec tests
-	$(VENV)/bin/ruff format --check streamrec tests
+	$(VENV)/bin/ruff check streamrec tests benchmarks
+	$(VENV)/bin/ruff format --check streamrec tests benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
