@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from streamrec.encoder import fallback_vector
-from streamrec.events import ITEM_EVENT_TYPES, Event, Item, ItemEmbedding, event_from_dict, item_from_dict
+from streamrec.encoder import fallback_embeddings
+from streamrec.events import ITEM_EVENT_TYPES, Event, Item, event_from_dict, item_from_dict
 from streamrec.profiles import DictProfileStore
 from streamrec.recommender import Recommender
 from streamrec.replay import read_log
@@ -35,18 +35,10 @@ TAOBAO = Path(__file__).resolve().parents[1].parent / "shared/datasets/taobao-us
 PROFILE_LINES = 25
 
 
-def embed(items: Sequence[Item], settings: Settings) -> list[ItemEmbedding]:
-    out = []
-    for item in items:
-        vector, source = fallback_vector(item, settings.embedding_dim, settings.seed)
-        out.append(ItemEmbedding(item, vector, "fallback", source))
-    return out
-
-
 def run(name: str, items: Sequence[Item], events: Sequence[Event], settings: Settings, profile: bool) -> dict[str, Any]:
     """Upsert the catalogue, then feed the events through ``process`` in ``batch_size`` slices."""
     rec = Recommender(settings)
-    for emb in embed(items, settings):
+    for emb in fallback_embeddings(items, settings):
         rec.upsert_item(emb)
     store = DictProfileStore()
     batches = [events[i : i + settings.batch_size] for i in range(0, len(events), settings.batch_size)]

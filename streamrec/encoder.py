@@ -231,6 +231,15 @@ def fallback_vector(item: Item, dim: int, seed: int) -> tuple[np.ndarray, str]:
     return vector.astype(np.float32), "category"
 
 
+def fallback_embeddings(items: Sequence[Item], settings: Settings) -> list[ItemEmbedding]:
+    """:func:`fallback_vector` embeddings for a catalogue, as the encoder publishes them for items without text."""
+    out = []
+    for item in items:
+        vector, source = fallback_vector(item, settings.embedding_dim, settings.seed)
+        out.append(ItemEmbedding(item=item, vector=vector, model=settings.model_name, source=source))
+    return out
+
+
 # --------------------------------------------------------------------------------------------------------
 # The encoder
 

@@ -82,15 +82,11 @@ def make_systems(settings: Settings, names: Sequence[str]) -> list[System]:
 
 def embed_catalog(items: Sequence[Item], settings: Settings) -> list[ItemEmbedding]:
     """Embeddings exactly as the encoder worker would publish them (the model loads only if any item has text)."""
-    from .encoder import TextEncoder, fallback_vector
+    from .encoder import TextEncoder, fallback_embeddings
 
     if any(i.has_text for i in items):
         return TextEncoder(settings).embed_items(items)
-    out = []
-    for item in items:
-        vector, source = fallback_vector(item, settings.embedding_dim, settings.seed)
-        out.append(ItemEmbedding(item, vector, settings.model_name, source))
-    return out
+    return fallback_embeddings(items, settings)
 
 
 @dataclass

@@ -144,8 +144,9 @@ class Recommender:
         x[:, F_INDEX["sim_intent"]] = vecs @ unit(profile.intent)
         if query_vector is not None:
             x[:, F_INDEX["sim_query"]] = vecs @ query_vector
+        recent_rows = self._rows(profile.recent)
         if covis is None:
-            covis = self.covis.scores(self._rows(profile.recent), now)
+            covis = self.covis.scores(recent_rows, now)
         if covis:
             x[:, F_INDEX["covisit"]] = covisit_rank_feature(covis, rows)
         total = sum(profile.categories.values())
@@ -161,7 +162,6 @@ class Recommender:
         x[:, F_INDEX["freshness"]] = freshness(cat.item_ts[rows], now, self.settings.freshness_half_life_s) * (
             cat.item_ts[rows] > 0
         )
-        recent_rows = self._rows(profile.recent)
         x[:, F_INDEX["coemb"]] = self.coemb.similarity(self.coemb.user_vector(recent_rows), rows)
         x[:, F_INDEX["seen"]] = member(rows, recent_rows)
         return x
@@ -293,6 +293,7 @@ class Recommender:
             retrieval[i] = unit(blend * qv + (1.0 - blend) * taste) if qv is not None else taste
         _, sem_rows = self.catalog.search(retrieval, n_cand)
         popular = self.catalog.top_popular(n_cand)
+        item_id = self.catalog.item_id
         out: list[list[ScoredItem]] = []
         for i, profile in enumerate(profiles):
             seeds = self._rows(profile.recent)
@@ -318,7 +319,6 @@ class Recommender:
             if remember:
                 self._remember(profile, cands, order, k)
             why = self.ranker.reasons_many(x[top]) if reasons else [()] * len(top)
-            item_id = self.catalog.item_id
             out.append(
                 [
                     ScoredItem(item_id(int(j)), float(sc), r)

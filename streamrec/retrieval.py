@@ -29,6 +29,8 @@ NO_CATEGORY = -1
 ANN_MIN_LISTS = 64
 ANN_MAX_LISTS = 1024
 ANN_TRAIN_POINTS_PER_LIST = 40
+COEMB_INIT_SCALE = 0.1
+"""Co-embeddings start as small random vectors (norm ≈ this), so the first co-visits decide their direction."""
 """k-means training sample per IVF list (FAISS asks for at least 39)."""
 
 
@@ -365,9 +367,6 @@ class CoEmbedding:
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -30.0, 30.0)))
-
-
-COEMB_INIT_SCALE = 0.1
 
 
 def log1p_safe(x: np.ndarray) -> np.ndarray:
