@@ -118,6 +118,8 @@ class Recommender:
         self.ranker = FusionRanker(settings)
         self.encode_queries = encode_queries
         self.rng = np.random.default_rng(settings.seed)
+        self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        """Embeddings of recent distinct queries: search traffic repeats its head queries all the time."""
         self._pools: OrderedDict[str, np.ndarray] = OrderedDict()
         """Each recent user's last candidate pool: learning happens against what retrieval offered."""
         self.clock = 0.0
@@ -135,6 +137,7 @@ class Recommender:
         now: float,
         covis: dict[int, float] | None = None,
         query_vector: np.ndarray | None = None,
+        recent_rows: list[int] | None = None,
     ) -> np.ndarray:
         """Feature matrix (len(rows), F) of ``rows`` for ``profile`` as it is now."""
         cat = self.catalog
@@ -144,19 +147,21 @@ class Recommender:
         x[:, F_INDEX["sim_intent"]] = vecs @ unit(profile.intent)
         if query_vector is not None:
             x[:, F_INDEX["sim_query"]] = vecs @ query_vector
-        recent_rows = self._rows(profile.recent)
+        if recent_rows is None:
+            recent_rows = self._rows(profile.recent)
         if covis is None:
             covis = self.covis.scores(recent_rows, now)
         if covis:
             x[:, F_INDEX["covisit"]] = covisit_rank_feature(covis, rows)
         total = sum(profile.categories.values())
         if total > 0.0:
-            codes = cat.category[rows]
-            col = x[:, F_INDEX["category"]]
+            # the user's share per category code, looked up for every row at once (last slot: no category)
+            share = np.zeros(len(cat.category_names) + 1, np.float32)
             for name, w in profile.categories.items():
                 code = cat.category_code.get(name)
                 if code is not None:
-                    col[codes == code] = w / total
+                    share[code] = w / total
+            x[:, F_INDEX["category"]] = share[cat.category[rows]]
         x[:, F_INDEX["popularity"]] = cat.relative_popularity(rows, now)
         x[:, F_INDEX["price"]] = cat.price_feature[rows]
         x[:, F_INDEX["freshness"]] = freshness(cat.item_ts[rows], now, self.settings.freshness_half_life_s) * (
@@ -169,6 +174,27 @@ class Recommender:
     def _rows(self, item_ids: Sequence[str]) -> list[int]:
         row_of = self.catalog.row_of
         return [row_of[i] for i in item_ids if i in row_of]
+
+    def _query_vectors(self, queries: Sequence[str]) -> dict[str, np.ndarray]:
+        """Unit embeddings of search queries: repeated queries come from an LRU cache, the rest in one call."""
+        out: dict[str, np.ndarray] = {}
+        if not queries or self.encode_queries is None:
+            return out
+        cache = self._query_cache
+        missing = []
+        for q in dict.fromkeys(queries):
+            v = cache.get(q)
+            if v is None:
+                missing.append(q)
+            else:
+                cache.move_to_end(q)
+                out[q] = v
+        if missing:
+            for q, v in zip(missing, self.encode_queries(missing), strict=True):
+                out[q] = cache[q] = unit(np.asarray(v, np.float32))
+            while len(cache) > self.settings.query_cache_size:
+                cache.popitem(last=False)
+        return out
 
     # --- learning -----------------------------------------------------------------------------------
     def _negatives(self, profile: UserProfile, positive: int, pool: np.ndarray) -> list[int]:
@@ -202,12 +228,7 @@ class Recommender:
     ) -> tuple[BatchResult, dict[str, _Request], list[_Request]]:
         """Fold a batch into state and step the ranker once; returns who needs fresh recommendations."""
         result = BatchResult()
-        queries = [e.query for e in events if e.type == "search" and e.query]
-        qvecs: dict[str, np.ndarray] = {}
-        if queries and self.encode_queries is not None:
-            unique = list(dict.fromkeys(queries))
-            for q, v in zip(unique, self.encode_queries(unique), strict=True):
-                qvecs[q] = unit(np.asarray(v, np.float32))
+        qvecs = self._query_vectors([e.query for e in events if e.type == "search" and e.query])
         profiles: dict[str, UserProfile] = {}
         behaviour: dict[str, _Request] = {}
         searches: list[_Request] = []
@@ -306,13 +327,13 @@ class Recommender:
             )
             excluded = self._rows(profile.purchased) if self.settings.exclude_purchased else []
             if self.settings.exclude_seen and qvs[i] is None:
-                excluded += self._rows(profile.recent)
+                excluded += seeds
             if excluded:
                 cands = cands[~member(cands, excluded)]
             if len(cands) == 0:
                 out.append([])
                 continue
-            x = self.features(profile, cands, now, covis, qvs[i])
+            x = self.features(profile, cands, now, covis, qvs[i], seeds)
             scores = self.ranker.score(x)
             order = np.argsort(-scores, kind="stable")
             top = order[:k]

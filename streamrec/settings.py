@@ -60,9 +60,7 @@ class Settings:
 
     # --- Worker batching -------------------------------------------------------------------------------
     batch_size: int = 512
-    """Events taken from the stream per micro-batch."""
-    batch_within_s: float = 0.005
-    """Longest wait to fill a micro-batch before it is processed anyway."""
+    """Most events per micro-batch; a batch is whatever has arrived, so it is this large only under a backlog."""
     data_dir: str = ".streamrec"
     """Local working directory of a worker (Faust's datadir)."""
     web_port: int = 6066
@@ -74,6 +72,8 @@ class Settings:
     exclude_purchased: bool = True
     exclude_seen: bool = True
     """Leave the user's recent items out of behaviour recommendations (they have just seen them)."""
+    query_cache_size: int = 10_000
+    """Distinct search queries whose embeddings are kept (LRU), so a repeated query costs no encoder call."""
     search_query_weight: float = 0.7
     """Blend of query embedding vs. user profile for search results (1.0 = query only)."""
 
@@ -96,7 +96,7 @@ class Settings:
     embedding_dim: int = 384
     """Dimension of item embeddings (all-MiniLM-L6-v2: 384); other sizes are rejected to dead-letters."""
     ann_threshold: int = 20_000
-    """Exact FAISS search up to this many items; beyond it an IVF index (trained once on the catalogue)."""
+    """Exact FAISS search up to this many items; beyond it an IVF index, retrained each time the catalogue doubles."""
     ann_nprobe: int = 16
     """IVF lists visited per query: recall vs. speed."""
     popularity_half_life_s: float = 24 * 3600.0

@@ -156,3 +156,22 @@ def test_k_override(k: int) -> None:
     store = DictProfileStore()
     rec.process([Event("u", "click", 1.0, item_id="shoes-1")], store)
     assert len(rec.recommend([store.get("u")], k=k)[0]) == k
+
+
+def test_repeated_queries_are_encoded_once_and_the_cache_is_bounded() -> None:
+    s = Settings(embedding_dim=DIM, top_k=5, seed=1, query_cache_size=2)
+    rec = build(s)
+    encoded: list[list[str]] = []
+
+    def encode(queries: list[str]) -> np.ndarray:
+        encoded.append(list(queries))
+        return np.stack([np.eye(DIM)[len(q) % DIM] for q in queries]).astype(np.float32)
+
+    rec.encode_queries = encode
+    store = DictProfileStore()
+    rec.process([Event("u", "search", 1.0, query="tea"), Event("v", "search", 1.0, query="tea")], store)
+    rec.process([Event("u", "search", 2.0, query="tea"), Event("u", "search", 3.0, query="beans")], store)
+    rec.process([Event("u", "search", 4.0, query="mugs"), Event("u", "search", 5.0, query="tea")], store)
+    # "tea" once, then cached; "mugs" pushes the least recently used ("beans") out of a 2-entry cache
+    assert encoded == [["tea"], ["beans"], ["mugs"]]
+    assert list(rec._query_cache) == ["tea", "mugs"]  # least recently used first
