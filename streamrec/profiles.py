@@ -22,6 +22,7 @@ True
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -179,7 +180,7 @@ def category_affinity(profile: UserProfile, categories: Iterable[str | None]) ->
 
 def unit(v: np.ndarray) -> np.ndarray:
     """``v`` scaled to unit length (zeros stay zeros)."""
-    n = float(np.linalg.norm(v))
+    n = math.sqrt(float(v @ v))  # what np.linalg.norm computes for a 1-D vector, without its overhead
     return v / n if n > 0.0 else v
 
 

@@ -27,7 +27,11 @@ RESCALE_LOG2 = 60.0
 """Rescale decayed counters when the growth factor passes 2^60, far from float64 overflow."""
 NO_CATEGORY = -1
 ANN_MIN_LISTS = 64
-ANN_MAX_LISTS = 1024
+ANN_MAX_LISTS = 4096
+ANN_LISTS_PER_SQRT = 4.0
+"""IVF lists = 4·√n: with ``ann_nprobe`` = 16 a query scans ~4·√n vectors (50k items: ~900 of 50,000)."""
+ANN_REBUILD_GROWTH = 2.0
+"""Retrain the IVF index each time the catalogue has doubled since the last training."""
 ANN_TRAIN_POINTS_PER_LIST = 40
 COEMB_INIT_SCALE = 0.1
 """Co-embeddings start as small random vectors (norm ≈ this), so the first co-visits decide their direction."""
@@ -90,8 +94,10 @@ class Catalog:
         self.item_ts = np.zeros(cap, np.float64)
         self.popularity = np.zeros(cap, np.float64)
         self.pop_clock = DecayClock(settings.popularity_half_life_s)
+        self._peak_popularity = 0.0
         self.index: faiss.Index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
         self._quantizer: faiss.Index | None = None
+        self._next_ivf_build = settings.ann_threshold
         self.rng = np.random.default_rng(settings.seed)
 
     def __len__(self) -> int:
@@ -158,14 +164,16 @@ class Catalog:
             self.index.remove_ids(ids)
         self.index.add_with_ids(self.vectors[row : row + 1], ids)
         self.has_vector[row] = True
-        if self._quantizer is None and self.index.ntotal >= self.settings.ann_threshold:
+        if self.index.ntotal >= self._next_ivf_build:
             self._build_ivf()
         return True
 
     def _build_ivf(self) -> None:
-        """Switch from exact search to IVF once the catalogue is large: a query then scans ~nprobe/nlist of it."""
+        """Switch from exact search to IVF once the catalogue is large (a query then scans ~nprobe/nlist of it),
+        and retrain it as the catalogue grows, so lists stay short and centroids follow the content."""
         rows = np.flatnonzero(self.has_vector[: len(self.row_of)]).astype(np.int64)
-        nlist = int(np.clip(np.sqrt(len(rows)), ANN_MIN_LISTS, ANN_MAX_LISTS))
+        self._next_ivf_build = int(len(rows) * ANN_REBUILD_GROWTH)
+        nlist = int(np.clip(ANN_LISTS_PER_SQRT * np.sqrt(len(rows)), ANN_MIN_LISTS, ANN_MAX_LISTS))
         sample = rows
         if len(rows) > nlist * ANN_TRAIN_POINTS_PER_LIST:
             sample = self.rng.choice(rows, nlist * ANN_TRAIN_POINTS_PER_LIST, replace=False)
@@ -200,8 +208,12 @@ class Catalog:
     # --- popularity ---------------------------------------------------------------------------------
     def add_popularity(self, row: int, weight: float, ts: float) -> None:
         if self.pop_clock.needs_rescale(ts):
-            self.popularity *= self.pop_clock.rebase(ts)
+            factor = self.pop_clock.rebase(ts)
+            self.popularity *= factor
+            self._peak_popularity *= factor
         self.popularity[row] += weight * self.pop_clock.growth(ts)
+        # counters only grow between rescales, so the running max is the max (no O(items) scan per ranking)
+        self._peak_popularity = max(self._peak_popularity, float(self.popularity[row]))
 
     def popularity_at(self, rows: np.ndarray, ts: float) -> np.ndarray:
         """Decayed popularity of ``rows`` as of ``ts`` (in event-weight units)."""
@@ -211,8 +223,7 @@ class Catalog:
 
     def relative_popularity(self, rows: np.ndarray, ts: float) -> np.ndarray:
         """log-popularity of ``rows`` relative to the most popular item, in [0, 1] (scale-free)."""
-        size = len(self.row_of)
-        peak = float(self.popularity[:size].max()) if size else 0.0
+        peak = self._peak_popularity
         if peak <= 0.0:
             return np.zeros(len(rows), np.float32)
         g = self.pop_clock.growth(ts)

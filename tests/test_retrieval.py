@@ -101,3 +101,37 @@ def test_coembedding_weighs_the_latest_item_most_and_knows_nothing_of_unseen_row
 
 def test_freshness_halves() -> None:
     assert freshness(np.array([10.0, 0.0, 20.0]), 10.0, 10.0) == pytest.approx([1.0, 0.5, 1.0])
+
+
+def test_ivf_index_is_built_at_the_threshold_and_retrained_as_the_catalogue_doubles() -> None:
+    s = Settings(embedding_dim=8, ann_threshold=3_000, ann_nprobe=64, seed=3)
+    cat = Catalog(s)
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((6_100, 8)).astype(np.float32)
+    lists = []
+    for i, v in enumerate(vectors):
+        cat.upsert(emb(f"i{i}", list(v)))
+        if i + 1 in (2_999, 3_000, 5_999, 6_000, 6_100):
+            lists.append(getattr(cat.index, "nlist", 0))
+    # exact below the threshold, IVF with 4·√n lists at 3,000 items, retrained with more lists at 6,000
+    first, second = int(4 * np.sqrt(3_000)), int(4 * np.sqrt(6_000))
+    assert lists == [0, first, first, second, second]
+    assert cat.n_indexed == 6_100
+    unit_rows = vectors[[10, 4_000, 6_050]] / np.linalg.norm(vectors[[10, 4_000, 6_050]], axis=1, keepdims=True)
+    _, rows = cat.search(unit_rows, 1)
+    assert [cat.item_id(int(r)) for r in rows[:, 0]] == ["i10", "i4000", "i6050"]
+
+
+def test_relative_popularity_is_scaled_by_the_most_popular_item_across_rescales() -> None:
+    s = Settings(embedding_dim=4, popularity_half_life_s=1.0)
+    cat = Catalog(s)
+    for item_id in "abc":
+        cat.upsert(emb(item_id, [1, 0, 0, 0]))
+    rows = np.array([0, 1, 2])
+    cat.add_popularity(0, 3.0, ts=0.0)
+    cat.add_popularity(1, 1.0, ts=0.0)
+    assert cat.relative_popularity(rows, 0.0) == pytest.approx([1.0, np.log1p(1.0) / np.log1p(3.0), 0.0])
+    cat.add_popularity(2, 100.0, ts=70.0)  # 70 half-lives later: counters are rebased (2^60 guard)
+    peak = cat.popularity[:3].max()
+    assert cat._peak_popularity == peak and cat.popularity_at(np.array([2]), 70.0) == pytest.approx([100.0])
+    assert cat.relative_popularity(rows, 70.0)[2] == pytest.approx(1.0)
