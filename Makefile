@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test eval lint clean
+.PHONY: install demo test eval bench lint clean
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ eval: install
 		--json out/eval-taobao.json --plot out/eval-taobao.png
 	$(VENV)/bin/streamrec eval $(SHARED)/movielens-100k --format movielens \
 		--json out/eval-movielens.json --plot out/eval-movielens.png
+
+# Throughput, latency, encoder speed, item freshness and memory on the local broker (README, "Performance").
+bench: install
+	mkdir -p out
+	$(VENV)/bin/streamrec bench --json out/bench.json $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check streamrec tests benchmarks

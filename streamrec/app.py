@@ -201,7 +201,7 @@ class WorkerStats:
     first_batch_at: float | None = None
     last_batch_at: float | None = None
 
-    def as_dict(self, recommender: Recommender, dead_letters: int) -> dict[str, Any]:
+    def as_dict(self, recommender: Recommender, dead_letters: int, table: Any = None) -> dict[str, Any]:
         lat = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(1)
         vis = np.array(self.item_visible_ms) if self.item_visible_ms else np.zeros(1)
         elapsed = max(time.time() - self.started, 1e-9)
@@ -225,6 +225,8 @@ class WorkerStats:
             "last_batch_at": self.last_batch_at,
             "rss_bytes": rss_bytes(),
             "rss_ready_bytes": self.rss_ready_bytes,
+            "profiles": len(table) if table is not None else 0,
+            "profile_bytes": sum(len(v) for v in table.values()) if table is not None else 0,
         }
 
 
@@ -431,7 +433,7 @@ def create_app(settings: Settings | None = None, with_query_encoder: bool = True
 
     @app.page("/stats")
     async def stats_page(web: Any, request: Any) -> Any:
-        return web.json(worker.stats.as_dict(worker.recommender, worker.dead_letters.count))
+        return web.json(worker.stats.as_dict(worker.recommender, worker.dead_letters.count, table))
 
     return app, worker
 

@@ -286,6 +286,53 @@ def demo(
     sys.exit(code)
 
 
+DEFAULT_TAOBAO = Path("../shared/datasets/taobao-userbehavior-sample/UserBehavior_head.csv")
+
+
+@cli.command()
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write all figures here.")
+@click.option("--items", type=int, default=50_000, show_default=True, help="Synthetic catalogue size.")
+@click.option("--users", type=int, default=20_000, show_default=True, help="Synthetic users.")
+@click.option("--events", "n_events", type=int, default=300_000, show_default=True, help="Backlog of events.")
+@click.option("--rate", type=float, default=500.0, show_default=True, help="Offered events/s, latency phase.")
+@click.option("--latency-seconds", type=float, default=20.0, show_default=True, help="Length of the latency phase.")
+@click.option(
+    "--taobao",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_TAOBAO,
+    show_default=True,
+    help="Taobao sample to drain as well (skipped when absent).",
+)
+@click.option("--taobao-limit", type=int, default=200_000, show_default=True, help="Rows of the Taobao sample.")
+@click.pass_context
+def bench(
+    ctx: click.Context,
+    json_out: Path | None,
+    items: int,
+    users: int,
+    n_events: int,
+    rate: float,
+    latency_seconds: float,
+    taobao: Path,
+    taobao_limit: int,
+) -> None:
+    """Throughput, latency, encoder speed, item freshness and memory on the local broker (see README)."""
+    from .bench import BenchOptions, run_bench
+
+    if not taobao.exists():
+        click.echo(f"Taobao sample not found at {taobao}: measuring the synthetic stream only", err=True)
+    opts = BenchOptions(
+        items=items,
+        users=users,
+        events=n_events,
+        latency_rate=rate,
+        latency_s=latency_seconds,
+        taobao=taobao if taobao.exists() else None,
+        taobao_limit=taobao_limit,
+    )
+    run_bench(_settings(ctx), opts, json_out)
+
+
 def main() -> None:
     cli(prog_name="streamrec")
 
