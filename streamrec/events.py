@@ -9,7 +9,7 @@ Event(user_id='u1', type='click', ts=12.5, item_id='i9', query=None, session_id=
 >>> parse_event(b'{"user_id": "u1", "type": "like", "ts": 1}')
 Traceback (most recent call last):
 ...
-streamrec.events.InvalidMessage: unknown event type 'like' (expected one of click, view, add_to_cart, purchase, search)
+streamrec.events.InvalidMessage: unknown event type 'like' (expected one of view, click, add_to_cart, purchase, search)
 """
 
 from __future__ import annotations
