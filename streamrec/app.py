@@ -36,6 +36,7 @@ from .kafka import DeadLetters, make_consumer, read_to_end
 from .profiles import UserProfile
 from .recommender import BatchResult, Recommender
 from .settings import Settings, limit_threads
+from .telemetry import Histogram, Metric, render
 from .topics import load_topics
 
 log = logging.getLogger("streamrec.worker")
@@ -45,6 +46,7 @@ LATENCY_WINDOW = 10_000
 RECENT_ITEMS_SHOWN = 1_000
 FOLLOW_POLL_MS = 100
 MODEL_SNAPSHOT_KEY = b"fusion"
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4"
 
 
 def _patch_fetch_wait(wait_ms: int) -> None:
@@ -251,6 +253,10 @@ class Worker:
         self.model_ready = asyncio.Event()
         self._snapshotted_steps = -1
         self.dead_letters = DeadLetters(settings, self._send_raw)
+        self.latency = Histogram()
+        """Event published (its Kafka timestamp) → its user's recommendation sent, in ms."""
+        self.next_offset: dict[int, int] = {}
+        """Per events partition, the offset after the last event this worker processed: lag = highwater − it."""
         # OpenMP's thread count is per calling thread: the core thread needs its own limit, or FAISS spins two
         self._core = ThreadPoolExecutor(
             1, thread_name_prefix="streamrec-core", initializer=limit_threads, initargs=(settings.torch_threads,)
@@ -269,6 +275,7 @@ class Worker:
             self.stats.first_batch_at = time.time()
         valid: list[Event] = []
         positions: list[tuple[int, int] | None] = []
+        stamps: list[float] = []
         for fevent in batch:
             msg = fevent.message
             try:
@@ -278,6 +285,8 @@ class Worker:
                 await self.dead_letters.reject(msg.topic, fevent.value, str(exc), msg.key, msg.partition, msg.offset)
                 continue
             store.source_event[event.user_id] = fevent
+            if msg.timestamp:
+                stamps.append(msg.timestamp)
             valid.append(event)
             positions.append((msg.partition, msg.offset))
         if valid:
@@ -291,6 +300,12 @@ class Worker:
             self.stats.events += result.applied
             self.stats.duplicates += result.duplicates
             self.stats.recommendations += len(result.recommendations)
+        now = time.time()
+        for stamp in stamps:
+            self.latency.observe((now - stamp) * 1000.0)
+        for fevent in batch:
+            msg = fevent.message
+            self.next_offset[msg.partition] = max(self.next_offset.get(msg.partition, 0), msg.offset + 1)
         store.source_event.clear()
         self.stats.batches += 1
         self.stats.latencies_ms.append((time.perf_counter() - t0) * 1000.0)
@@ -302,6 +317,68 @@ class Worker:
         """The core's share of a batch (runs in the core thread): learn, recommend, serialise."""
         result = self.recommender.process(events, store, positions)
         return result, [(rec.user_id.encode(), dumps(rec.to_dict())) for rec in result.recommendations]
+
+    # --- telemetry ----------------------------------------------------------------------------------
+    def consumer_lag(self) -> dict[int, int]:
+        """Events not processed yet, per assigned partition of ``events`` (highwater − next offset).
+
+        On the local broker highwaters can lag the true end by a batch (see its notes), so this is a floor.
+        """
+        topic = self.settings.topic("events")
+        lag: dict[int, int] = {}
+        try:
+            assigned = [tp for tp in self.app.consumer.assignment() if tp.topic == topic]
+            for tp in assigned:
+                high = self.app.consumer.highwater(tp)
+                if high is not None:
+                    lag[tp.partition] = max(0, int(high) - self.next_offset.get(tp.partition, 0))
+        except Exception as exc:  # no assignment yet, or the consumer is between generations
+            log.debug("consumer lag unavailable: %r", exc)
+        return lag
+
+    def metrics(self, table: Any = None) -> list[Metric]:
+        """Everything ``/metrics`` shows (Prometheus computes events/s from the counters)."""
+        stats = self.stats
+        elapsed = max(time.time() - stats.started, 1e-9)
+        lag = self.consumer_lag()
+        return [
+            Metric("streamrec_events_total", "counter", "Events applied to user state.", stats.events),
+            Metric(
+                "streamrec_events_per_second", "gauge", "Events applied per second since start.", stats.events / elapsed
+            ),
+            Metric("streamrec_duplicates_total", "counter", "Redelivered events skipped.", stats.duplicates),
+            Metric(
+                "streamrec_recommendations_total", "counter", "Recommendation lists published.", stats.recommendations
+            ),
+            Metric(
+                "streamrec_dead_letters_total", "counter", "Messages rejected to dead-letters.", self.dead_letters.count
+            ),
+            Metric(
+                "streamrec_consumer_lag",
+                "gauge",
+                "Events waiting per assigned partition.",
+                labels={(("partition", str(p)),): float(n) for p, n in lag.items()},
+            ),
+            Metric(
+                "streamrec_consumer_lag_total", "gauge", "Events waiting on all assigned partitions.", sum(lag.values())
+            ),
+            Metric(
+                "streamrec_event_to_recommendation_ms",
+                "histogram",
+                "Event published to its user's recommendation sent (ms).",
+                histogram=self.latency,
+            ),
+            Metric(
+                "streamrec_model_steps", "gauge", "SGD steps taken by the fusion ranker.", self.recommender.ranker.steps
+            ),
+            Metric("streamrec_items_indexed", "gauge", "Items in the FAISS index.", self.recommender.catalog.n_indexed),
+            Metric(
+                "streamrec_users",
+                "gauge",
+                "Users with a profile in this worker's partitions.",
+                len(table) if table is not None else 0,
+            ),
+        ]
 
     # --- catalogue ----------------------------------------------------------------------------------
     def _apply_item_record(self, record: ConsumerRecord) -> str | None:
@@ -430,6 +507,10 @@ def create_app(settings: Settings | None = None, with_query_encoder: bool = True
     @app.timer(settings.snapshot_interval_s)
     async def snapshot() -> None:
         await worker.publish_snapshot()
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        return web.text(render(worker.metrics(table)), content_type=PROMETHEUS_CONTENT_TYPE)
 
     @app.page("/stats")
     async def stats_page(web: Any, request: Any) -> Any:

@@ -286,6 +286,26 @@ def demo(
     sys.exit(code)
 
 
+@cli.command()
+@click.option("--url", default=None, help="A worker's /metrics page (default: this machine's worker, from settings).")
+@click.pass_context
+def status(ctx: click.Context, url: str | None) -> None:
+    """Print a running worker's metrics: events, lag, latency, dead letters, model, items."""
+    import urllib.error
+    import urllib.request
+
+    from .telemetry import format_status, parse
+
+    settings = _settings(ctx)
+    url = url or f"http://{settings.web_host}:{settings.web_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            samples = parse(resp.read().decode())
+    except (urllib.error.URLError, OSError) as exc:
+        raise click.ClickException(f"no worker answering at {url}: {exc}") from None
+    click.echo(format_status(samples))
+
+
 DEFAULT_TAOBAO = Path("../shared/datasets/taobao-userbehavior-sample/UserBehavior_head.csv")
 
 

@@ -192,3 +192,25 @@ def test_end_to_end(pipeline: tuple[Settings, list[Service]]) -> None:
     newest = run(latest_recommendation(settings, "bob"))
     assert newest == latest_recs(settings)["bob"][-1]
     assert run(latest_recommendation(settings, "nobody")) is None
+
+    # /metrics (Prometheus text) agrees with the worker's own counters, and `streamrec status` reads it
+    import urllib.request
+
+    from streamrec.telemetry import format_status, parse
+
+    url = f"http://{settings.web_host}:{settings.web_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        samples = parse(resp.read().decode())
+    stats = run(worker_stats(settings))
+    assert stats is not None
+    assert samples["streamrec_events_total"] == stats["events"] == valid_events + 3
+    assert samples["streamrec_dead_letters_total"] == 1
+    assert samples["streamrec_event_to_recommendation_ms_count"] == valid_events + 3
+    assert samples['streamrec_event_to_recommendation_ms_bucket{le="+Inf"}'] == valid_events + 3
+    assert samples["streamrec_items_indexed"] == len(shop.items) + 1
+    assert samples["streamrec_model_steps"] >= latest["steps"]
+    assert samples["streamrec_consumer_lag_total"] == 0
+    assert samples["streamrec_users"] == 3  # alice, bob, carol: mallory's only event was rejected
+    shown = format_status(samples)
+    assert f"events applied             {valid_events + 3}" in shown
