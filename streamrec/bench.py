@@ -47,6 +47,8 @@ from .topics import apply_topics
 POLL_S = 0.25
 STARTUP_TIMEOUT_S = 300.0
 DRAIN_TIMEOUT_S = 900.0
+SLOWEST_EVENTS_PER_S = 50.0
+"""A drain slower than this is reported as a failure rather than waited for."""
 SEND_CHUNK = 5_000
 FETCH_MS = 100
 WARMUP_TEXTS = 64
@@ -252,7 +254,8 @@ async def drain_backlog(
                 return None
             return stats if watcher.missing(last_ts) == 0 else None
 
-        stats = await _until(drained, DRAIN_TIMEOUT_S, f"the worker to drain {n:,} events", [worker])
+        timeout = max(DRAIN_TIMEOUT_S, n / SLOWEST_EVENTS_PER_S)
+        stats = await _until(drained, timeout, f"the worker to drain {n:,} events", [worker])
     except BaseException:
         await watcher.stop()
         worker.stop()
