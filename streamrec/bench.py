@@ -39,12 +39,11 @@ import orjson
 from .broker import LocalBroker, free_port
 from .events import Event, Item, ItemEmbedding, dumps
 from .kafka import make_consumer, make_producer, partitions_of
-from .processes import Service, worker_stats
+from .processes import Service, wait_for_services, worker_stats
 from .settings import Settings, limit_threads
 from .synthetic import make_events, make_shop
 from .topics import apply_topics
 
-POLL_S = 0.25
 STARTUP_TIMEOUT_S = 300.0
 DRAIN_TIMEOUT_S = 900.0
 SLOWEST_EVENTS_PER_S = 50.0
@@ -200,19 +199,6 @@ class RecWatcher:
             await self._consumer.stop()
 
 
-async def _until(check: Any, timeout: float, what: str, services: Sequence[Service]) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await check()
-        if value:
-            return value
-        for s in services:
-            if not s.alive:
-                raise RuntimeError(f"{s.name} exited while waiting for {what}:\n{s.tail()}")
-        await asyncio.sleep(POLL_S)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def _last_ts(events: Sequence[Event]) -> dict[str, float]:
     out: dict[str, float] = {}
     for e in events:
@@ -243,7 +229,7 @@ async def drain_backlog(
     worker = Service(f"worker-{name}", ["worker", "--loglevel", "warning"], settings, workdir).start()
     watcher = RecWatcher(settings)
     try:
-        await _until(lambda: worker_stats(settings), STARTUP_TIMEOUT_S, "the worker", [worker])
+        await wait_for_services(lambda: worker_stats(settings), STARTUP_TIMEOUT_S, "the worker", [worker])
         await watcher.start()
         last_ts = _last_ts(events)
         n = len(events)
@@ -255,7 +241,7 @@ async def drain_backlog(
             return stats if watcher.missing(last_ts) == 0 else None
 
         timeout = max(DRAIN_TIMEOUT_S, n / SLOWEST_EVENTS_PER_S)
-        stats = await _until(drained, timeout, f"the worker to drain {n:,} events", [worker])
+        stats = await wait_for_services(drained, timeout, f"the worker to drain {n:,} events", [worker])
     except BaseException:
         await watcher.stop()
         worker.stop()
@@ -310,7 +296,7 @@ async def steady_latency(
         async def caught_up() -> bool:
             return watcher.missing(last) == 0
 
-        await _until(caught_up, DRAIN_TIMEOUT_S, "the latency phase", services)
+        await wait_for_services(caught_up, DRAIN_TIMEOUT_S, "the latency phase", services)
     finally:
         await producer.stop()
     lat = np.array(watcher.latencies_ms)
@@ -355,17 +341,21 @@ async def new_items_visible(
         return stats is not None and stats["items_live"] >= n
 
     try:
-        await _until(encoder_ready, STARTUP_TIMEOUT_S, "the encoder to load its model", [*services, encoder])
+        await wait_for_services(encoder_ready, STARTUP_TIMEOUT_S, "the encoder to load its model", [*services, encoder])
         base = (await worker_stats(settings) or {}).get("items_live", 0)
         for i, item in enumerate(items):
             value = item.to_dict() | {"ts": time.time()}
             await producer.send_and_wait(settings.topic("items"), dumps(value), key=item.item_id.encode())
             if i < WARMUP_ITEMS:
                 want = base + i + 1
-                await _until(lambda n=want: indexed(n), STARTUP_TIMEOUT_S, "a warm-up item", [*services, encoder])
+                await wait_for_services(
+                    lambda n=want: indexed(n), STARTUP_TIMEOUT_S, "a warm-up item", [*services, encoder]
+                )
             else:
                 await asyncio.sleep(1.0 / rate)
-        await _until(lambda: indexed(base + len(items)), DRAIN_TIMEOUT_S, "the new items", [*services, encoder])
+        await wait_for_services(
+            lambda: indexed(base + len(items)), DRAIN_TIMEOUT_S, "the new items", [*services, encoder]
+        )
     finally:
         await producer.stop()
         encoder.stop()

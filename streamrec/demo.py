@@ -21,14 +21,13 @@ import orjson
 from .broker import LocalBroker, free_port
 from .events import Event, dumps
 from .kafka import make_consumer, make_producer, partitions_of
-from .processes import Service, worker_stats
+from .processes import Service, wait_for_services, worker_stats
 from .settings import Settings
 from .synthetic import make_events, make_shop
 from .topics import apply_topics
 
 STARTUP_TIMEOUT_S = 180.0
 DRAIN_TIMEOUT_S = 180.0
-POLL_S = 0.25
 SHOW_USERS = 3
 SHOW_ITEMS = 5
 LATENCY_SHARE = 0.25
@@ -91,19 +90,6 @@ class RecommendationWatcher:
                 await self._task
 
 
-async def _wait_for(check: Any, timeout: float, what: str, services: list[Service]) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await check()
-        if value:
-            return value
-        for s in services:
-            if not s.alive:
-                raise RuntimeError(f"{s.name} exited while waiting for {what}:\n{s.tail()}")
-        await asyncio.sleep(POLL_S)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 async def _stats_at_least(settings: Settings, key: str, n: float) -> dict[str, float] | None:
     stats = await worker_stats(settings)
     return stats if stats is not None and stats.get(key, 0) >= n else None
@@ -121,7 +107,7 @@ async def _run(settings: Settings, opts: DemoOptions, workdir: Path) -> int:
     ]
     try:
         print(f"started encoder and recommender worker (logs in {workdir})")
-        await _wait_for(lambda: worker_stats(settings), STARTUP_TIMEOUT_S, "the worker to start", services)
+        await wait_for_services(lambda: worker_stats(settings), STARTUP_TIMEOUT_S, "the worker to start", services)
         producer = make_producer(settings)
         await producer.start()
         watcher = RecommendationWatcher(settings)
@@ -152,7 +138,7 @@ async def _synthetic(
         await _publish(producer, settings, "items", item.item_id, item.to_dict())
     await producer.flush()
     print(f"published {len(shop.items)} catalogue items; waiting until they are embedded and indexed…")
-    await _wait_for(
+    await wait_for_services(
         lambda: _stats_at_least(settings, "items_indexed", len(shop.items)), STARTUP_TIMEOUT_S, "indexing", services
     )
     events = make_events(shop, opts.events, seed=settings.seed)
@@ -166,13 +152,17 @@ async def _synthetic(
         t_next += interval
         await asyncio.sleep(max(0.0, t_next - time.perf_counter()))
     await producer.flush()
-    await _wait_for(lambda: _stats_at_least(settings, "events", n_steady), DRAIN_TIMEOUT_S, "latency phase", services)
+    await wait_for_services(
+        lambda: _stats_at_least(settings, "events", n_steady), DRAIN_TIMEOUT_S, "latency phase", services
+    )
     watcher.measure_latency = False
     t0 = time.perf_counter()
     for event in events[n_steady:]:
         await _send_live(producer, settings, event)
     await producer.flush()
-    await _wait_for(lambda: _stats_at_least(settings, "events", len(events)), DRAIN_TIMEOUT_S, "the burst", services)
+    await wait_for_services(
+        lambda: _stats_at_least(settings, "events", len(events)), DRAIN_TIMEOUT_S, "the burst", services
+    )
     burst_s = time.perf_counter() - t0
     watcher.burst_events_per_s = (len(events) - n_steady) / burst_s
     return {i.item_id: f"{i.title} [{i.category}]" for i in shop.items}, shop.favourites
@@ -197,7 +187,9 @@ async def _dataset(
     print(f"replaying {len(records)} records from {opts.dataset} ({n_events} events, {len(items)} items)…")
     t0 = time.perf_counter()
     await publish(records, settings, progress=True, total=len(records))
-    await _wait_for(lambda: _stats_at_least(settings, "events", n_events), DRAIN_TIMEOUT_S, "the replay", services)
+    await wait_for_services(
+        lambda: _stats_at_least(settings, "events", n_events), DRAIN_TIMEOUT_S, "the replay", services
+    )
     print(f"replayed and processed in {time.perf_counter() - t0:.1f}s")
     titles = {r.key: (r.value.get("title") or f"category {r.value.get('category')}") for r in items}
     return titles, {}

@@ -6,13 +6,16 @@ environment variables, its output in a log file, and a clean SIGTERM → SIGKILL
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -98,6 +101,22 @@ async def worker_stats(settings: Settings, timeout: float = 2.0) -> dict[str, fl
             return await resp.json()
     except (aiohttp.ClientError, TimeoutError, OSError):
         return None
+
+
+async def wait_for_services(
+    check: Callable[[], Awaitable[Any]], timeout: float, what: str, services: Sequence[Service], poll_s: float = 0.25
+) -> Any:
+    """Await ``check()`` until it returns something truthy (returned); fail fast if a service process died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await check()
+        if value:
+            return value
+        for s in services:
+            if not s.alive:
+                raise RuntimeError(f"{s.name} exited while waiting for {what}:\n{s.tail()}")
+        await asyncio.sleep(poll_s)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def wait_until(predicate: object, timeout: float, interval: float = 0.2) -> bool:
