@@ -37,6 +37,7 @@ import numpy as np
 import orjson
 
 from .broker import LocalBroker, free_port
+from .consumer import RecommendationWatcher
 from .events import Event, Item, ItemEmbedding, dumps
 from .kafka import make_consumer, make_producer, partitions_of
 from .processes import Service, wait_for_services, worker_stats
@@ -149,56 +150,6 @@ async def ceiling(settings: Settings, n: int) -> float:
         await consumer.stop()
 
 
-class RecWatcher:
-    """Reads ``recommendations``: the newest event time reflected per user, and latencies once asked to."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.reflected: dict[str, float] = {}
-        self.last_record_ms = 0
-        self.count = 0
-        self.latencies_ms: list[float] | None = None
-        self._consumer: Any = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._consumer = make_consumer(self.settings, fetch_max_wait_ms=self.settings.fetch_max_wait_ms)
-        await self._consumer.start()
-        tps = await partitions_of(self._consumer, self.settings.topic("recommendations"))
-        self._consumer.assign(tps)
-        await self._consumer.seek_to_beginning(*tps)
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            batch = await self._consumer.getmany(timeout_ms=FETCH_MS, max_records=10_000)
-            now = time.time()
-            for records in batch.values():
-                for r in records:
-                    if r.value is None:
-                        continue
-                    rec = orjson.loads(r.value)
-                    user, ts = rec["user_id"], rec["event_ts"]
-                    if ts > self.reflected.get(user, -np.inf):
-                        self.reflected[user] = ts
-                    self.last_record_ms = max(self.last_record_ms, r.timestamp)
-                    self.count += 1
-                    if self.latencies_ms is not None:
-                        self.latencies_ms.append((now - ts) * 1000.0)
-
-    def missing(self, last_ts: dict[str, float]) -> int:
-        """Users whose latest recommendation does not yet reflect their last event."""
-        return sum(1 for u, ts in last_ts.items() if self.reflected.get(u, -np.inf) < ts)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
-
-
 def _last_ts(events: Sequence[Event]) -> dict[str, float]:
     out: dict[str, float] = {}
     for e in events:
@@ -214,7 +165,7 @@ async def drain_backlog(
     workdir: Path,
     name: str,
     keep_running: bool = False,
-) -> tuple[dict[str, Any], Service, RecWatcher]:
+) -> tuple[dict[str, Any], Service, RecommendationWatcher]:
     """Publish a catalogue and an event backlog, measure the ceiling, then time a worker draining it."""
     await apply_topics(settings)
     producer = make_producer(settings)
@@ -227,7 +178,7 @@ async def drain_backlog(
     ceiling_rate = await ceiling(settings, len(events))
     print(f"[{name}] {len(embeddings):,} items, {len(events):,} events published; ceiling {ceiling_rate:,.0f}/s")
     worker = Service(f"worker-{name}", ["worker", "--loglevel", "warning"], settings, workdir).start()
-    watcher = RecWatcher(settings)
+    watcher = RecommendationWatcher(settings)
     try:
         await wait_for_services(lambda: worker_stats(settings), STARTUP_TIMEOUT_S, "the worker", [worker])
         await watcher.start()
@@ -274,12 +225,17 @@ async def drain_backlog(
 
 
 async def steady_latency(
-    settings: Settings, watcher: RecWatcher, events: Sequence[Event], rate: float, services: Sequence[Service]
+    settings: Settings,
+    watcher: RecommendationWatcher,
+    events: Sequence[Event],
+    rate: float,
+    services: Sequence[Service],
 ) -> dict[str, float]:
     """Send events at ``rate``/s stamped with the send time; latency = recommendation received − event ts."""
     producer = make_producer(settings, linger_ms=0)
     await producer.start()
-    watcher.latencies_ms = []
+    watcher.latencies_ms.clear()
+    watcher.measure_latency = True
     interval = 1.0 / rate
     try:
         t_next = time.perf_counter()
@@ -299,8 +255,8 @@ async def steady_latency(
         await wait_for_services(caught_up, DRAIN_TIMEOUT_S, "the latency phase", services)
     finally:
         await producer.stop()
+    watcher.measure_latency = False
     lat = np.array(watcher.latencies_ms)
-    watcher.latencies_ms = None
     return {
         "latency_rate": rate,
         "latency_events": len(events),

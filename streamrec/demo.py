@@ -8,7 +8,6 @@ recommendations with their reasons, the worker's events/s and event→recommenda
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import tempfile
 import time
 from dataclasses import dataclass
@@ -16,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 
 from .broker import LocalBroker, free_port
+from .consumer import RecommendationWatcher
 from .events import Event, dumps
-from .kafka import make_consumer, make_producer, partitions_of
+from .kafka import make_producer
 from .processes import Service, wait_for_services, worker_stats
 from .settings import Settings
 from .synthetic import make_events, make_shop
@@ -45,51 +44,6 @@ class DemoOptions:
     rate: float = 300.0
 
 
-class RecommendationWatcher:
-    """Consumes ``recommendations`` in the background; records latency and each user's latest list."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.latest: dict[str, dict[str, Any]] = {}
-        self.latencies_ms: list[float] = []
-        self.count = 0
-        self.measure_latency = False
-        self.burst_events_per_s: float | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        consumer = make_consumer(self.settings)
-        await consumer.start()
-        topic = self.settings.topic("recommendations")
-        tps = await partitions_of(consumer, topic)
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        self._task = asyncio.create_task(self._run(consumer))
-
-    async def _run(self, consumer: Any) -> None:
-        try:
-            while True:
-                batch = await consumer.getmany(timeout_ms=100)
-                now = time.time()
-                for records in batch.values():
-                    for r in records:
-                        if r.value is None:
-                            continue
-                        rec = orjson.loads(r.value)
-                        self.latest[rec["user_id"]] = rec
-                        self.count += 1
-                        if self.measure_latency:
-                            self.latencies_ms.append((now - rec["event_ts"]) * 1000.0)
-        finally:
-            await consumer.stop()
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-
 async def _stats_at_least(settings: Settings, key: str, n: float) -> dict[str, float] | None:
     stats = await worker_stats(settings)
     return stats if stats is not None and stats.get(key, 0) >= n else None
@@ -110,19 +64,20 @@ async def _run(settings: Settings, opts: DemoOptions, workdir: Path) -> int:
         await wait_for_services(lambda: worker_stats(settings), STARTUP_TIMEOUT_S, "the worker to start", services)
         producer = make_producer(settings)
         await producer.start()
-        watcher = RecommendationWatcher(settings)
+        watcher = RecommendationWatcher(settings, keep_latest=True)
         await watcher.start()
         try:
             if opts.dataset is None:
-                titles, favourites = await _synthetic(settings, opts, producer, watcher, services)
+                titles, favourites, burst = await _synthetic(settings, opts, producer, watcher, services)
             else:
                 titles, favourites = await _dataset(settings, opts, producer, services)
+                burst = None
             await asyncio.sleep(1.0)
         finally:
             await producer.stop()
             await watcher.stop()
         stats = await worker_stats(settings) or {}
-        _report(watcher, stats, titles, favourites)
+        _report(watcher, stats, titles, favourites, burst)
         ok = bool(watcher.latest) and any(rec["items"] for rec in watcher.latest.values())
     finally:
         codes = {s.name: s.stop() for s in services}
@@ -132,7 +87,8 @@ async def _run(settings: Settings, opts: DemoOptions, workdir: Path) -> int:
 
 async def _synthetic(
     settings: Settings, opts: DemoOptions, producer: Any, watcher: RecommendationWatcher, services: list[Service]
-) -> tuple[dict[str, str], dict[str, list[str]]]:
+) -> tuple[dict[str, str], dict[str, list[str]], float]:
+    """Catalogue, a steady phase (latency), then a burst; returns titles, favourites and the burst's events/s."""
     shop = make_shop(opts.items, opts.users, seed=settings.seed, ts=time.time())
     for item in shop.items:
         await _publish(producer, settings, "items", item.item_id, item.to_dict())
@@ -163,9 +119,8 @@ async def _synthetic(
     await wait_for_services(
         lambda: _stats_at_least(settings, "events", len(events)), DRAIN_TIMEOUT_S, "the burst", services
     )
-    burst_s = time.perf_counter() - t0
-    watcher.burst_events_per_s = (len(events) - n_steady) / burst_s
-    return {i.item_id: f"{i.title} [{i.category}]" for i in shop.items}, shop.favourites
+    burst = (len(events) - n_steady) / (time.perf_counter() - t0)
+    return {i.item_id: f"{i.title} [{i.category}]" for i in shop.items}, shop.favourites, burst
 
 
 async def _send_live(producer: Any, settings: Settings, event: Event) -> None:
@@ -196,7 +151,11 @@ async def _dataset(
 
 
 def _report(
-    watcher: RecommendationWatcher, stats: dict[str, Any], titles: dict[str, str], favourites: dict[str, list[str]]
+    watcher: RecommendationWatcher,
+    stats: dict[str, Any],
+    titles: dict[str, str],
+    favourites: dict[str, list[str]],
+    burst_events_per_s: float | None,
 ) -> None:
     users = sorted(watcher.latest, key=lambda u: -len(watcher.latest[u]["items"]))[:SHOW_USERS]
     for user in users:
@@ -211,8 +170,8 @@ def _report(
     print(f"  events processed           {stats.get('events', 0):,.0f}")
     print(f"  recommendations published  {stats.get('recommendations', 0):,.0f}")
     print(f"  dead letters               {stats.get('dead_letters', 0):,.0f}")
-    if watcher.burst_events_per_s is not None:
-        print(f"  events/s (burst, end to end) {watcher.burst_events_per_s:,.0f}")
+    if burst_events_per_s is not None:
+        print(f"  events/s (burst, end to end) {burst_events_per_s:,.0f}")
     print(f"  events/s (worker lifetime)   {stats.get('events_per_s', 0):,.0f}")
     if lat is not None:
         print(

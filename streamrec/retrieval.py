@@ -33,9 +33,9 @@ ANN_LISTS_PER_SQRT = 4.0
 ANN_REBUILD_GROWTH = 2.0
 """Retrain the IVF index each time the catalogue has doubled since the last training."""
 ANN_TRAIN_POINTS_PER_LIST = 40
+"""k-means training sample per IVF list (FAISS asks for at least 39)."""
 COEMB_INIT_SCALE = 0.1
 """Co-embeddings start as small random vectors (norm ≈ this), so the first co-visits decide their direction."""
-"""k-means training sample per IVF list (FAISS asks for at least 39)."""
 
 
 class DecayClock:
