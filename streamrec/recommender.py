@@ -21,7 +21,7 @@ import numpy as np
 from .events import ITEM_EVENT_TYPES, Event, ItemEmbedding
 from .profiles import ProfileStore, UserProfile, apply_event, unit
 from .ranker import FEATURES, FusionRanker
-from .retrieval import Catalog, CoEmbedding, CoVisitation, freshness
+from .retrieval import Catalog, CoEmbedding, CoVisitation, CovisScores, freshness
 from .settings import Settings
 
 QueryEncoder = Callable[[Sequence[str]], np.ndarray]
@@ -35,24 +35,6 @@ def member(rows: np.ndarray, few: Sequence[int]) -> np.ndarray:
     if not len(few):
         return np.zeros(len(rows), bool)
     return (rows[:, None] == np.asarray(few, rows.dtype)[None, :]).any(axis=1)
-
-
-def covisit_rank_feature(covis: dict[int, float], rows: np.ndarray) -> np.ndarray:
-    """Each row's rank among the user's co-visited items as 1/log2(rank + 2), NDCG-style; 0 if not co-visited.
-
-    Scale-free across datasets and decay settings, and any co-visited item scores above every item that was
-    never co-visited. Ties keep the co-visitation order (a stable sort), as ``sorted`` would.
-    """
-    keys = np.fromiter(covis.keys(), np.int64, len(covis))
-    vals = np.fromiter(covis.values(), np.float64, len(covis))
-    rank = np.empty(len(keys), np.int64)
-    rank[np.argsort(-vals, kind="stable")] = np.arange(len(keys))
-    sorter = np.argsort(keys)
-    pos = np.searchsorted(keys, rows, sorter=sorter).clip(max=len(keys) - 1)
-    hit = keys[sorter[pos]] == rows
-    out = np.zeros(len(rows), np.float32)
-    out[hit] = 1.0 / np.log2(rank[sorter[pos[hit]]] + 2.0)
-    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +82,17 @@ class BatchResult:
 
 
 @dataclass(slots=True)
+class UserContext:
+    """One user's side of the features: profile, recent item rows, co-visited items, query, co-embedding."""
+
+    profile: UserProfile
+    seeds: list[int]
+    covis: CovisScores
+    query_vector: np.ndarray | None = None
+    coemb_vector: np.ndarray | None = None
+
+
+@dataclass(slots=True)
 class _Request:
     profile: UserProfile
     ts: float
@@ -130,45 +123,60 @@ class Recommender:
         return self.catalog.upsert(emb)
 
     # --- features -----------------------------------------------------------------------------------
+    def user_context(self, profile: UserProfile, now: float, query_vector: np.ndarray | None = None) -> UserContext:
+        """What features need about a user besides the candidates, computed once per ranking."""
+        seeds = self._rows(profile.recent)
+        return UserContext(
+            profile,
+            seeds,
+            self.covis.score_arrays(seeds, now),
+            query_vector,
+            self.coemb.user_vector(seeds),
+        )
+
     def features(
-        self,
-        profile: UserProfile,
-        rows: np.ndarray,
-        now: float,
-        covis: dict[int, float] | None = None,
-        query_vector: np.ndarray | None = None,
-        recent_rows: list[int] | None = None,
+        self, profile: UserProfile, rows: np.ndarray, now: float, query_vector: np.ndarray | None = None
     ) -> np.ndarray:
         """Feature matrix (len(rows), F) of ``rows`` for ``profile`` as it is now."""
+        return self.features_many([self.user_context(profile, now, query_vector)], [rows], now)
+
+    def features_many(self, users: Sequence[UserContext], rows: Sequence[np.ndarray], now: float) -> np.ndarray:
+        """Feature matrices of several users' candidates, stacked: (sum of len(rows), F).
+
+        Item attributes (popularity, price, freshness) are the same for every user, so they are computed in
+        one vectorised pass over all candidates; the per-user terms are a gather and a few dot products each.
+        """
         cat = self.catalog
-        vecs = cat.vectors[rows]
-        x = np.zeros((len(rows), len(FEATURES)), np.float32)
-        x[:, F_INDEX["sim_long"]] = vecs @ unit(profile.long_term)
-        x[:, F_INDEX["sim_intent"]] = vecs @ unit(profile.intent)
-        if query_vector is not None:
-            x[:, F_INDEX["sim_query"]] = vecs @ query_vector
-        if recent_rows is None:
-            recent_rows = self._rows(profile.recent)
-        if covis is None:
-            covis = self.covis.scores(recent_rows, now)
-        if covis:
-            x[:, F_INDEX["covisit"]] = covisit_rank_feature(covis, rows)
-        total = sum(profile.categories.values())
-        if total > 0.0:
-            # the user's share per category code, looked up for every row at once (last slot: no category)
-            share = np.zeros(len(cat.category_names) + 1, np.float32)
-            for name, w in profile.categories.items():
-                code = cat.category_code.get(name)
-                if code is not None:
-                    share[code] = w / total
-            x[:, F_INDEX["category"]] = share[cat.category[rows]]
-        x[:, F_INDEX["popularity"]] = cat.relative_popularity(rows, now)
-        x[:, F_INDEX["price"]] = cat.price_feature[rows]
-        x[:, F_INDEX["freshness"]] = freshness(cat.item_ts[rows], now, self.settings.freshness_half_life_s) * (
-            cat.item_ts[rows] > 0
-        )
-        x[:, F_INDEX["coemb"]] = self.coemb.similarity(self.coemb.user_vector(recent_rows), rows)
-        x[:, F_INDEX["seen"]] = member(rows, recent_rows)
+        all_rows = np.concatenate(rows) if len(rows) else np.zeros(0, np.int64)
+        x = np.zeros((len(all_rows), len(FEATURES)), np.float32)
+        x[:, F_INDEX["popularity"]] = cat.relative_popularity(all_rows, now)
+        x[:, F_INDEX["price"]] = cat.price_feature[all_rows]
+        item_ts = cat.item_ts[all_rows]
+        x[:, F_INDEX["freshness"]] = freshness(item_ts, now, self.settings.freshness_half_life_s) * (item_ts > 0)
+        codes = cat.category[all_rows]
+        start = 0
+        for user, r in zip(users, rows, strict=True):
+            end = start + len(r)
+            xs = x[start:end]
+            profile = user.profile
+            vecs = cat.vectors[r]
+            xs[:, F_INDEX["sim_long"]] = vecs @ unit(profile.long_term)
+            xs[:, F_INDEX["sim_intent"]] = vecs @ unit(profile.intent)
+            if user.query_vector is not None:
+                xs[:, F_INDEX["sim_query"]] = vecs @ user.query_vector
+            xs[:, F_INDEX["covisit"]] = user.covis.rank_feature(r)
+            total = sum(profile.categories.values())
+            if total > 0.0:
+                # the user's share per category code, looked up for every row at once (last slot: no category)
+                share = np.zeros(len(cat.category_names) + 1, np.float32)
+                for name, w in profile.categories.items():
+                    code = cat.category_code.get(name)
+                    if code is not None:
+                        share[code] = w / total
+                xs[:, F_INDEX["category"]] = share[codes[start:end]]
+            xs[:, F_INDEX["coemb"]] = self.coemb.similarity(user.coemb_vector, r)
+            xs[:, F_INDEX["seen"]] = member(r, user.seeds)
+            start = end
         return x
 
     def _rows(self, item_ids: Sequence[str]) -> list[int]:
@@ -314,38 +322,41 @@ class Recommender:
             retrieval[i] = unit(blend * qv + (1.0 - blend) * taste) if qv is not None else taste
         _, sem_rows = self.catalog.search(retrieval, n_cand)
         popular = self.catalog.top_popular(n_cand)
-        item_id = self.catalog.item_id
-        out: list[list[ScoredItem]] = []
+        users: list[UserContext] = []
+        pools: list[np.ndarray] = []
         for i, profile in enumerate(profiles):
-            seeds = self._rows(profile.recent)
-            covis = self.covis.scores(seeds, now)
-            covis_top = sorted(covis, key=covis.__getitem__, reverse=True)[:n_cand]
-            cands = np.unique(
-                np.concatenate([sem_rows[i][sem_rows[i] >= 0] if len(sem_rows) else [], covis_top, popular]).astype(
-                    np.int64
-                )
-            )
+            user = self.user_context(profile, now, qvs[i])
+            semantic = sem_rows[i][sem_rows[i] >= 0] if len(sem_rows) else np.zeros(0, np.int64)
+            cands = np.unique(np.concatenate([semantic, user.covis.top(n_cand), popular]).astype(np.int64))
             excluded = self._rows(profile.purchased) if self.settings.exclude_purchased else []
             if self.settings.exclude_seen and qvs[i] is None:
-                excluded += seeds
+                excluded += user.seeds
             if excluded:
                 cands = cands[~member(cands, excluded)]
-            if len(cands) == 0:
-                out.append([])
-                continue
-            x = self.features(profile, cands, now, covis, qvs[i], seeds)
-            scores = self.ranker.score(x)
-            order = np.argsort(-scores, kind="stable")
-            top = order[:k]
-            if remember:
-                self._remember(profile, cands, order, k)
-            why = self.ranker.reasons_many(x[top]) if reasons else [()] * len(top)
-            out.append(
-                [
-                    ScoredItem(item_id(int(j)), float(sc), r)
-                    for j, sc, r in zip(cands[top].tolist(), scores[top].tolist(), why, strict=True)
-                ]
-            )
+            users.append(user)
+            pools.append(cands)
+        x = self.features_many(users, pools, now)
+        scores = self.ranker.score(x)
+        tops: list[np.ndarray] = []
+        start = 0
+        for user, cands in zip(users, pools, strict=True):
+            end = start + len(cands)
+            order = np.argsort(-scores[start:end], kind="stable")
+            if remember and len(cands):
+                self._remember(user.profile, cands, order, k)
+            tops.append(start + order[:k])
+            start = end
+        picked = np.concatenate(tops) if tops else np.zeros(0, np.int64)
+        why = self.ranker.reasons_many(x[picked]) if reasons else [()] * len(picked)
+        ids = self.catalog.ids
+        all_rows = np.concatenate(pools)[picked].tolist() if pools else []
+        all_scores = scores[picked].tolist()
+        out: list[list[ScoredItem]] = []
+        start = 0
+        for top in tops:
+            end = start + len(top)
+            out.append([ScoredItem(ids[all_rows[j]], all_scores[j], why[j]) for j in range(start, end)])
+            start = end
         return out
 
     def process(
