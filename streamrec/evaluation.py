@@ -59,7 +59,7 @@ class StreamrecSystem:
         lists = self.recommender.recommend(
             [profile or UserProfile.new(user_id, self.dim)], now, k=k, reasons=False, remember=True
         )
-        return [i.item_id for i in lists[0]]
+        return lists[0].item_ids
 
     def learn(self, event: Event) -> None:
         self.recommender.learn([event], self.store)

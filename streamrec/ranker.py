@@ -1,4 +1,4 @@
-"""The fusion ranker: a linear torch model over retrieval and attribute features, learned online.
+"""The fusion ranker: a linear model over retrieval and attribute features, learned online.
 
 ``score(user, item) = θ · x(user, item)`` where ``x`` holds semantic similarity (long-term, intent,
 query), collaborative signal (co-visitation rank, co-embedding similarity), category affinity and item
@@ -26,7 +26,6 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
 
 from .settings import Settings
 
@@ -86,6 +85,11 @@ def _reason_table(top: int) -> dict[int, tuple[str, ...]]:
         _REASON_TABLES[top] = table
     return table
 RMS_EPS = 1e-8
+DENOM_EPS = 1e-6
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
 class FusionRanker:
@@ -93,21 +97,14 @@ class FusionRanker:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        torch.manual_seed(settings.seed)
-        self.linear = torch.nn.Linear(len(FEATURES), 1, bias=False)
-        with torch.no_grad():
-            self.linear.weight.copy_(torch.tensor([[PRIOR_WEIGHTS[f] for f in FEATURES]]))
+        self._weights_np = np.array([PRIOR_WEIGHTS[f] for f in FEATURES], np.float32)
         self.steps = 0
-        self._sq = torch.zeros(len(FEATURES))
-        self._weights_np = self._read_weights()
+        self._sq = np.zeros(len(FEATURES), np.float32)
 
     # --- inference ----------------------------------------------------------------------------------
-    def _read_weights(self) -> np.ndarray:
-        return self.linear.weight.detach().numpy().reshape(-1).astype(np.float32).copy()
-
     @property
     def weights(self) -> np.ndarray:
-        """Current θ as numpy (a copy refreshed after each step; scoring uses it without torch overhead)."""
+        """Current θ (F,); each :meth:`step` replaces it with a new array."""
         return self._weights_np
 
     def weight(self, feature: str) -> float:
@@ -158,30 +155,27 @@ class FusionRanker:
         """
         if not self.settings.learn or len(pos) == 0:
             return 0.0
-        with torch.no_grad():
-            p = torch.from_numpy(np.ascontiguousarray(pos, np.float32))
-            n = torch.from_numpy(np.ascontiguousarray(neg, np.float32))
-            mask = (torch.arange(n.shape[1]).unsqueeze(0) < torch.from_numpy(n_neg).unsqueeze(1)).float()
-            w = torch.from_numpy(np.ascontiguousarray(weight, np.float32))
-            theta = self.linear.weight  # (1, F)
-            diff = p.unsqueeze(1) - n  # (B, M, F)
-            margin = diff @ theta.squeeze(0)  # (B, M)
-            counts = mask.sum(1)
-            denom = (w * (counts > 0).float()).sum().clamp(min=1e-6)
-            coef = w / counts.clamp(min=1.0) / denom  # (B,)
-            pair_w = mask * coef.unsqueeze(1)  # (B, M)
-            loss = (torch.nn.functional.softplus(-margin) * pair_w).sum()
-            loss = loss + 0.5 * self.settings.l2 * (theta**2).sum()
-            # d softplus(-m)/dm = -sigmoid(-m); the L2 part is applied as plain (decoupled) weight decay, so
-            # features that rarely fire (e.g. search similarity) are not normalised into fast shrinkage
-            grad = -(torch.sigmoid(-margin) * pair_w).unsqueeze(-1).mul(diff).sum((0, 1))
-            lr = self.settings.learning_rate
-            theta[0] -= lr * (self._scale(grad) + self.settings.l2 * theta[0])
+        theta = self._weights_np
+        pos = np.asarray(pos, np.float32)
+        neg = np.asarray(neg, np.float32)
+        mask = (np.arange(neg.shape[1])[None, :] < np.asarray(n_neg)[:, None]).astype(np.float32)
+        w = np.asarray(weight, np.float32)
+        diff = pos[:, None, :] - neg  # (B, M, F)
+        margin = diff @ theta  # (B, M)
+        counts = mask.sum(1)
+        denom = max(float((w * (counts > 0)).sum()), DENOM_EPS)
+        coef = w / np.maximum(counts, 1.0) / np.float32(denom)  # (B,)
+        pair_w = mask * coef[:, None]  # (B, M)
+        loss = float((np.logaddexp(0.0, -margin) * pair_w).sum()) + 0.5 * self.settings.l2 * float(theta @ theta)
+        # d softplus(-m)/dm = -sigmoid(-m); the L2 part is applied as plain (decoupled) weight decay, so
+        # features that rarely fire (e.g. search similarity) are not normalised into fast shrinkage
+        grad = -np.einsum("bm,bmf->f", _sigmoid(-margin) * pair_w, diff)
+        step = np.float32(self.settings.learning_rate) * (self._scale(grad) + np.float32(self.settings.l2) * theta)
+        self._weights_np = (theta - step).astype(np.float32)
         self.steps += 1
-        self._weights_np = self._read_weights()
-        return float(loss)
+        return loss
 
-    def _scale(self, grad: torch.Tensor) -> torch.Tensor:
+    def _scale(self, grad: np.ndarray) -> np.ndarray:
         """Plain SGD, or RMSProp: each feature's step is normalised by its recent gradient magnitude.
 
         Features differ a lot in how often and how strongly they fire (co-visitation is zero for most pairs,
@@ -190,9 +184,10 @@ class FusionRanker:
         if self.settings.optimizer == "sgd":
             return grad
         rho = self.settings.rms_decay
-        self._sq.mul_(rho).add_((1.0 - rho) * grad * grad)
-        corrected = self._sq / (1.0 - rho ** (self.steps + 1))
-        return grad / (corrected.sqrt() + RMS_EPS)
+        self._sq *= np.float32(rho)
+        self._sq += np.float32(1.0 - rho) * grad * grad
+        corrected = self._sq / np.float32(1.0 - rho ** (self.steps + 1))
+        return grad / (np.sqrt(corrected) + np.float32(RMS_EPS))
 
     # --- persistence --------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -210,8 +205,6 @@ class FusionRanker:
         """Resume from a snapshot; refuses one whose feature list differs from this code's."""
         if list(snap.get("features", ())) != list(FEATURES):
             raise ValueError(f"snapshot features {snap.get('features')} do not match {list(FEATURES)}")
-        with torch.no_grad():
-            self.linear.weight.copy_(torch.tensor([snap["params"]["weight"]], dtype=torch.float32))
-            self._sq = torch.tensor(snap["params"].get("grad_sq", [0.0] * len(FEATURES)), dtype=torch.float32)
+        self._weights_np = np.array(snap["params"]["weight"], np.float32)
+        self._sq = np.array(snap["params"].get("grad_sq", [0.0] * len(FEATURES)), np.float32)
         self.steps = int(snap["steps"])
-        self._weights_np = self._read_weights()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,22 @@ def member(rows: np.ndarray, few: Sequence[int]) -> np.ndarray:
     return (rows[:, None] == np.asarray(few, rows.dtype)[None, :]).any(axis=1)
 
 
+def keyed_lookup(tables: Sequence[tuple[np.ndarray, np.ndarray | float]], keys: np.ndarray) -> np.ndarray:
+    """Value of each of ``keys`` in the union of (keys, values) tables, 0 where absent (keys unique)."""
+    out = np.zeros(len(keys), np.float32)
+    parts = [(k, np.broadcast_to(np.asarray(v, np.float32), k.shape)) for k, v in tables if len(k)]
+    if not parts or not len(keys):
+        return out
+    table_keys = np.concatenate([k for k, _ in parts])
+    table_vals = np.concatenate([v for _, v in parts])
+    order = np.argsort(table_keys)
+    table_keys = table_keys[order]
+    pos = np.searchsorted(table_keys, keys).clip(max=len(table_keys) - 1)
+    hit = table_keys[pos] == keys
+    out[hit] = table_vals[order[pos[hit]]]
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class ScoredItem:
     item_id: str
@@ -45,11 +61,32 @@ class ScoredItem:
 
 
 @dataclass(frozen=True, slots=True)
+class RankedList:
+    """One user's top-k as parallel lists (cheap to build for hundreds of users per batch).
+
+    Iterating or indexing gives :class:`ScoredItem` objects.
+    """
+
+    item_ids: list[str]
+    scores: list[float]
+    reasons: list[tuple[str, ...]]
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def __getitem__(self, i: int) -> ScoredItem:
+        return ScoredItem(self.item_ids[i], self.scores[i], self.reasons[i])
+
+    def __iter__(self) -> Iterator[ScoredItem]:
+        return map(ScoredItem, self.item_ids, self.scores, self.reasons)
+
+
+@dataclass(frozen=True, slots=True)
 class Recommendation:
     """One message on the ``recommendations`` topic."""
 
     user_id: str
-    items: tuple[ScoredItem, ...]
+    items: RankedList
     model_version: str
     generated_at: float
     event_ts: float
@@ -61,7 +98,8 @@ class Recommendation:
             "user_id": self.user_id,
             "kind": self.kind,
             "items": [
-                {"item_id": i.item_id, "score": round(i.score, 6), "reasons": list(i.reasons)} for i in self.items
+                {"item_id": i, "score": round(sc, 6), "reasons": list(r)}
+                for i, sc, r in zip(self.items.item_ids, self.items.scores, self.items.reasons, strict=True)
             ],
             "model_version": self.model_version,
             "generated_at": self.generated_at,
@@ -90,6 +128,8 @@ class UserContext:
     covis: CovisScores
     query_vector: np.ndarray | None = None
     coemb_vector: np.ndarray | None = None
+    taste: np.ndarray | None = None
+    """(2, D): the unit long-term and intent vectors."""
 
 
 @dataclass(slots=True)
@@ -132,6 +172,7 @@ class Recommender:
             self.covis.score_arrays(seeds, now),
             query_vector,
             self.coemb.user_vector(seeds),
+            np.stack([unit(profile.long_term), unit(profile.intent)]),
         )
 
     def features(
@@ -143,41 +184,57 @@ class Recommender:
     def features_many(self, users: Sequence[UserContext], rows: Sequence[np.ndarray], now: float) -> np.ndarray:
         """Feature matrices of several users' candidates, stacked: (sum of len(rows), F).
 
-        Item attributes (popularity, price, freshness) are the same for every user, so they are computed in
-        one vectorised pass over all candidates; the per-user terms are a gather and a few dot products each.
+        Item attributes are the same for every user, and the per-user lookups (co-visitation rank, category
+        share, seen, co-embedding) are keyed by (user, row) and done for the whole batch in one call each;
+        only the similarities to the user's vectors are a gather and a small matrix product per user.
         """
         cat = self.catalog
-        all_rows = np.concatenate(rows) if len(rows) else np.zeros(0, np.int64)
+        n_users = len(users)
+        lens = np.fromiter((len(r) for r in rows), np.int64, n_users)
+        all_rows = np.concatenate(rows).astype(np.int64) if n_users else np.zeros(0, np.int64)
+        seg = np.repeat(np.arange(n_users, dtype=np.int64), lens)
         x = np.zeros((len(all_rows), len(FEATURES)), np.float32)
         x[:, F_INDEX["popularity"]] = cat.relative_popularity(all_rows, now)
         x[:, F_INDEX["price"]] = cat.price_feature[all_rows]
         item_ts = cat.item_ts[all_rows]
         x[:, F_INDEX["freshness"]] = freshness(item_ts, now, self.settings.freshness_half_life_s) * (item_ts > 0)
-        codes = cat.category[all_rows]
         start = 0
         for user, r in zip(users, rows, strict=True):
             end = start + len(r)
-            xs = x[start:end]
-            profile = user.profile
             vecs = cat.vectors[r]
-            xs[:, F_INDEX["sim_long"]] = vecs @ unit(profile.long_term)
-            xs[:, F_INDEX["sim_intent"]] = vecs @ unit(profile.intent)
+            assert user.taste is not None
+            x[start:end, F_INDEX["sim_long"] : F_INDEX["sim_intent"] + 1] = vecs @ user.taste.T
             if user.query_vector is not None:
-                xs[:, F_INDEX["sim_query"]] = vecs @ user.query_vector
-            xs[:, F_INDEX["covisit"]] = user.covis.rank_feature(r)
-            total = sum(profile.categories.values())
-            if total > 0.0:
-                # the user's share per category code, looked up for every row at once (last slot: no category)
-                share = np.zeros(len(cat.category_names) + 1, np.float32)
-                for name, w in profile.categories.items():
-                    code = cat.category_code.get(name)
-                    if code is not None:
-                        share[code] = w / total
-                xs[:, F_INDEX["category"]] = share[codes[start:end]]
-            xs[:, F_INDEX["coemb"]] = self.coemb.similarity(user.coemb_vector, r)
-            xs[:, F_INDEX["seen"]] = member(r, user.seeds)
+                x[start:end, F_INDEX["sim_query"]] = vecs @ user.query_vector
             start = end
+        # (user, row) keys: one sorted lookup per feature for the whole batch
+        width = len(cat) + 1
+        keys = seg * width + all_rows
+        x[:, F_INDEX["covisit"]] = keyed_lookup(
+            [(u * width + user.covis.rows, user.covis.rank_values()) for u, user in enumerate(users)], keys
+        )
+        x[:, F_INDEX["seen"]] = keyed_lookup(
+            [(u * width + np.asarray(user.seeds, np.int64), 1.0) for u, user in enumerate(users)], keys
+        )
+        x[:, F_INDEX["category"]] = self._category_share(users, seg, cat.category[all_rows])
+        x[:, F_INDEX["coemb"]] = self.coemb.similarity_many([u.coemb_vector for u in users], all_rows, seg)
         return x
+
+    def _category_share(self, users: Sequence[UserContext], seg: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Each candidate's category's share of its user's (decayed) category weight."""
+        cat = self.catalog
+        width = len(cat.category_names) + 1  # codes shifted by one: NO_CATEGORY (-1) -> 0
+        tables = []
+        for u, user in enumerate(users):
+            weights = user.profile.categories
+            total = sum(weights.values())
+            if total <= 0.0:
+                continue
+            known = [(cat.category_code[name], w / total) for name, w in weights.items() if name in cat.category_code]
+            if known:
+                c, v = zip(*known, strict=True)
+                tables.append((u * width + np.asarray(c, np.int64) + 1, np.asarray(v, np.float32)))
+        return keyed_lookup(tables, seg * width + codes.astype(np.int64) + 1)
 
     def _rows(self, item_ids: Sequence[str]) -> list[int]:
         row_of = self.catalog.row_of
@@ -305,7 +362,7 @@ class Recommender:
         k: int | None = None,
         reasons: bool = True,
         remember: bool = False,
-    ) -> list[list[ScoredItem]]:
+    ) -> list[RankedList]:
         """Top-k for each profile (one FAISS call for all); query vectors make it a search.
 
         ``remember`` stores the list and a sample of the remaining candidates on each profile: what the
@@ -315,17 +372,17 @@ class Recommender:
         now = self.clock if now is None else now
         n_cand = self.settings.candidates_per_source
         qvs = list(query_vectors) if query_vectors is not None else [None] * len(profiles)
+        users = [self.user_context(p, now, qv) for p, qv in zip(profiles, qvs, strict=True)]
         retrieval = np.zeros((len(profiles), self.settings.embedding_dim), np.float32)
         blend = self.settings.search_query_weight
-        for i, (p, qv) in enumerate(zip(profiles, qvs, strict=True)):
-            taste = unit(unit(p.long_term) + unit(p.intent))
+        for i, (user, qv) in enumerate(zip(users, qvs, strict=True)):
+            assert user.taste is not None
+            taste = unit(user.taste[0] + user.taste[1])
             retrieval[i] = unit(blend * qv + (1.0 - blend) * taste) if qv is not None else taste
         _, sem_rows = self.catalog.search(retrieval, n_cand)
         popular = self.catalog.top_popular(n_cand)
-        users: list[UserContext] = []
         pools: list[np.ndarray] = []
-        for i, profile in enumerate(profiles):
-            user = self.user_context(profile, now, qvs[i])
+        for i, (profile, user) in enumerate(zip(profiles, users, strict=True)):
             semantic = sem_rows[i][sem_rows[i] >= 0] if len(sem_rows) else np.zeros(0, np.int64)
             cands = np.unique(np.concatenate([semantic, user.covis.top(n_cand), popular]).astype(np.int64))
             excluded = self._rows(profile.purchased) if self.settings.exclude_purchased else []
@@ -333,7 +390,6 @@ class Recommender:
                 excluded += user.seeds
             if excluded:
                 cands = cands[~member(cands, excluded)]
-            users.append(user)
             pools.append(cands)
         x = self.features_many(users, pools, now)
         scores = self.ranker.score(x)
@@ -351,11 +407,11 @@ class Recommender:
         ids = self.catalog.ids
         all_rows = np.concatenate(pools)[picked].tolist() if pools else []
         all_scores = scores[picked].tolist()
-        out: list[list[ScoredItem]] = []
+        out: list[RankedList] = []
         start = 0
         for top in tops:
             end = start + len(top)
-            out.append([ScoredItem(ids[all_rows[j]], all_scores[j], why[j]) for j in range(start, end)])
+            out.append(RankedList([ids[r] for r in all_rows[start:end]], all_scores[start:end], why[start:end]))
             start = end
         return out
 
@@ -379,7 +435,7 @@ class Recommender:
             kind = SEARCH_KIND if req.query is not None else BEHAVIOUR_KIND
             store.put(req.profile)
             result.recommendations.append(
-                Recommendation(req.profile.user_id, tuple(items), version, now, req.ts, kind, req.query)
+                Recommendation(req.profile.user_id, items, version, now, req.ts, kind, req.query)
             )
         return result
 

@@ -97,6 +97,11 @@ class Catalog:
         self.popularity = np.zeros(cap, np.float64)
         self.pop_clock = DecayClock(settings.popularity_half_life_s)
         self._peak_popularity = 0.0
+        self._top_size = settings.candidates_per_source
+        self._top: dict[int, None] = {}
+        """The ``_top_size`` most popular rows (ties: lower row first), kept up to date per event."""
+        self._top_min: int | None = None
+        """The least popular row in ``_top`` (None: recompute before use)."""
         self.index: faiss.Index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
         self._quantizer: faiss.Index | None = None
         self._next_ivf_build = settings.ann_threshold
@@ -209,6 +214,32 @@ class Catalog:
         self.popularity[row] += weight * self.pop_clock.growth(ts)
         # counters only grow between rescales, so the running max is the max (no O(items) scan per ranking)
         self._peak_popularity = max(self._peak_popularity, float(self.popularity[row]))
+        self._update_top(row)
+
+    def _update_top(self, row: int) -> None:
+        """Keep the most-popular set current: only the row that just grew can enter it (O(1) mostly)."""
+        top = self._top
+        if row in top:
+            if row == self._top_min:
+                self._top_min = None
+            return
+        if len(top) < self._top_size:
+            top[row] = None
+            self._top_min = None
+            return
+        weakest = self._weakest()
+        pop = self.popularity
+        if (pop[row], -row) > (pop[weakest], -weakest):
+            del top[weakest]
+            top[row] = None
+            self._top_min = None
+
+    def _weakest(self) -> int:
+        if self._top_min is None:
+            rows = np.fromiter(self._top, np.int64, len(self._top))
+            order = np.lexsort((-rows, self.popularity[rows]))  # least popular first; ties: higher row first
+            self._top_min = int(rows[order[0]])
+        return self._top_min
 
     def popularity_at(self, rows: np.ndarray, ts: float) -> np.ndarray:
         """Decayed popularity of ``rows`` as of ``ts`` (in event-weight units)."""
@@ -225,15 +256,16 @@ class Catalog:
         return (np.log1p(self.popularity[rows] / g) / np.log1p(peak / g)).astype(np.float32)
 
     def top_popular(self, n: int) -> np.ndarray:
-        """Rows of the ``n`` most popular items right now (order: most popular first)."""
-        size = len(self.row_of)
-        if size == 0:
-            return np.zeros(0, np.int64)
-        pop = self.popularity[:size]
-        n = min(n, size)
-        rows = np.argpartition(-pop, n - 1)[:n]
-        rows = rows[pop[rows] > 0]
-        return rows[np.argsort(-pop[rows], kind="stable")]
+        """Rows of the ``n`` most popular items right now (most popular first; ties: lower row first)."""
+        if n <= len(self._top) or len(self._top) < self._top_size:
+            rows = np.fromiter(self._top, np.int64, len(self._top))
+        else:  # more than the maintained set: a scan over the catalogue
+            size = len(self.row_of)
+            rows = np.argpartition(-self.popularity[:size], min(n, size) - 1)[:n]
+        pop = self.popularity[rows]
+        keep = pop > 0
+        rows, pop = rows[keep], pop[keep]
+        return rows[np.lexsort((rows, -pop))][:n]
 
     # --- semantic retrieval -------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -271,22 +303,15 @@ class CovisScores:
         """Rows of the ``n`` best co-visited items, best first."""
         return self.rows[self.order[:n]]
 
-    def rank_feature(self, rows: np.ndarray) -> np.ndarray:
-        """Each row's rank among these items as 1/log2(rank + 2), NDCG-style; 0 if not co-visited.
+    def rank_values(self) -> np.ndarray:
+        """Each item's rank here as 1/log2(rank + 2), NDCG-style (in ``rows`` order).
 
         Scale-free across datasets and decay settings, and any co-visited item scores above every item
-        that was never co-visited.
+        that was never co-visited (0).
         """
-        out = np.zeros(len(rows), np.float32)
-        if not len(self.rows):
-            return out
         rank = np.empty(len(self.rows), np.int64)
         rank[self.order] = np.arange(len(self.rows))
-        sorter = np.argsort(self.rows)
-        pos = np.searchsorted(self.rows, rows, sorter=sorter).clip(max=len(self.rows) - 1)
-        hit = self.rows[sorter[pos]] == rows
-        out[hit] = 1.0 / np.log2(rank[sorter[pos[hit]]] + 2.0)
-        return out
+        return (1.0 / np.log2(rank + 2.0)).astype(np.float32)
 
 
 class CoVisitation:
@@ -419,16 +444,18 @@ class CoEmbedding:
         norm = float(np.linalg.norm(u))
         return u / norm if norm > 0 else None
 
-    def similarity(self, user: np.ndarray | None, rows: np.ndarray) -> np.ndarray:
-        """Cosine between the user vector and each row's vector (0 for unknown rows or no user vector)."""
+    def similarity_many(self, users: Sequence[np.ndarray | None], rows: np.ndarray, seg: np.ndarray) -> np.ndarray:
+        """Cosine between ``users[seg[i]]`` and row ``rows[i]``'s vector; 0 for unknown rows or no user vector."""
         out = np.zeros(len(rows), np.float32)
-        if user is None:
+        has_user = np.array([u is not None for u in users], bool)
+        if not has_user.any():
             return out
-        known = rows < self.n
+        user_vecs = np.stack([u if u is not None else np.zeros(self.dim, np.float32) for u in users])
+        known = (rows < self.n) & has_user[seg]
         known[known] = self.visits[rows[known]] >= self.min_visits
         v = self.vectors[rows[known]]
-        norms = np.linalg.norm(v, axis=1)
-        out[known] = (v @ user) / np.maximum(norms, 1e-12)
+        dots = np.einsum("nd,nd->n", v, user_vecs[seg[known]])
+        out[known] = dots / np.maximum(np.linalg.norm(v, axis=1), 1e-12)
         return out
 
 

@@ -49,6 +49,45 @@ def test_decayed_popularity_ranks_recent_activity_higher() -> None:
     assert [cat.item_id(int(r)) for r in cat.top_popular(5)] == ["b", "a"]
 
 
+def test_most_popular_set_follows_every_update_like_a_full_sort() -> None:
+    """The incrementally kept top set equals sorting the whole catalogue, ties broken by lower row."""
+    cat = Catalog(Settings(embedding_dim=4, popularity_half_life_s=1.0, candidates_per_source=8))
+    rng = np.random.default_rng(7)
+    for i in range(60):
+        cat.ensure(f"i{i}")
+    for step in range(3000):
+        # skewed rows, integer weights (many exact ties), time moving on (decay + rescales past 2^60)
+        row = int(min(rng.zipf(1.3), 60) - 1)
+        cat.add_popularity(row, float(rng.integers(1, 3)), ts=step * 0.11)
+        if step % 97 == 0:
+            pop = cat.popularity[:60]
+            expected = sorted(np.flatnonzero(pop > 0).tolist(), key=lambda r: (-pop[r], r))
+            assert cat.top_popular(8).tolist() == expected[:8]
+            assert cat.top_popular(20).tolist()[:8] == expected[:8]  # beyond the kept set: a full scan
+    assert cat.pop_clock.t0 > 0.0  # the counters were rescaled on the way
+
+
+def test_covisitation_arrays_match_a_dict_walk_exactly() -> None:
+    cv = CoVisitation(Settings(cooc_window=4, cooc_max_neighbours=6, popularity_half_life_s=7.0))
+    rng = np.random.default_rng(5)
+    history: list[int] = []
+    for step in range(400):
+        row = int(rng.integers(0, 30))
+        cv.add(history, row, float(rng.integers(1, 4)), step * 0.5)
+        history = [*history, row][-4:]
+    g = cv.clock.growth(200.0)
+    expected: dict[int, float] = {}
+    for distance, seed in enumerate(reversed(history), start=1):
+        for other, w in cv.neighbours.get(seed, {}).items():
+            expected[other] = expected.get(other, 0.0) + w * (1.0 / (distance * g))
+    found = cv.score_arrays(history, 200.0)
+    assert found.rows.tolist() == list(expected) and found.scores.tolist() == list(expected.values())
+    ranked = sorted(expected, key=expected.__getitem__, reverse=True)
+    assert found.top(5).tolist() == ranked[:5]
+    value = dict(zip(found.rows.tolist(), found.rank_values().tolist(), strict=True))
+    assert [value[ranked[0]], value[ranked[3]]] == pytest.approx([1.0, 1 / np.log2(5.0)])
+
+
 def test_decay_clock_rescale_keeps_ratios() -> None:
     clock = DecayClock(1.0)
     assert clock.growth(0.0) == 1.0
@@ -70,6 +109,10 @@ def test_covisitation_is_symmetric_recency_weighted_and_bounded() -> None:
     assert len(cv.neighbours[5]) <= 2 * 2
 
 
+def similarity(emb: CoEmbedding, user: np.ndarray | None, rows: np.ndarray) -> np.ndarray:
+    return emb.similarity_many([user], rows, np.zeros(len(rows), np.int64))
+
+
 def _trained_coembedding(sessions: list[list[int]], repeats: int) -> CoEmbedding:
     emb = CoEmbedding(Settings(cooc_window=3, seed=1))
     for _ in range(repeats):
@@ -84,7 +127,7 @@ def test_coembedding_relates_items_through_shared_neighbours() -> None:
     # unrelated pairs (a catalogue for the negatives to come from)
     filler = [[10 + 2 * i, 11 + 2 * i] for i in range(100)]
     emb = _trained_coembedding([[0, 1], [1, 2], [3, 4], [4, 5], *filler], repeats=100)
-    sims = emb.similarity(emb.user_vector([0]), np.arange(210))
+    sims = similarity(emb, emb.user_vector([0]), np.arange(210))
     assert sims[2] > 0.5
     assert sims[2] > sims[3:6].max() + 0.5
     assert sims[2] > sims[10:].max() + 0.3
@@ -92,11 +135,18 @@ def test_coembedding_relates_items_through_shared_neighbours() -> None:
 
 def test_coembedding_weighs_the_latest_item_most_and_knows_nothing_of_unseen_rows() -> None:
     emb = _trained_coembedding([[0, 1], [2, 3], *[[10 + 2 * i, 11 + 2 * i] for i in range(100)]], repeats=100)
-    after_3 = emb.similarity(emb.user_vector([0, 2]), np.array([3, 1]))  # 2 is the latest
+    after_3 = similarity(emb, emb.user_vector([0, 2]), np.array([3, 1]))  # 2 is the latest
     assert after_3[0] > after_3[1]
     assert emb.user_vector([]) is None
-    assert emb.similarity(None, np.array([0, 1])).tolist() == [0.0, 0.0]
-    assert emb.similarity(emb.user_vector([0]), np.array([emb.n + 5])).tolist() == [0.0]
+    assert similarity(emb, None, np.array([0, 1])).tolist() == [0.0, 0.0]
+    assert similarity(emb, emb.user_vector([0]), np.array([emb.n + 5])).tolist() == [0.0]
+    # several users in one call: each candidate is compared with its own user's vector
+    users = [emb.user_vector([0]), None, emb.user_vector([2])]
+    rows = np.array([1, 3, 1, 3, 1, 3])
+    both = emb.similarity_many(users, rows, np.array([0, 0, 1, 1, 2, 2]))
+    np.testing.assert_allclose(both[:2], similarity(emb, users[0], rows[:2]), rtol=1e-6)
+    assert both[2:4].tolist() == [0.0, 0.0]
+    np.testing.assert_allclose(both[4:], similarity(emb, users[2], rows[4:]), rtol=1e-6)
 
 
 def test_freshness_halves() -> None:
