@@ -515,6 +515,7 @@ def test_worker_reconnects_after_broker_restart(ops: Ops) -> None:
         timeout=WAIT_S,
     )
     assert stats["events"] == before["events"] + len(events)
+    assert stats["profiles"] == before["profiles"] + len(users)  # the profiles it held in memory are kept
     wait_for(
         lambda: all(run(latest_recommendation(settings, u)) for u in users),
         "recommendations after the broker restart",
