@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from streamrec.evaluation import _replay
 from streamrec.events import Event
 from streamrec.profiles import DictProfileStore
 from streamrec.recommender import Recommender
@@ -69,3 +70,15 @@ def test_core_keeps_working_after_absurd_but_valid_timestamps() -> None:
             assert all(np.isfinite(i.score) for i in result.recommendations[0].items)
     assert rec.ranker.steps > 0
     assert np.isfinite(np.asarray(rec.ranker.snapshot()["params"]["weight"], float)).all()
+
+
+def test_evaluation_skips_forget_requests() -> None:
+    """A replayed log may hold privacy requests: they are neither scored nor learned as interactions."""
+    from streamrec.replay import Record
+    from tests.test_evaluation import Spy, job, records
+
+    recs = records()
+    recs.insert(5, Record("events", "u", forget("u", 2.5).to_dict(), 2.5))
+    spy = Spy()
+    ranks, _, _ = _replay(spy, job(recs))
+    assert len(ranks) == 5 and [c[0] for c in spy.calls if c[0] != "upsert"] == ["recommend", "learn"] * 5
