@@ -40,7 +40,7 @@ from streamrec.telemetry import parse
 from streamrec.topics import apply_topics
 from tests.integration.test_pipeline import publish, read_all, wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
 APP_ID = "ops"
 N_ITEMS = 200
@@ -237,6 +237,43 @@ def bad_messages(draw: st.DrawFn, kind: str) -> tuple[str, bytes | None]:
     return kind, b'{"user_id":"u","type":"view","ts":1,"item_id":"i","context":' + b"[" * depth + b"]" * depth + b"}"
 
 
+ITEM_BAD_KINDS = ("truncated", "wrong_dim", "nan_vector", "not_base64", "unknown_source", "missing", "bad_price")
+FUZZ_ITEMS_PER_KIND = 15
+FUZZ_NEW_ITEMS = 50
+
+
+@st.composite
+def item_embeddings(draw: st.DrawFn, kind: str | None = None) -> bytes:
+    """An ``item-embeddings`` value: valid (``kind`` None) or broken in one way the worker must reject."""
+    n = draw(st.integers(0, 10**6))
+    v = np.random.default_rng(n).normal(size=DIM).astype(np.float32)
+    item = Item(f"fz-item-{n}", draw(st.text(max_size=20)), float(draw(st.integers(0, 2_000_000_000))))
+    obj = ItemEmbedding(item, v / np.linalg.norm(v), "m", "id").to_dict()
+    if kind == "truncated":
+        raw = dumps(obj)
+        return raw[: draw(st.integers(1, len(raw) - 1))]
+    if kind == "wrong_dim":
+        w = np.ones(draw(st.integers(1, 64)), np.float32)
+        obj |= {"embedding": base64.b64encode(w.tobytes()).decode(), "dim": len(w)}
+    elif kind == "nan_vector":
+        w = v.copy()
+        w[draw(st.integers(0, DIM - 1))] = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+        obj["embedding"] = base64.b64encode(w.tobytes()).decode()
+    elif kind == "not_base64":
+        obj["embedding"] = draw(st.sampled_from(["%%%", "abc", "not base64!"]))
+    elif kind == "unknown_source":
+        obj["source"] = draw(st.text(max_size=8).filter(lambda t: t not in ("text", "category", "id")))
+    elif kind == "missing":
+        obj.pop(draw(st.sampled_from(["embedding", "dim", "model", "source", "item_id", "title", "ts"])))
+    elif kind == "bad_price":
+        obj["price"] = draw(
+            st.one_of(
+                st.floats(max_value=-0.01, allow_nan=False, allow_infinity=False), st.text(max_size=3), st.booleans()
+            )
+        )
+    return dumps(obj)
+
+
 _EVENT_FIELDS = {"event_id", "user_id", "item_id", "type", "ts", "query", "session_id", "context"}
 
 
@@ -273,6 +310,8 @@ def test_fuzzed_bad_input_goes_to_dead_letters_and_never_stops_the_worker(ops: O
 
     bad = [m for kind in BAD_KINDS for m in generate(bad_messages(kind), FUZZ_BAD_PER_KIND)]
     good = generate(valid_events(), FUZZ_VALID)
+    bad_items = [raw for kind in ITEM_BAD_KINDS for raw in generate(item_embeddings(kind), FUZZ_ITEMS_PER_KIND)]
+    new_items = {orjson.loads(raw)["item_id"]: raw for raw in generate(item_embeddings(), FUZZ_NEW_ITEMS)}
     # the generators' own promise, checked once against the contract's validator
     for _, raw in bad:
         with pytest.raises(InvalidMessage):
@@ -290,6 +329,8 @@ def test_fuzzed_bad_input_goes_to_dead_letters_and_never_stops_the_worker(ops: O
         (obj["user_id"].encode(), r) for obj, r in zip(good, good_raw, strict=True)
     ]
     stream += [(None if rng.random() < 0.3 and raw is not None else b"fz-bad", raw) for _, raw in bad]
+    n_events = len(stream)
+    stream += [(b"fz-item", raw) for raw in bad_items] + [(k.encode(), raw) for k, raw in new_items.items()]
     order = rng.permutation(len(stream))
 
     async def send_all() -> None:
@@ -300,7 +341,8 @@ def test_fuzzed_bad_input_goes_to_dead_letters_and_never_stops_the_worker(ops: O
         try:
             for i in order:
                 key, value = stream[i]
-                await producer.send(settings.topic("events"), value, key=key)
+                topic = "events" if i < n_events else "item-embeddings"
+                await producer.send(settings.topic(topic), value, key=key)
             await producer.flush()
         finally:
             await producer.stop()
@@ -311,7 +353,8 @@ def test_fuzzed_bad_input_goes_to_dead_letters_and_never_stops_the_worker(ops: O
         lambda: (
             (s := run(worker_stats(settings)))
             and s["events"] + s["duplicates_skipped"] >= before["events"] + len(good)
-            and s["dead_letters"] >= before["dead_letters"] + len(bad)
+            and s["dead_letters"] >= before["dead_letters"] + len(bad) + len(bad_items)
+            and s["items_indexed"] >= before["items_indexed"] + len(new_items)
             and s
         ),
         "fuzzed messages",
@@ -321,7 +364,8 @@ def test_fuzzed_bad_input_goes_to_dead_letters_and_never_stops_the_worker(ops: O
     drained_s = time.monotonic() - t0
     assert stats["events"] - before["events"] == len(good), "every valid event applied exactly once"
     assert stats["duplicates_skipped"] == before["duplicates_skipped"]
-    assert stats["dead_letters"] - before["dead_letters"] == len(bad)
+    assert stats["dead_letters"] - before["dead_letters"] == len(bad) + len(bad_items)
+    assert stats["items_indexed"] - before["items_indexed"] == len(new_items)
 
     dead = dead_letters_for(settings, settings.topic("events"))
     assert len(dead) == len(bad)
@@ -329,6 +373,9 @@ def test_fuzzed_bad_input_goes_to_dead_letters_and_never_stops_the_worker(ops: O
     assert collections.Counter(base64.b64decode(d["value_b64"]) for d in dead) == collections.Counter(
         raw or b"" for _, raw in bad
     )
+    dead_items = dead_letters_for(settings, settings.topic("item-embeddings"))
+    assert sorted(base64.b64decode(d["value_b64"]) for d in dead_items) == sorted(bad_items)
+    assert all(d["reason"] for d in dead_items)
     reasons = collections.Counter(d["reason"].split(":")[0].split(" (")[0][:40] for d in dead)
     assert any(r.startswith("payload of") for r in reasons) and any(r.startswith("malformed JSON") for r in reasons)
 
@@ -341,7 +388,8 @@ def test_fuzzed_bad_input_goes_to_dead_letters_and_never_stops_the_worker(ops: O
     # the model is still sane after NaN-laden / extreme input
     assert math.isfinite(ops.metrics()["streamrec_model_steps"])
     print(
-        f"fuzz: {len(bad)} bad ({dict(kinds)}), {len(good)} valid, drained in {drained_s:.1f}s, "
+        f"fuzz: {len(bad)} bad ({dict(kinds)}), {len(good)} valid, {len(bad_items)} bad + {len(new_items)} new "
+        f"item embeddings, drained in {drained_s:.1f}s, "
         f"RSS {before['rss_bytes'] / 2**20:.0f} -> {stats['rss_bytes'] / 2**20:.0f} MiB"
     )
 
