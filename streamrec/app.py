@@ -144,12 +144,24 @@ class TableProfileStore:
     def delete(self, user_id: str) -> None:
         self._pending[user_id] = None
 
+    def _tombstone(self, user_id: str) -> None:
+        """Remove a user from the table and write a tombstone to the changelog, even for a key not held here.
+
+        The tombstone goes out unconditionally: the changelog may hold state this worker never had in its table
+        (a record recovery stopped short of), and compaction only erases a key's values behind a tombstone.
+        """
+        key = user_id.encode()
+        if key in self.table:
+            del self.table[key]  # Faust sends the changelog tombstone
+        else:
+            self.table.on_key_del(key)
+
     def flush(self) -> int:
         """Write buffered changes to the table (on the event loop), each to its user's changelog partition."""
         for user_id, profile in self._pending.items():
             with _as_current(self.source_event[user_id]):
                 if profile is None:
-                    self.table.pop(user_id.encode(), None)
+                    self._tombstone(user_id)
                 else:
                     self.table[user_id.encode()] = profile.to_bytes()
         n = len(self._pending)
@@ -193,6 +205,8 @@ class WorkerStats:
     events: int = 0
     duplicates: int = 0
     recommendations: int = 0
+    forgotten: int = 0
+    """``forget_user`` requests carried out (profile and state deleted, tombstones published)."""
     batches: int = 0
     items_indexed: int = 0
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
@@ -212,6 +226,7 @@ class WorkerStats:
             "events_per_s": self.events / elapsed,
             "duplicates_skipped": self.duplicates,
             "recommendations": self.recommendations,
+            "forgotten_users": self.forgotten,
             "batches": self.batches,
             "dead_letters": dead_letters,
             "items_indexed": recommender.catalog.n_indexed,
@@ -263,7 +278,7 @@ class Worker:
         )
         """One thread for the core: batches stay strictly ordered, and the loop stays free to fetch."""
 
-    async def _send_raw(self, topic: str, key: bytes, value: bytes) -> None:
+    async def _send_raw(self, topic: str, key: bytes, value: bytes | None) -> None:
         await self.app.producer.send(topic, key, value, partition=None, timestamp=None, headers=None)
 
     # --- events -------------------------------------------------------------------------------------
@@ -292,11 +307,16 @@ class Worker:
         if valid:
             loop = asyncio.get_running_loop()
             # the core runs in a thread: meanwhile the loop keeps fetching, so the next batch is ready
-            result, payloads = await loop.run_in_executor(self._core, self._process, valid, store, positions)
+            result, payloads, forgotten = await loop.run_in_executor(self._core, self._process, valid, store, positions)
             store.flush()
             topic = self.settings.topic("recommendations")
+            for user_id in forgotten:  # tombstones first: lists made after a forget (fresh profile) must win
+                await self._send_raw(topic, user_id.encode(), None)
             for key, value in payloads:
                 await self._send_raw(topic, key, value)
+            if forgotten:
+                self.stats.forgotten += len(forgotten)
+                log.info("forgot %d user(s) on request", len(forgotten))  # never the ids: they are personal data
             self.stats.events += result.applied
             self.stats.duplicates += result.duplicates
             self.stats.recommendations += len(result.recommendations)
@@ -313,10 +333,10 @@ class Worker:
 
     def _process(
         self, events: list[Event], store: TableProfileStore, positions: list[tuple[int, int] | None]
-    ) -> tuple[BatchResult, list[tuple[bytes, bytes]]]:
-        """The core's share of a batch (runs in the core thread): learn, recommend, serialise."""
-        result = self.recommender.process(events, store, positions)
-        return result, [(rec.user_id.encode(), dumps(rec.to_dict())) for rec in result.recommendations]
+    ) -> tuple[BatchResult, list[tuple[bytes, bytes]], list[str]]:
+        """The core's share of a batch (runs in the core thread): learn, forget, recommend, serialise."""
+        result, forgotten = self.recommender.process_with_forgets(events, store, positions)
+        return result, [(rec.user_id.encode(), dumps(rec.to_dict())) for rec in result.recommendations], forgotten
 
     # --- telemetry ----------------------------------------------------------------------------------
     def consumer_lag(self) -> dict[int, int]:
@@ -347,6 +367,7 @@ class Worker:
                 "streamrec_events_per_second", "gauge", "Events applied per second since start.", stats.events / elapsed
             ),
             Metric("streamrec_duplicates_total", "counter", "Redelivered events skipped.", stats.duplicates),
+            Metric("streamrec_forgotten_users_total", "counter", "forget_user requests carried out.", stats.forgotten),
             Metric(
                 "streamrec_recommendations_total", "counter", "Recommendation lists published.", stats.recommendations
             ),
@@ -476,6 +497,10 @@ def create_app(settings: Settings | None = None, with_query_encoder: bool = True
         broker_rebalance_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
         consumer_auto_offset_reset="earliest",
+        # After a broker lost its data (the in-memory local broker restarted) the changelog restarts at offset 0
+        # below what this worker already applied; Faust's check would crash the worker for good. It keeps its
+        # in-memory table instead and carries on (README, "Broker restarts").
+        recovery_consistency_check=False,
         web_enabled=True,
         web_bind=settings.web_host,
         web_host=settings.web_host,

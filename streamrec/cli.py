@@ -1,4 +1,4 @@
-"""``streamrec`` command line: broker, topics, workers, replay, recommendations and the demo.
+"""``streamrec`` command line: broker, topics, workers, replay, recommendations, privacy requests and the demo.
 
 Every command reads :class:`Settings` from the environment (``STREAMREC_*``); ``--broker`` overrides
 ``STREAMREC_BROKER`` for one call.
@@ -265,6 +265,41 @@ def recs(ctx: click.Context, user: str, as_json: bool) -> None:
     click.echo(f"{rec['kind']} recommendations for {user} (model {rec['model_version']}):")
     for rank, item in enumerate(rec["items"], start=1):
         click.echo(f"{rank:3}. {item['item_id']:<20} {item['score']:8.3f}  {'; '.join(item['reasons'])}")
+
+
+async def publish_forget(settings: Settings, user_id: str) -> None:
+    """Publish a ``forget_user`` request for ``user_id`` on the events topic, keyed by the user.
+
+    Keyed like the user's own events, so it lands on their partition and takes effect after everything they
+    did before it, and before anything they do after it.
+    """
+    from .events import FORGET_USER, Event, dumps
+    from .kafka import make_producer
+
+    request = Event(user_id, FORGET_USER, time.time())
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.topic("events"), dumps(request.to_dict()), key=user_id.encode())
+    finally:
+        await producer.stop()
+
+
+@cli.command()
+@click.argument("user")
+@click.pass_context
+def forget(ctx: click.Context, user: str) -> None:
+    """Delete everything kept about USER (privacy request): profile, state and recommendations.
+
+    Publishes a forget_user event; the worker deletes the profile (a tombstone in the table's changelog),
+    drops the user's in-memory state and publishes a tombstone for them on recommendations.
+    """
+    from .events import MAX_ID_LEN
+
+    if not 1 <= len(user) <= MAX_ID_LEN:
+        raise click.UsageError(f"USER must have 1..{MAX_ID_LEN} characters")
+    asyncio.run(publish_forget(_settings(ctx), user))
+    click.echo(f"forget_user request for {user!r} published to {_settings(ctx).topic('events')}")
 
 
 @cli.command()

@@ -149,6 +149,8 @@ def _replay(system: System, job: _Job, position: int = 0) -> tuple[list[int | No
             system.upsert_item(job.embeddings[i])
             continue
         event = event_from_dict(record.value)
+        if event.is_forget:  # a privacy request, not an interaction: nothing to score, nothing to learn from
+            continue
         if event.type in ITEM_EVENT_TYPES and event.item_id is not None:
             pair = (event.user_id, event.item_id)
             discoveries.append(pair not in seen)

@@ -6,10 +6,12 @@ speed on the hot path and are tested to agree with those schemas. Anything that 
 
 >>> parse_event(b'{"user_id": "u1", "item_id": "i9", "type": "click", "ts": 12.5}')
 Event(user_id='u1', type='click', ts=12.5, item_id='i9', query=None, session_id=None, event_id=None, context=None)
->>> parse_event(b'{"user_id": "u1", "type": "like", "ts": 1}')
+>>> parse_event(b'{"user_id": "u1", "type": "like", "ts": 1}')  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-streamrec.events.InvalidMessage: unknown event type 'like' (expected one of view, click, add_to_cart, purchase, search)
+streamrec.events.InvalidMessage: unknown event type 'like' (expected one of view, click, ..., forget_user)
+>>> parse_event(b'{"user_id": "u1", "type": "forget_user", "ts": 3}').is_forget
+True
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from typing import Any, Literal, get_args
 import numpy as np
 import orjson
 
-EventType = Literal["view", "click", "add_to_cart", "purchase", "search"]
+EventType = Literal["view", "click", "add_to_cart", "purchase", "search", "forget_user"]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
+FORGET_USER = "forget_user"
+"""A privacy request on the events topic: delete everything kept about ``user_id`` (ordered with their events)."""
 #: Event types that carry an item and are training labels for the ranker (view is a weak one).
 ITEM_EVENT_TYPES = frozenset({"view", "click", "add_to_cart", "purchase"})
 EmbeddingSource = Literal["text", "category", "id"]
@@ -35,6 +39,9 @@ MAX_TITLE_LEN = 1024
 MAX_DESCRIPTION_LEN = 16384
 MAX_ATTR_LEN = 256
 DEFAULT_MAX_BYTES = 64 * 1024
+MAX_EVENT_TS = 1e11
+"""Largest accepted event ``ts`` (year 5138): anything above is almost surely milliseconds, not Unix seconds,
+and would push the worker's decay clocks millennia ahead of every real event."""
 
 
 class InvalidMessage(ValueError):
@@ -53,6 +60,11 @@ class Event:
     session_id: str | None = None
     event_id: str | None = None
     context: dict[str, Any] | None = None
+
+    @property
+    def is_forget(self) -> bool:
+        """A ``forget_user`` privacy request rather than an interaction."""
+        return self.type == FORGET_USER
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"user_id": self.user_id, "type": self.type, "ts": self.ts}
@@ -191,11 +203,16 @@ def event_from_dict(obj: dict[str, Any]) -> Event:
     if etype not in EVENT_TYPES:
         raise InvalidMessage(f"unknown event type {etype!r} (expected one of {', '.join(EVENT_TYPES)})")
     ts = _number(obj, "ts", required=True)
+    if ts > MAX_EVENT_TS:  # type: ignore[operator]
+        raise InvalidMessage(f"field 'ts' must be Unix seconds <= {MAX_EVENT_TS:.0f}, got {ts} (milliseconds?)")
     context = obj.get("context")
     if context is not None and not isinstance(context, dict):
         raise InvalidMessage("field 'context' must be an object")
     if etype == "search":
         query = _text(obj, "query", MAX_QUERY_LEN, required=True, min_len=1)
+        item_id = _id(obj, "item_id", required=False)
+    elif etype == FORGET_USER:  # only the user matters; an item or query is allowed but ignored
+        query = _text(obj, "query", MAX_QUERY_LEN, min_len=1)
         item_id = _id(obj, "item_id", required=False)
     else:
         query = _text(obj, "query", MAX_QUERY_LEN, min_len=1)

@@ -440,5 +440,40 @@ class Recommender:
         return result
 
     def forget(self, user_id: str, store: ProfileStore) -> None:
-        """Delete everything kept about a user (privacy requests)."""
+        """Delete everything kept about a user (privacy requests): the profile and the in-memory candidate pool.
+
+        Aggregates the user's events contributed to (co-visitation, popularity, co-embeddings, the ranker's
+        weights) are not per-user and stay; a later event for the user starts a fresh profile.
+        """
         store.delete(user_id)
+        self._pools.pop(user_id, None)
+
+    def process_with_forgets(
+        self,
+        events: Sequence[Event],
+        store: ProfileStore,
+        positions: Sequence[tuple[int, int] | None] | None = None,
+    ) -> tuple[BatchResult, list[str]]:
+        """:meth:`process`, honouring ``forget_user`` requests in stream order; also returns who was forgotten.
+
+        The batch is cut at each forget: events before it are processed, then the user is forgotten and any
+        list computed for them earlier in the batch is dropped, so nothing about them is published after the
+        request; their events after it (same batch or later) start a fresh profile.
+        """
+        total = BatchResult()
+        forgotten: list[str] = []
+        start = 0
+        for idx in [i for i, e in enumerate(events) if e.is_forget] + [len(events)]:
+            if idx > start:
+                part = self.process(events[start:idx], store, positions[start:idx] if positions is not None else None)
+                total.recommendations += part.recommendations
+                total.applied += part.applied
+                total.duplicates += part.duplicates
+                total.loss += part.loss
+            if idx < len(events):
+                user_id = events[idx].user_id
+                self.forget(user_id, store)
+                total.recommendations = [r for r in total.recommendations if r.user_id != user_id]
+                forgotten.append(user_id)
+            start = idx + 1
+        return total, forgotten

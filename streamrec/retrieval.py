@@ -25,6 +25,10 @@ from .settings import Settings
 INITIAL_CAPACITY = 1024
 RESCALE_LOG2 = 60.0
 """Rescale decayed counters when the growth factor passes 2^60, far from float64 overflow."""
+GROWTH_LOG2_BOUND = 4 * RESCALE_LOG2
+"""``g(t)`` is clamped to 2^±240: an event or a read hundreds of half-lives away from the clock's origin (a stray
+``ts`` of 0 among current ones, a far-future ``ts``) then weighs next to nothing, instead of overflowing
+(OverflowError) or underflowing to a zero divisor — either of which used to crash the worker's core."""
 NO_CATEGORY = -1
 ANN_MIN_LISTS = 64
 ANN_MAX_LISTS = 4096
@@ -51,7 +55,7 @@ class DecayClock:
         return (ts - self.t0) / self.half_life_s
 
     def growth(self, ts: float) -> float:
-        return float(2.0 ** self.log2_growth(ts))
+        return float(2.0 ** min(max(self.log2_growth(ts), -GROWTH_LOG2_BOUND), GROWTH_LOG2_BOUND))
 
     def needs_rescale(self, ts: float) -> bool:
         return self.log2_growth(ts) > RESCALE_LOG2

@@ -64,6 +64,21 @@ def test_invalid_events_have_reasons(raw: bytes, reason: str) -> None:
     assert reason in str(info.value)
 
 
+def test_forget_user_needs_only_the_user() -> None:
+    e = parse_event(b'{"user_id":"u1","type":"forget_user","ts":7}')
+    assert e == Event("u1", "forget_user", 7.0) and e.is_forget
+    assert not parse_event(b'{"user_id":"u1","item_id":"i","type":"view","ts":7}').is_forget
+    with pytest.raises(InvalidMessage, match="missing required field 'user_id'"):
+        parse_event(b'{"type":"forget_user","ts":7}')
+
+
+def test_millisecond_timestamps_are_rejected() -> None:
+    """Found building the worker fuzz test: a ts in milliseconds used to crash the core (decay-clock overflow)."""
+    assert parse_event(b'{"user_id":"u","item_id":"i","type":"view","ts":99999999999}').ts == 99999999999.0
+    with pytest.raises(InvalidMessage, match=r"'ts' must be Unix seconds <= 100000000000, got 1700000000000.0"):
+        parse_event(b'{"user_id":"u","item_id":"i","type":"view","ts":1700000000000}')
+
+
 def test_oversized_payload_rejected_before_parsing() -> None:
     raw = orjson.dumps({"user_id": "u", "item_id": "i", "type": "view", "ts": 1, "query": "x" * 900})
     with pytest.raises(InvalidMessage, match=f"payload of {len(raw)} bytes exceeds the limit of 500 bytes"):
@@ -125,7 +140,9 @@ event_like = st.fixed_dictionaries(
     optional={
         "user_id": scalar,
         "item_id": scalar,
-        "type": st.one_of(st.sampled_from(["view", "click", "add_to_cart", "purchase", "search", "bogus"]), scalar),
+        "type": st.one_of(
+            st.sampled_from(["view", "click", "add_to_cart", "purchase", "search", "forget_user", "bogus"]), scalar
+        ),
         "ts": scalar,
         "query": scalar,
         "session_id": scalar,
