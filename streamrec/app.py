@@ -307,7 +307,8 @@ class Worker:
         if valid:
             loop = asyncio.get_running_loop()
             # the core runs in a thread: meanwhile the loop keeps fetching, so the next batch is ready
-            result, payloads, forgotten = await loop.run_in_executor(self._core, self._process, valid, store, positions)
+            result, payloads = await loop.run_in_executor(self._core, self._process, valid, store, positions)
+            forgotten = result.forgotten
             store.flush()
             topic = self.settings.topic("recommendations")
             for user_id in forgotten:  # tombstones first: lists made after a forget (fresh profile) must win
@@ -333,10 +334,10 @@ class Worker:
 
     def _process(
         self, events: list[Event], store: TableProfileStore, positions: list[tuple[int, int] | None]
-    ) -> tuple[BatchResult, list[tuple[bytes, bytes]], list[str]]:
+    ) -> tuple[BatchResult, list[tuple[bytes, bytes]]]:
         """The core's share of a batch (runs in the core thread): learn, forget, recommend, serialise."""
-        result, forgotten = self.recommender.process_with_forgets(events, store, positions)
-        return result, [(rec.user_id.encode(), dumps(rec.to_dict())) for rec in result.recommendations], forgotten
+        result = self.recommender.process(events, store, positions)
+        return result, [(rec.user_id.encode(), dumps(rec.to_dict())) for rec in result.recommendations]
 
     # --- telemetry ----------------------------------------------------------------------------------
     def consumer_lag(self) -> dict[int, int]:

@@ -84,6 +84,8 @@ def _reason_table(top: int) -> dict[int, tuple[str, ...]]:
                 table[code] = tuple(REASON_LABELS[FEATURES[f]] for f, sign in zip(combo, signs, strict=True) if sign)
         _REASON_TABLES[top] = table
     return table
+
+
 RMS_EPS = 1e-8
 DENOM_EPS = 1e-6
 

@@ -117,6 +117,8 @@ class BatchResult:
     duplicates: int = 0
     """Events skipped because their offset was already applied (at-least-once redelivery)."""
     loss: float = 0.0
+    forgotten: list[str] = field(default_factory=list)
+    """Users deleted by ``forget_user`` requests in the batch, in stream order."""
 
 
 @dataclass(slots=True)
@@ -415,13 +417,13 @@ class Recommender:
             start = end
         return out
 
-    def process(
+    def _process_run(
         self,
         events: Sequence[Event],
         store: ProfileStore,
         positions: Sequence[tuple[int, int] | None] | None = None,
     ) -> BatchResult:
-        """Learn from a batch, then publish-ready top-k for every user it touched (and every search)."""
+        """Learn from a run of interactions, then publish-ready top-k for every user it touched (and every search)."""
         result, behaviour, searches = self.learn(events, store, positions)
         requests = list(behaviour.values()) + searches
         if not requests:
@@ -448,24 +450,29 @@ class Recommender:
         store.delete(user_id)
         self._pools.pop(user_id, None)
 
-    def process_with_forgets(
+    def process(
         self,
         events: Sequence[Event],
         store: ProfileStore,
         positions: Sequence[tuple[int, int] | None] | None = None,
-    ) -> tuple[BatchResult, list[str]]:
-        """:meth:`process`, honouring ``forget_user`` requests in stream order; also returns who was forgotten.
+    ) -> BatchResult:
+        """Learn from a batch, then publish-ready top-k for every user it touched (and every search).
 
-        The batch is cut at each forget: events before it are processed, then the user is forgotten and any
-        list computed for them earlier in the batch is dropped, so nothing about them is published after the
-        request; their events after it (same batch or later) start a fresh profile.
+        ``forget_user`` requests are honoured in stream order: the batch is cut at each one, the events before
+        it are processed, then the user is forgotten and any list computed for them earlier in the batch is
+        dropped, so nothing about them is published after the request; their events after it (same batch or
+        later) start a fresh profile. ``BatchResult.forgotten`` lists who was forgotten.
         """
+        forgets = [i for i, e in enumerate(events) if e.is_forget]
+        if not forgets:
+            return self._process_run(events, store, positions)
         total = BatchResult()
-        forgotten: list[str] = []
         start = 0
-        for idx in [i for i, e in enumerate(events) if e.is_forget] + [len(events)]:
+        for idx in [*forgets, len(events)]:
             if idx > start:
-                part = self.process(events[start:idx], store, positions[start:idx] if positions is not None else None)
+                part = self._process_run(
+                    events[start:idx], store, positions[start:idx] if positions is not None else None
+                )
                 total.recommendations += part.recommendations
                 total.applied += part.applied
                 total.duplicates += part.duplicates
@@ -474,6 +481,6 @@ class Recommender:
                 user_id = events[idx].user_id
                 self.forget(user_id, store)
                 total.recommendations = [r for r in total.recommendations if r.user_id != user_id]
-                forgotten.append(user_id)
+                total.forgotten.append(user_id)
             start = idx + 1
-        return total, forgotten
+        return total

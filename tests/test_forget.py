@@ -21,8 +21,8 @@ def test_forget_deletes_profile_and_candidate_pool() -> None:
     store = DictProfileStore()
     rec.process([Event("u", "click", 1.0, item_id="coffee-1"), Event("v", "click", 1.0, item_id="shoes-1")], store)
     assert store.get("u") is not None and "u" in rec._pools
-    result, forgotten = rec.process_with_forgets([forget("u")], store)
-    assert forgotten == ["u"] and result.applied == 0 and result.recommendations == []
+    result = rec.process([forget("u")], store)
+    assert result.forgotten == ["u"] and result.applied == 0 and result.recommendations == []
     assert store.get("u") is None and "u" not in rec._pools
     assert store.get("v") is not None and "v" in rec._pools  # nobody else is touched
 
@@ -36,8 +36,8 @@ def test_forget_in_the_middle_of_a_batch_keeps_stream_order() -> None:
         forget("u", 2.0),
         Event("u", "view", 3.0, item_id="books-3"),
     ]
-    result, forgotten = rec.process_with_forgets(events, store, [(0, n) for n in range(len(events))])
-    assert forgotten == ["u"] and result.applied == 3
+    result = rec.process(events, store, [(0, n) for n in range(len(events))])
+    assert result.forgotten == ["u"] and result.applied == 3
     # the list computed for u before the forget is dropped; the one after it comes from a fresh profile
     assert [r.user_id for r in result.recommendations] == ["v", "u"]
     after = store.get("u")
@@ -48,8 +48,8 @@ def test_forget_in_the_middle_of_a_batch_keeps_stream_order() -> None:
 def test_forgetting_an_unknown_user_is_harmless() -> None:
     rec = Recommender(build().settings)
     store = DictProfileStore()
-    result, forgotten = rec.process_with_forgets([forget("ghost"), forget("ghost")], store)
-    assert forgotten == ["ghost", "ghost"] and result.applied == 0 and store.get("ghost") is None
+    result = rec.process([forget("ghost"), forget("ghost")], store)
+    assert result.forgotten == ["ghost", "ghost"] and result.applied == 0 and store.get("ghost") is None
 
 
 def test_decay_clock_survives_timestamps_far_from_its_origin() -> None:
