@@ -59,8 +59,11 @@ class Settings:
     """Larger event/item payloads are rejected to the dead-letter topic."""
 
     # --- Worker batching -------------------------------------------------------------------------------
-    batch_size: int = 512
-    """Most events per micro-batch; a batch is whatever has arrived, so it is this large only under a backlog."""
+    batch_size: int = 2048
+    """Most events per micro-batch; a batch is whatever has arrived, so it is this large only under a backlog.
+
+    Under a backlog a bigger batch means more events per refreshed user (one refresh per user per batch):
+    on the synthetic bench 512 events touch ~420 users, 2,048 touch ~1,400 (1.3× the core's rate)."""
     data_dir: str = ".streamrec"
     """Local working directory of a worker (Faust's datadir)."""
     web_port: int = 6066
