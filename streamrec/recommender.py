@@ -132,6 +132,26 @@ class UserContext:
     coemb_vector: np.ndarray | None = None
     taste: np.ndarray | None = None
     """(2, D): the unit long-term and intent vectors."""
+    categories: dict[str, float] = field(default_factory=dict)
+    """The user's decayed category weights."""
+
+
+@dataclass(slots=True)
+class ItemState:
+    """Item-side features that change within a batch, captured when a training example was taken."""
+
+    popularity: np.ndarray
+    coemb: np.ndarray
+    codes: np.ndarray
+
+
+@dataclass(slots=True)
+class _Example:
+    user: UserContext
+    rows: np.ndarray
+    ts: float
+    items: ItemState
+    weight: float
 
 
 @dataclass(slots=True)
@@ -165,8 +185,13 @@ class Recommender:
         return self.catalog.upsert(emb)
 
     # --- features -----------------------------------------------------------------------------------
-    def user_context(self, profile: UserProfile, now: float, query_vector: np.ndarray | None = None) -> UserContext:
-        """What features need about a user besides the candidates, computed once per ranking."""
+    def user_context(
+        self, profile: UserProfile, now: float, query_vector: np.ndarray | None = None, snapshot: bool = False
+    ) -> UserContext:
+        """What features need about a user besides the candidates, computed once per ranking.
+
+        ``snapshot``: copy the state that later events change in place, so features can be computed after them.
+        """
         seeds = self._rows(profile.recent)
         return UserContext(
             profile,
@@ -175,20 +200,28 @@ class Recommender:
             query_vector,
             self.coemb.user_vector(seeds),
             np.stack([unit(profile.long_term), unit(profile.intent)]),
+            dict(profile.categories) if snapshot else profile.categories,
         )
 
     def features(
         self, profile: UserProfile, rows: np.ndarray, now: float, query_vector: np.ndarray | None = None
     ) -> np.ndarray:
         """Feature matrix (len(rows), F) of ``rows`` for ``profile`` as it is now."""
-        return self.features_many([self.user_context(profile, now, query_vector)], [rows], now)
+        return self.features_many([self.user_context(profile, now, query_vector)], [rows], float(now))
 
-    def features_many(self, users: Sequence[UserContext], rows: Sequence[np.ndarray], now: float) -> np.ndarray:
+    def features_many(
+        self,
+        users: Sequence[UserContext],
+        rows: Sequence[np.ndarray],
+        now: float | np.ndarray,
+        items: ItemState | None = None,
+    ) -> np.ndarray:
         """Feature matrices of several users' candidates, stacked: (sum of len(rows), F).
 
         Item attributes are the same for every user, and the per-user lookups (co-visitation rank, category
         share, seen, co-embedding) are keyed by (user, row) and done for the whole batch in one call each;
         only the similarities to the user's vectors are a gather and a small matrix product per user.
+        Training examples pass ``now`` per row and the item-side state captured with them (``items``).
         """
         cat = self.catalog
         n_users = len(users)
@@ -196,7 +229,14 @@ class Recommender:
         all_rows = np.concatenate(rows).astype(np.int64) if n_users else np.zeros(0, np.int64)
         seg = np.repeat(np.arange(n_users, dtype=np.int64), lens)
         x = np.zeros((len(all_rows), len(FEATURES)), np.float32)
-        x[:, F_INDEX["popularity"]] = cat.relative_popularity(all_rows, now)
+        if items is None:
+            items = ItemState(
+                cat.relative_popularity(all_rows, float(now)),
+                self.coemb.similarity_many([u.coemb_vector for u in users], all_rows, seg),
+                cat.category[all_rows],
+            )
+        x[:, F_INDEX["popularity"]] = items.popularity
+        x[:, F_INDEX["coemb"]] = items.coemb
         x[:, F_INDEX["price"]] = cat.price_feature[all_rows]
         item_ts = cat.item_ts[all_rows]
         x[:, F_INDEX["freshness"]] = freshness(item_ts, now, self.settings.freshness_half_life_s) * (item_ts > 0)
@@ -218,8 +258,7 @@ class Recommender:
         x[:, F_INDEX["seen"]] = keyed_lookup(
             [(u * width + np.asarray(user.seeds, np.int64), 1.0) for u, user in enumerate(users)], keys
         )
-        x[:, F_INDEX["category"]] = self._category_share(users, seg, cat.category[all_rows])
-        x[:, F_INDEX["coemb"]] = self.coemb.similarity_many([u.coemb_vector for u in users], all_rows, seg)
+        x[:, F_INDEX["category"]] = self._category_share(users, seg, items.codes)
         return x
 
     def _category_share(self, users: Sequence[UserContext], seg: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -228,7 +267,7 @@ class Recommender:
         width = len(cat.category_names) + 1  # codes shifted by one: NO_CATEGORY (-1) -> 0
         tables = []
         for u, user in enumerate(users):
-            weights = user.profile.categories
+            weights = user.categories
             total = sum(weights.values())
             if total <= 0.0:
                 continue
@@ -287,6 +326,39 @@ class Recommender:
         while len(cache) > self.settings.candidate_cache_users:
             cache.popitem(last=False)
 
+    def _example(self, profile: UserProfile, rows: np.ndarray, event: Event) -> _Example:
+        """A training example (taken item first, then negatives) against the state *before* ``event``.
+
+        Its features are computed with the whole batch's at the end (one vectorised pass); what later events
+        of the batch change — the user's state, popularity, co-embeddings, categories — is captured now.
+        """
+        user = self.user_context(profile, event.ts, snapshot=True)
+        cat = self.catalog
+        items = ItemState(
+            cat.relative_popularity(rows, event.ts),
+            self.coemb.similarity_many([user.coemb_vector], rows, np.zeros(len(rows), np.int64)),
+            cat.category[rows],
+        )
+        return _Example(user, rows, event.ts, items, self.settings.event_weight(event.type))
+
+    def _step(self, examples: Sequence[_Example]) -> float:
+        """Features of every example of the batch in one pass, then one ranker step; returns the loss."""
+        lens = np.array([len(e.rows) for e in examples], np.int64)
+        items = ItemState(
+            np.concatenate([e.items.popularity for e in examples]),
+            np.concatenate([e.items.coemb for e in examples]),
+            np.concatenate([e.items.codes for e in examples]),
+        )
+        x = self.features_many(
+            [e.user for e in examples], [e.rows for e in examples], np.repeat([e.ts for e in examples], lens), items
+        )
+        starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+        n_neg = lens - 1
+        neg = np.zeros((len(examples), int(n_neg.max()), len(FEATURES)), np.float32)
+        for i, (start, n) in enumerate(zip(starts.tolist(), n_neg.tolist(), strict=True)):
+            neg[i, :n] = x[start + 1 : start + 1 + n]
+        return self.ranker.step(x[starts], neg, n_neg, np.array([e.weight for e in examples], np.float32))
+
     def learn(
         self,
         events: Sequence[Event],
@@ -299,9 +371,7 @@ class Recommender:
         profiles: dict[str, UserProfile] = {}
         behaviour: dict[str, _Request] = {}
         searches: list[_Request] = []
-        pos_x: list[np.ndarray] = []
-        neg_x: list[np.ndarray] = []
-        weights: list[float] = []
+        examples: list[_Example] = []
         for idx, event in enumerate(events):
             profile = profiles.get(event.user_id) or store.get(event.user_id)
             if profile is None:
@@ -322,11 +392,7 @@ class Recommender:
                 learnable = self.settings.learn and pool is not None and row in pool
                 negs = self._negatives(profile, row, pool) if learnable else []
                 if negs:
-                    rows = np.array([row, *negs], dtype=np.int64)
-                    x = self.features(profile, rows, event.ts)
-                    pos_x.append(x[0])
-                    neg_x.append(x[1:])
-                    weights.append(self.settings.event_weight(event.type))
+                    examples.append(self._example(profile, np.array([row, *negs], np.int64), event))
                 previous = self._rows(profile.recent)
                 vector = self.catalog.vectors[row] if self.catalog.has_vector[row] else None
                 apply_event(profile, event, vector, self.catalog.category_of(row), self.settings, part, off)
@@ -340,17 +406,8 @@ class Recommender:
                 apply_event(profile, event, qv, None, self.settings, part, off)
                 searches.append(_Request(profile, event.ts, event.query, qv))
             result.applied += 1
-        if pos_x:
-            m = max(len(n) for n in neg_x)
-            neg = np.zeros((len(neg_x), m, len(FEATURES)), np.float32)
-            for i, n in enumerate(neg_x):
-                neg[i, : len(n)] = n
-            result.loss = self.ranker.step(
-                np.stack(pos_x),
-                neg,
-                np.array([len(n) for n in neg_x], np.int64),
-                np.array(weights, np.float32),
-            )
+        if examples:
+            result.loss = self._step(examples)
         for profile in profiles.values():
             store.put(profile)
         return result, behaviour, searches

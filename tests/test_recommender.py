@@ -175,3 +175,26 @@ def test_repeated_queries_are_encoded_once_and_the_cache_is_bounded() -> None:
     # "tea" once, then cached; "mugs" pushes the least recently used ("beans") out of a 2-entry cache
     assert encoded == [["tea"], ["beans"], ["mugs"]]
     assert list(rec._query_cache) == ["tea", "mugs"]  # least recently used first
+
+
+def test_training_examples_are_featurised_as_of_their_event_even_when_computed_after_the_batch() -> None:
+    """Examples are featurised in one pass at the end of a batch; what later events change must not leak in."""
+    rec = build()
+    store = DictProfileStore()
+    rec.process([Event("u", "view", 1.0, item_id="books-0"), Event("v", "view", 1.0, item_id="shoes-0")], store)
+    profile = store.get("u")
+    assert profile is not None
+    rows = np.array([rec.catalog.row_of[i] for i in ("books-1", "shoes-2", "coffee-3")], np.int64)
+    taken = Event("u", "click", 2.0, item_id="books-1")
+    expected = rec.features(profile, rows, taken.ts)
+    example = rec._example(profile, rows, taken)
+    # the rest of the batch: the user's profile, the candidates' popularity and co-embeddings all change
+    rec.learn(
+        [taken, Event("v", "purchase", 3.0, item_id="shoes-2"), Event("u", "purchase", 4.0, item_id="coffee-3")], store
+    )
+    seen: dict[str, np.ndarray] = {}
+    rec.ranker.step = lambda pos, neg, n_neg, w: seen.update(pos=pos, neg=neg) or 0.0  # type: ignore[method-assign]
+    rec._step([example])
+    np.testing.assert_array_equal(seen["pos"][0], expected[0])
+    np.testing.assert_array_equal(seen["neg"][0], expected[1:])
+    assert not np.array_equal(rec.features(store.get("u"), rows, 4.0), expected)  # the state did move on
