@@ -5,7 +5,11 @@
   one ranker step per batch) and sends the refreshed top-k per user to ``recommendations``.
 * catalogue follower — every worker reads the whole compacted ``item-embeddings`` topic (not a consumer
   group: each worker needs every item) and upserts items into its FAISS index as they arrive.
-* model snapshots — restored at start-up, published every ``snapshot_interval_s`` to ``model-snapshots``.
+* one model across workers — every worker publishes its ranker contribution every ``snapshot_interval_s`` to
+  the compacted ``model-snapshots`` topic under its own key, follows its peers' and adds theirs into its own
+  parameters (:class:`~streamrec.ranker.SharedModel`); at start-up it resumes from its own last snapshot.
+* table recovery reads every changelog partition to its *true* end (:func:`_patch_true_highwaters`), so a
+  worker that takes over partitions — after a crash or a rebalance — gets every user's last state.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import time
 import weakref
 from collections import deque
@@ -32,8 +37,9 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.services import WaitResults
 
 from .events import Event, InvalidMessage, dumps, event_from_dict, loads_message, parse_item_embedding
-from .kafka import DeadLetters, make_consumer, read_to_end
+from .kafka import DeadLetters, make_consumer, read_to_end, true_end_offsets
 from .profiles import UserProfile
+from .ranker import SNAPSHOT_KEY_PREFIX, SharedModel
 from .recommender import BatchResult, Recommender
 from .settings import Settings, limit_threads
 from .telemetry import Histogram, Metric, render
@@ -46,6 +52,7 @@ LATENCY_WINDOW = 10_000
 RECENT_ITEMS_SHOWN = 1_000
 FOLLOW_POLL_MS = 100
 MODEL_SNAPSHOT_KEY = b"fusion"
+"""Key of a single-worker snapshot (the format before model sharing): restored when no contribution exists."""
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4"
 
 
@@ -61,6 +68,28 @@ def _patch_fetch_wait(wait_ms: int) -> None:
 
     cls._streamrec_original_create = original
     cls._create_worker_consumer = create
+
+
+def _patch_true_highwaters(settings: Settings) -> None:
+    """Make Faust's table recovery read each changelog partition to its true end, not the reported one.
+
+    Recovery replays a changelog up to ``highwater − 1`` from the consumer's end offsets. The local broker
+    reports the first offset of the last record batch + 1, so the rest of that batch — the newest state of
+    some users — was never applied (measured: a user off by one after a restart). The end offsets are
+    corrected with :func:`~streamrec.kafka.true_end_offsets` (one short fetch per changelog partition per
+    recovery; against Apache Kafka it finds nothing to correct).
+    """
+    cls = faust_aiokafka.AIOKafkaConsumerThread
+    original = getattr(cls, "_streamrec_original_highwaters", cls._highwaters)
+
+    async def _highwaters(self: Any, partitions: Any) -> Any:
+        reported = await original(self, partitions)
+        if self.consumer.in_transaction:
+            return reported
+        return await true_end_offsets(settings, reported)
+
+    cls._streamrec_original_highwaters = original
+    cls._highwaters = _highwaters
 
 
 def _patch_message_handoff() -> None:
@@ -203,7 +232,7 @@ class WorkerStats:
     first_batch_at: float | None = None
     last_batch_at: float | None = None
 
-    def as_dict(self, recommender: Recommender, dead_letters: int, table: Any = None) -> dict[str, Any]:
+    def as_dict(self, recommender: Recommender, dead_letters: int, table: Any = None, **extra: Any) -> dict[str, Any]:
         lat = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(1)
         vis = np.array(self.item_visible_ms) if self.item_visible_ms else np.zeros(1)
         elapsed = max(time.time() - self.started, 1e-9)
@@ -229,6 +258,7 @@ class WorkerStats:
             "rss_ready_bytes": self.rss_ready_bytes,
             "profiles": len(table) if table is not None else 0,
             "profile_bytes": sum(len(v) for v in table.values()) if table is not None else 0,
+            **extra,
         }
 
 
@@ -248,10 +278,18 @@ class Worker:
         self.settings = settings
         self.app = app
         self.recommender = Recommender(settings, encode_queries)
+        self.worker_id = settings.worker_id or f"{socket.gethostname()}:{settings.web_port}"
+        self.shared = SharedModel(self.recommender.ranker, self.worker_id)
+        self.restored_steps = 0
+        """The ranker's step count right after start-up: > 0 when it resumed from snapshots."""
+        self.restored_own_steps = 0
+        """This worker's own steps taken back from its last snapshot at start-up (0 on a first start)."""
+        self._peer_snapshots: dict[bytes, dict[str, Any]] = {}
+        """Peers' newest snapshots not merged yet (merged on the core thread at the next sync)."""
         self.stats = WorkerStats()
         self.catalog_ready = asyncio.Event()
         self.model_ready = asyncio.Event()
-        self._snapshotted_steps = -1
+        self._published_own_steps = -1
         self.dead_letters = DeadLetters(settings, self._send_raw)
         self.latency = Histogram()
         """Event published (its Kafka timestamp) → its user's recommendation sent, in ms."""
@@ -319,6 +357,31 @@ class Worker:
         return result, [(rec.user_id.encode(), dumps(rec.to_dict())) for rec in result.recommendations]
 
     # --- telemetry ----------------------------------------------------------------------------------
+    def assigned_partitions(self) -> list[int]:
+        """Partitions of ``events`` this worker holds now (empty while between generations)."""
+        topic = self.settings.topic("events")
+        try:
+            return sorted(tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic)
+        except Exception as exc:  # the consumer is not started yet, or between generations
+            log.debug("assignment unavailable: %r", exc)
+            return []
+
+    def stats_dict(self, table: Any = None) -> dict[str, Any]:
+        """Everything ``/stats`` shows: counters, plus who this worker is, what it holds and its model."""
+        return self.stats.as_dict(
+            self.recommender,
+            self.dead_letters.count,
+            table,
+            worker_id=self.worker_id,
+            assigned_partitions=self.assigned_partitions(),
+            next_offsets={str(p): o for p, o in sorted(self.next_offset.items())},
+            model_steps=self.recommender.ranker.steps,
+            model_own_steps=self.shared.own_steps,
+            model_restored_steps=self.restored_steps,
+            model_restored_own_steps=self.restored_own_steps,
+            model_peers=sorted(self.shared.peers),
+        )
+
     def consumer_lag(self) -> dict[int, int]:
         """Events not processed yet, per assigned partition of ``events`` (highwater − next offset).
 
@@ -427,31 +490,62 @@ class Worker:
         finally:
             await consumer.stop()
 
-    # --- model snapshots ----------------------------------------------------------------------------
+    # --- model snapshots: one model across workers -----------------------------------------------------
+    def _keep_snapshot(self, latest: dict[bytes, dict[str, Any]], record: ConsumerRecord) -> None:
+        if record.value is None or record.key is None:
+            return
+        try:
+            latest[record.key] = orjson.loads(record.value)
+        except orjson.JSONDecodeError as exc:
+            log.warning("ignoring unreadable model snapshot %r: %s", record.key, exc)
+
     async def restore_model(self) -> None:
-        latest: dict[str, Any] = {}
-
-        def keep(record: ConsumerRecord) -> None:
-            if record.value is not None and record.key == MODEL_SNAPSHOT_KEY:
-                latest["snap"] = orjson.loads(record.value)
-
-        await read_to_end(self.settings, self.settings.topic("model-snapshots"), keep)
-        if "snap" in latest:
+        """Resume this worker's own contribution and merge every peer's (or a single-worker snapshot), then
+        keep following the topic for peers' newer snapshots, merged at each :meth:`sync_model`."""
+        latest: dict[bytes, dict[str, Any]] = {}
+        topic = self.settings.topic("model-snapshots")
+        consumer = make_consumer(self.settings)
+        await consumer.start()
+        try:
+            await read_to_end(self.settings, topic, lambda r: self._keep_snapshot(latest, r), consumer=consumer)
+            shared = {k: v for k, v in latest.items() if k.startswith(SNAPSHOT_KEY_PREFIX.encode())}
             try:
-                self.recommender.ranker.restore(latest["snap"])
-                log.info("ranker resumed from snapshot %s", self.recommender.ranker.version)
+                if not self.shared.restore(shared) and MODEL_SNAPSHOT_KEY in latest:
+                    self.recommender.ranker.restore(latest[MODEL_SNAPSHOT_KEY])
             except (ValueError, KeyError) as exc:
                 log.warning("ignoring incompatible model snapshot: %s", exc)
-        self._snapshotted_steps = self.recommender.ranker.steps
-        self.model_ready.set()
+            ranker = self.recommender.ranker
+            self.restored_steps = ranker.steps
+            self.restored_own_steps = self.shared.own_steps
+            own, peers = self.shared.own_steps, sorted(self.shared.peers)
+            log.info("ranker %s resumed (own steps %d, peers %s)", ranker.version, own, peers)
+            self._published_own_steps = self.shared.own_steps
+            self.model_ready.set()
+            while True:
+                batch = await consumer.getmany(timeout_ms=FOLLOW_POLL_MS)
+                for records in batch.values():
+                    for record in records:
+                        if record.key != self.shared.key:
+                            self._keep_snapshot(self._peer_snapshots, record)
+        finally:
+            await consumer.stop()
 
-    async def publish_snapshot(self) -> None:
-        ranker = self.recommender.ranker
-        if not self.model_ready.is_set() or ranker.steps == self._snapshotted_steps:
+    def _merge_and_snapshot(self, pending: dict[bytes, dict[str, Any]]) -> dict[str, Any]:
+        """On the core thread (never mid-step): add peers' newest contributions, then snapshot the result."""
+        for snap in pending.values():
+            self.shared.merge(snap)
+        return self.shared.contribution()
+
+    async def sync_model(self) -> None:
+        """Merge peers' contributions received since the last sync; publish ours if this worker learned."""
+        if not self.model_ready.is_set():
             return
-        snap = await asyncio.get_running_loop().run_in_executor(self._core, ranker.snapshot)  # not mid-step
-        await self._send_raw(self.settings.topic("model-snapshots"), MODEL_SNAPSHOT_KEY, dumps(snap))
-        self._snapshotted_steps = snap["steps"]
+        pending, self._peer_snapshots = self._peer_snapshots, {}
+        snap = await asyncio.get_running_loop().run_in_executor(self._core, self._merge_and_snapshot, pending)
+        if snap["contribution"]["steps"] == self._published_own_steps:
+            return
+        await self._send_raw(self.settings.topic("model-snapshots"), self.shared.key, dumps(snap))
+        self._published_own_steps = snap["contribution"]["steps"]
 
 
 def create_app(settings: Settings | None = None, with_query_encoder: bool = True) -> tuple[faust.App, Worker]:
@@ -459,6 +553,7 @@ def create_app(settings: Settings | None = None, with_query_encoder: bool = True
     settings = settings or Settings.from_env()
     _patch_fetch_wait(settings.fetch_max_wait_ms)
     _patch_message_handoff()
+    _patch_true_highwaters(settings)
     limit_threads(settings.torch_threads)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     specs = load_topics()
@@ -501,12 +596,15 @@ def create_app(settings: Settings | None = None, with_query_encoder: bool = True
 
     @app.task
     async def on_start() -> None:
-        await worker.restore_model()
         await worker.follow_catalog()
+
+    @app.task
+    async def follow_models() -> None:
+        await worker.restore_model()
 
     @app.timer(settings.snapshot_interval_s)
     async def snapshot() -> None:
-        await worker.publish_snapshot()
+        await worker.sync_model()
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
@@ -514,7 +612,7 @@ def create_app(settings: Settings | None = None, with_query_encoder: bool = True
 
     @app.page("/stats")
     async def stats_page(web: Any, request: Any) -> Any:
-        return web.json(worker.stats.as_dict(worker.recommender, worker.dead_letters.count, table))
+        return web.json(worker.stats_dict(table))
 
     return app, worker
 

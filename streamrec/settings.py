@@ -65,6 +65,9 @@ class Settings:
     """Local working directory of a worker (Faust's datadir)."""
     web_port: int = 6066
     web_host: str = "127.0.0.1"
+    worker_id: str = ""
+    """This worker's name in the shared model (its key on ``model-snapshots``); must be unique among live workers
+    and stable across restarts so a restarted worker resumes its own contribution. Empty: ``<hostname>:<web_port>``."""
 
     # --- Recommendations -------------------------------------------------------------------------------
     top_k: int = 20
