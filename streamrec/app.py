@@ -148,6 +148,32 @@ def _as_current(event: Any) -> Iterator[None]:
         _current_event.reset(token)
 
 
+def applied_events(raw: bytes | None) -> int:
+    """How many events a serialised profile has applied (its version: +1 per applied event); -1 for none."""
+    return -1 if raw is None else int(orjson.loads(raw)["n"])
+
+
+class ProfileTable(faust.Table):  # type: ignore[misc]
+    """The profiles table, whose changelog replay never moves a user's state backwards.
+
+    Faust replays changelog records into the in-memory table at every rebalance, also for the partitions a
+    worker keeps, and only up to the end offsets it read when recovery started. This worker's own newest
+    writes can still be in the producer's buffer then (not in the changelog yet), so the replay would put
+    an older profile over a newer one, and the events in between — already consumed — would be lost.
+    A profile's applied-event count only grows, so a record that has applied fewer events than the profile
+    in memory is stale and is skipped; deletions (tombstones) always apply.
+    """
+
+    def apply_changelog_batch(self, batch: Any) -> None:
+        current = self.data
+        fresh = [
+            e
+            for e in batch
+            if e.message.value is None or applied_events(e.message.value) >= applied_events(current.get(e.key))
+        ]
+        super().apply_changelog_batch(fresh)
+
+
 class TableProfileStore:
     """:class:`ProfileStore` over a Faust table of raw bytes, keyed by UTF-8 user id.
 
@@ -375,6 +401,7 @@ class Worker:
             worker_id=self.worker_id,
             assigned_partitions=self.assigned_partitions(),
             next_offsets={str(p): o for p, o in sorted(self.next_offset.items())},
+            model_ready=self.model_ready.is_set(),
             model_steps=self.recommender.ranker.steps,
             model_own_steps=self.shared.own_steps,
             model_restored_steps=self.restored_steps,
@@ -586,7 +613,16 @@ def create_app(settings: Settings | None = None, with_query_encoder: bool = True
     worker = Worker(settings, app, encode_queries)
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     events_topic = app.topic(settings.topic("events"), **raw)
-    table = app.Table(PROFILE_TABLE, partitions=partitions, key_type=bytes, value_type=bytes)
+    table = app.tables.add(
+        ProfileTable(
+            app,
+            name=PROFILE_TABLE,
+            beacon=app.tables.beacon,
+            partitions=partitions,
+            key_type=bytes,
+            value_type=bytes,
+        )
+    )
     store = TableProfileStore(table)
 
     @app.agent(events_topic, name="events")
