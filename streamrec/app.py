@@ -31,6 +31,7 @@ from typing import Any
 import faust
 import numpy as np
 import orjson
+from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 from faust.streams import _current_event
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -54,6 +55,8 @@ FOLLOW_POLL_MS = 100
 MODEL_SNAPSHOT_KEY = b"fusion"
 """Key of a single-worker snapshot (the format before model sharing): restored when no contribution exists."""
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4"
+BATCH_IDLE_S = 0.05
+"""A held batch goes out when no further event arrives within this long (see :func:`natural_batches`)."""
 
 
 def _patch_fetch_wait(wait_ms: int) -> None:
@@ -217,27 +220,81 @@ def _apply_all(apply: Any, records: Sequence[ConsumerRecord]) -> None:
         apply(record)
 
 
-async def natural_batches(stream: Any, max_size: int) -> AsyncIterator[list[Any]]:
+_END = object()
+"""Marks the end of the stream in :func:`natural_batches`' hand-over queue."""
+
+
+async def natural_batches(stream: Any, max_size: int, idle_s: float = BATCH_IDLE_S) -> AsyncIterator[list[Any]]:
     """Batches of whatever events have arrived (up to ``max_size``), each acked only after it was processed.
 
     Never waits for a batch to fill: when the stream's buffer runs dry the batch goes out, so at low load a
     batch is an event or two (low latency) and under a backlog it is ``max_size`` (throughput) — the events
     that arrive while the core works on one batch are the next one. Faust's ``take_events`` instead waits a
     fixed window for every batch and stops buffering while a batch is processed.
+
+    A batch is never held while waiting for an event that may not come: a rebalance suspends the stream and
+    clears its buffer, then waits until every delivered event is acked — if the next event were awaited
+    with unacked events in hand, the rebalance and this agent would wait for each other forever (seen in
+    the chaos runs). So a pump task moves events from the stream to a small queue, and a non-empty batch
+    goes out as soon as that queue is empty and nothing arrives within ``idle_s``.
     """
     enabled = stream.enable_acks
     stream.enable_acks = False  # offsets are committed only after the whole batch took effect
+    handover: asyncio.Queue[Any] = asyncio.Queue(max_size)
+
+    async def pump() -> None:
+        try:
+            async for event in stream.events():
+                await handover.put(event)
+        except BaseException as exc:  # handed to the consumer side, which re-raises it
+            await handover.put(exc)
+            raise
+        await handover.put(_END)
+
+    task = asyncio.ensure_future(pump())
     batch: list[Any] = []
     try:
-        async for event in stream.events():
-            batch.append(event)
-            if len(batch) >= max_size or stream.channel.empty():
+        while True:
+            if batch and handover.empty():
+                if stream.channel.empty():
+                    item: Any = None
+                else:
+                    try:
+                        item = await asyncio.wait_for(handover.get(), idle_s)
+                    except TimeoutError:
+                        item = None
+                if item is None:
+                    yield batch
+                    for done in batch:
+                        await stream.ack(done)
+                    batch = []
+                    continue
+            else:
+                item = await handover.get()
+            if item is _END:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            batch.append(item)
+            if len(batch) >= max_size or (handover.empty() and stream.channel.empty()):
                 yield batch
                 for done in batch:
                     await stream.ack(done)
                 batch = []
     finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
         stream.enable_acks = enabled
+
+
+@dataclass(eq=False)
+class RefetchedEvent:
+    """An ``events`` record read directly to fill a gap, with the two attributes the worker (and a Faust table
+    write, through the current event) read from a Faust event: ``message`` and ``value``."""
+
+    message: ConsumerRecord
+    value: bytes
 
 
 @dataclass
@@ -247,6 +304,8 @@ class WorkerStats:
     started: float = field(default_factory=time.time)
     events: int = 0
     duplicates: int = 0
+    offset_gaps_filled: int = 0
+    """Events Faust's consumer skipped over after a rebalance, fetched directly and applied."""
     recommendations: int = 0
     batches: int = 0
     items_indexed: int = 0
@@ -266,6 +325,7 @@ class WorkerStats:
             "events": self.events,
             "events_per_s": self.events / elapsed,
             "duplicates_skipped": self.duplicates,
+            "offset_gaps_filled": self.offset_gaps_filled,
             "recommendations": self.recommendations,
             "batches": self.batches,
             "dead_letters": dead_letters,
@@ -319,6 +379,10 @@ class Worker:
         self.dead_letters = DeadLetters(settings, self._send_raw)
         self.latency = Histogram()
         """Event published (its Kafka timestamp) → its user's recommendation sent, in ms."""
+        self._generation: int | None = None
+        self._expected: dict[int, int] = {}
+        """Per partition, the offset after the last one delivered in this group generation."""
+        self._gap_consumer: Any = None
         self.next_offset: dict[int, int] = {}
         """Per events partition, the offset after the last event this worker processed: lag = highwater − it."""
         # OpenMP's thread count is per calling thread: the core thread needs its own limit, or FAISS spins two
@@ -337,6 +401,7 @@ class Worker:
         t0 = time.perf_counter()
         if self.stats.first_batch_at is None:
             self.stats.first_batch_at = time.time()
+        batch = await self._fill_gaps(batch)
         valid: list[Event] = []
         positions: list[tuple[int, int] | None] = []
         stamps: list[float] = []
@@ -374,6 +439,66 @@ class Worker:
         self.stats.batches += 1
         self.stats.latencies_ms.append((time.perf_counter() - t0) * 1000.0)
         self.stats.last_batch_at = time.time()
+
+    async def _fill_gaps(self, batch: Sequence[Any]) -> list[Any]:
+        """The batch with any offsets Faust skipped put back in, fetched directly from the broker.
+
+        Within one group generation each partition's offsets must follow on from the committed offset and
+        then from the previous batch (a redelivery may go back; nothing may be jumped over). Measured in the
+        chaos runs: right after a rebalance, Faust's fetch loop sometimes drops the records of one fetch and
+        then counts the hole as a compacted-away gap, which it commits over — 16 events per partition that
+        were never applied. Each hole is read here with a plain consumer and its events are inserted, in
+        order, before the first event after it. Faust's gap bookkeeping lets the commit pass the hole only
+        once a later offset is acknowledged, i.e. after this batch applied the hole's events.
+        """
+        generation = self.app.consumer_generation_id
+        if generation != self._generation:
+            self._generation = generation
+            self._expected.clear()
+        out: list[Any] = []
+        for fevent in batch:
+            msg = fevent.message
+            expected = self._expected.get(msg.partition)
+            if expected is None:  # first delivery in this generation: it must be the committed offset
+                expected = self._committed(msg)
+            if expected is not None and msg.offset > expected:
+                missing = await self._fetch_range(msg.topic, msg.partition, expected, msg.offset)
+                self.stats.offset_gaps_filled += len(missing)
+                log.warning(
+                    "partition %d: offsets %d..%d were skipped by the consumer; fetched %d and applying them",
+                    msg.partition,
+                    expected,
+                    msg.offset - 1,
+                    len(missing),
+                )
+                out.extend(missing)
+            out.append(fevent)
+            self._expected[msg.partition] = max(expected or 0, msg.offset + 1)
+        return out
+
+    def _committed(self, msg: Any) -> int | None:
+        """Faust's committed offset for the message's partition (where delivery resumes), if it knows one."""
+        committed = getattr(self.app.consumer, "_committed_offset", {})
+        tp = getattr(msg, "tp", None)
+        return committed.get(tp) if tp is not None else None
+
+    async def _fetch_range(self, topic: str, partition: int, start: int, stop: int) -> list[RefetchedEvent]:
+        """Records ``start`` ≤ offset < ``stop`` of one partition, read directly (no group, no commit)."""
+        if self._gap_consumer is None:
+            self._gap_consumer = make_consumer(self.settings)
+            await self._gap_consumer.start()
+        consumer = self._gap_consumer
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        out: list[RefetchedEvent] = []
+        deadline = time.monotonic() + self.settings.session_timeout_s
+        while (not out or out[-1].message.offset < stop - 1) and time.monotonic() < deadline:
+            batch = await consumer.getmany(tp, timeout_ms=FOLLOW_POLL_MS)
+            out += [RefetchedEvent(r, r.value) for r in batch.get(tp, []) if start <= r.offset < stop]
+        if out and out[-1].message.offset < stop - 1:
+            log.error("partition %d: could not fetch offsets %d..%d", partition, out[-1].message.offset + 1, stop - 1)
+        return out
 
     def _process(
         self, events: list[Event], store: TableProfileStore, positions: list[tuple[int, int] | None]

@@ -61,6 +61,8 @@ class ChaosOptions:
     startup_timeout_s: float = 300.0
     takeover_timeout_s: float = 120.0
     drain_timeout_s: float = 600.0
+    loglevel: str = "warning"
+    """The workers' log level (their logs are in the work folder)."""
 
 
 def changelog_topic(settings: Settings) -> str:
@@ -179,7 +181,7 @@ async def run_chaos(settings: Settings, opts: ChaosOptions, workdir: Path, progr
         names = ["w1", "w2"]
         per_worker = {n: base.replace(worker_id=n, web_port=free_port(), data_dir=str(workdir / n)) for n in names}
         encoder = Service("encoder", ["encoder"], base, workdir).start()
-        command = ["worker", "--loglevel", "warning"]
+        command = ["worker", "--loglevel", opts.loglevel]
         workers = {n: Service(n, command, s, workdir).start() for n, s in per_worker.items()}
         services = [encoder, *workers.values()]
         watcher = RecommendationWatcher(base)
@@ -189,8 +191,11 @@ async def run_chaos(settings: Settings, opts: ChaosOptions, workdir: Path, progr
 
             async def group_ready() -> dict[str, dict[str, Any]] | None:
                 got = {n: await worker_stats(s) for n, s in per_worker.items()}
-                for g in got.values():
-                    if g is None or g["items_indexed"] < len(items) or not g["assigned_partitions"]:
+                for n, g in got.items():
+                    # the worker_id check guards against another process answering on a reused port
+                    if g is None or g.get("worker_id") != n or g["items_indexed"] < len(items):
+                        return None
+                    if not g["assigned_partitions"]:
                         return None
                 held = [p for g in got.values() for p in g["assigned_partitions"]]  # type: ignore[union-attr]
                 return got if sorted(held) == list(range(n_parts)) else None  # type: ignore[return-value]

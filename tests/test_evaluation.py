@@ -119,3 +119,19 @@ def test_sharded_system_routes_users_by_partition_and_shares_one_model() -> None
     a, b = (m.ranker for m in system.models)
     np.testing.assert_array_equal(a.weights, b.weights)
     assert a.steps == b.steps
+
+
+QUALITY_ROWS = 6_000
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_two_workers_rank_as_well_as_one_on_taobao(taobao_path: Path) -> None:
+    """Issue 5: a 2-worker deployment (users split by partition, one shared ranker) is within 3% of 1 worker."""
+    from streamrec.replay import read_log
+
+    recs = list(read_log(taobao_path, "taobao", limit=QUALITY_ROWS))
+    one = evaluate(recs, Settings(), ["streamrec"], progress=False).systems["streamrec"]
+    two = evaluate(recs, Settings(), ["streamrec"], progress=False, workers=2).systems["streamrec"]
+    for metric in ("recall", "ndcg"):
+        assert abs(two[metric] - one[metric]) <= 0.03 * one[metric], (metric, one[metric], two[metric])
