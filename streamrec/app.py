@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -38,7 +39,8 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.services import WaitResults
 
 from .events import Event, InvalidMessage, dumps, event_from_dict, loads_message, parse_item_embedding
-from .kafka import DeadLetters, make_consumer, read_to_end, true_end_offsets
+from .itemstats import ItemUpdate, apply_item_updates, item_updates
+from .kafka import DeadLetters, make_consumer, partitions_of, read_to_end, true_end_offsets
 from .profiles import UserProfile
 from .ranker import SNAPSHOT_KEY_PREFIX, SharedModel
 from .recommender import BatchResult, Recommender
@@ -189,12 +191,17 @@ class TableProfileStore:
         self.table = table
         self.source_event: dict[str, Any] = {}
         self._pending: dict[str, UserProfile | None] = {}
+        self._read: dict[str, UserProfile | None] = {}
+        """Profiles parsed during this batch: each is parsed once however often it is read."""
 
     def get(self, user_id: str) -> UserProfile | None:
         if user_id in self._pending:
             return self._pending[user_id]
+        if user_id in self._read:
+            return self._read[user_id]
         raw = self.table.get(user_id.encode())
-        return None if raw is None else UserProfile.from_bytes(raw)
+        profile = self._read[user_id] = None if raw is None else UserProfile.from_bytes(raw)
+        return profile
 
     def put(self, profile: UserProfile) -> None:
         self._pending[profile.user_id] = profile
@@ -212,6 +219,7 @@ class TableProfileStore:
                     self.table[user_id.encode()] = profile.to_bytes()
         n = len(self._pending)
         self._pending.clear()
+        self._read.clear()
         return n
 
 
@@ -304,6 +312,8 @@ class WorkerStats:
     started: float = field(default_factory=time.time)
     events: int = 0
     duplicates: int = 0
+    item_updates_applied: int = 0
+    """Peers' item updates folded into this worker's co-visitation, co-embeddings and popularity."""
     offset_gaps_filled: int = 0
     """Events Faust's consumer skipped over after a rebalance, fetched directly and applied."""
     recommendations: int = 0
@@ -326,6 +336,7 @@ class WorkerStats:
             "events_per_s": self.events / elapsed,
             "duplicates_skipped": self.duplicates,
             "offset_gaps_filled": self.offset_gaps_filled,
+            "item_updates_applied": self.item_updates_applied,
             "recommendations": self.recommendations,
             "batches": self.batches,
             "dead_letters": dead_letters,
@@ -366,6 +377,8 @@ class Worker:
         self.recommender = Recommender(settings, encode_queries)
         self.worker_id = settings.worker_id or f"{socket.gethostname()}:{settings.web_port}"
         self.shared = SharedModel(self.recommender.ranker, self.worker_id)
+        self.incarnation = uuid.uuid4().hex
+        """This process's token on ``item-updates``: its own updates are skipped, an earlier run's are not."""
         self.restored_steps = 0
         """The ranker's step count right after start-up: > 0 when it resumed from snapshots."""
         self.restored_own_steps = 0
@@ -421,11 +434,13 @@ class Worker:
         if valid:
             loop = asyncio.get_running_loop()
             # the core runs in a thread: meanwhile the loop keeps fetching, so the next batch is ready
-            result, payloads = await loop.run_in_executor(self._core, self._process, valid, store, positions)
+            result, payloads, shared = await loop.run_in_executor(self._core, self._process, valid, store, positions)
             store.flush()
             topic = self.settings.topic("recommendations")
             for key, value in payloads:
                 await self._send_raw(topic, key, value)
+            if shared is not None:
+                await self._send_raw(self.settings.topic("item-updates"), self.worker_id.encode(), shared)
             self.stats.events += result.applied
             self.stats.duplicates += result.duplicates
             self.stats.recommendations += len(result.recommendations)
@@ -502,10 +517,46 @@ class Worker:
 
     def _process(
         self, events: list[Event], store: TableProfileStore, positions: list[tuple[int, int] | None]
-    ) -> tuple[BatchResult, list[tuple[bytes, bytes]]]:
-        """The core's share of a batch (runs in the core thread): learn, recommend, serialise."""
+    ) -> tuple[BatchResult, list[tuple[bytes, bytes]], bytes | None]:
+        """The core's share of a batch (runs in the core thread): learn, recommend, serialise; plus the item
+        updates the batch made, for the peers (from the users' recent items before it)."""
+        before = self._before(events, store, positions) if self.settings.share_item_stats else None
         result = self.recommender.process(events, store, positions)
-        return result, [(rec.user_id.encode(), dumps(rec.to_dict())) for rec in result.recommendations]
+        shared = None
+        if before is not None:
+            updates = item_updates(events, before[0], self.settings, before[1])
+            if updates:
+                shared = dumps(
+                    {
+                        "worker": self.worker_id,
+                        "incarnation": self.incarnation,
+                        "updates": [u.to_list() for u in updates],
+                    }
+                )
+        return result, [(rec.user_id.encode(), dumps(rec.to_dict())) for rec in result.recommendations], shared
+
+    @staticmethod
+    def _before(
+        events: list[Event], store: TableProfileStore, positions: list[tuple[int, int] | None]
+    ) -> tuple[dict[str, list[str]], list[bool]]:
+        """Each user's recent items before the batch, and which events the core will apply (not redeliveries)."""
+        recent: dict[str, list[str]] = {}
+        last: dict[tuple[str, int], int] = {}
+        applied: list[bool] = []
+        for event, pos in zip(events, positions, strict=True):
+            user = event.user_id
+            if user not in recent:
+                profile = store.get(user)
+                recent[user] = list(profile.recent) if profile is not None else []
+                for part, off in profile.offsets.items() if profile is not None else ():
+                    last[(user, part)] = off
+            if pos is None:
+                applied.append(True)
+                continue
+            seen = last.get((user, pos[0]), -1)
+            applied.append(pos[1] > seen)
+            last[(user, pos[0])] = max(seen, pos[1])
+        return recent, applied
 
     # --- telemetry ----------------------------------------------------------------------------------
     def assigned_partitions(self) -> list[int]:
@@ -642,6 +693,41 @@ class Worker:
         finally:
             await consumer.stop()
 
+    # --- item statistics from the peers --------------------------------------------------------------
+    async def follow_item_updates(self) -> None:
+        """Apply every other worker's item updates (from the start of the topic: a restarted worker rebuilds its
+        item statistics from the whole retained history, its own earlier incarnation's included)."""
+        if not self.settings.share_item_stats:
+            return
+        await self.catalog_ready.wait()
+        topic = self.settings.topic("item-updates")
+        consumer = make_consumer(self.settings)
+        await consumer.start()
+        try:
+            tps = await partitions_of(consumer, topic)
+            if not tps:
+                log.warning("no %s topic: item statistics are not shared (run `streamrec topics apply`)", topic)
+                return
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            loop = asyncio.get_running_loop()
+            while True:
+                batch = await consumer.getmany(timeout_ms=FOLLOW_POLL_MS)
+                updates: list[ItemUpdate] = []
+                for records in batch.values():
+                    for record in records:
+                        try:
+                            msg = orjson.loads(record.value)
+                            if msg["incarnation"] != self.incarnation:
+                                updates += [ItemUpdate.from_list(u) for u in msg["updates"]]
+                        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as exc:
+                            log.warning("ignoring an unreadable item-updates record: %r", exc)
+                if updates:
+                    n = await loop.run_in_executor(self._core, apply_item_updates, self.recommender, updates)
+                    self.stats.item_updates_applied += n
+        finally:
+            await consumer.stop()
+
     # --- model snapshots: one model across workers -----------------------------------------------------
     def _keep_snapshot(self, latest: dict[bytes, dict[str, Any]], record: ConsumerRecord) -> None:
         if record.value is None or record.key is None:
@@ -762,6 +848,10 @@ def create_app(settings: Settings | None = None, with_query_encoder: bool = True
     @app.task
     async def follow_models() -> None:
         await worker.restore_model()
+
+    @app.task
+    async def follow_item_updates() -> None:
+        await worker.follow_item_updates()
 
     @app.timer(settings.snapshot_interval_s)
     async def snapshot() -> None:

@@ -25,6 +25,7 @@ import numpy as np
 
 from .baselines import CooccurrenceBaseline, OnlineMFBaseline, PopularityBaseline, TextOnlyBaseline
 from .events import ITEM_EVENT_TYPES, Event, Item, ItemEmbedding, event_from_dict, item_from_dict
+from .itemstats import apply_item_updates, item_updates
 from .metrics import PrequentialScore, hit_rank
 from .profiles import DictProfileStore, UserProfile
 from .ranker import SharedModel
@@ -90,10 +91,13 @@ class ShardedStreamrecSystem:
 
     Partitions go to workers round-robin (partition ``p`` → worker ``p mod workers``), as the group's
     assignor spread them in the chaos runs. Every worker sees every item (each follows the whole catalogue),
-    only its users' events, and merges its peers' ranker contributions every ``sync_every`` events.
+    only its users' events, merges its peers' ranker contributions every ``sync_every`` events and, with
+    ``share_items``, applies its peers' item updates (:mod:`streamrec.itemstats`) as they happen.
     """
 
-    def __init__(self, settings: Settings, workers: int, sync_every: int = DEFAULT_SYNC_EVENTS) -> None:
+    def __init__(
+        self, settings: Settings, workers: int, sync_every: int = DEFAULT_SYNC_EVENTS, share_items: bool = True
+    ) -> None:
         from .topics import load_topics
 
         self.name = "streamrec"
@@ -101,6 +105,8 @@ class ShardedStreamrecSystem:
         self.models = [SharedModel(s.recommender.ranker, f"w{i}") for i, s in enumerate(self.shards)]
         self.partitions = load_topics()["events"].partitions
         self.sync_every = sync_every
+        self.share_items = share_items
+        self.settings = settings
         self.since_sync = 0
         self.syncs = 0
 
@@ -115,7 +121,15 @@ class ShardedStreamrecSystem:
         return self.shard(user_id).recommend(user_id, now, k)
 
     def learn(self, event: Event) -> None:
-        self.shard(event.user_id).learn(event)
+        owner = self.shard(event.user_id)
+        profile = owner.store.get(event.user_id)
+        recent = {event.user_id: list(profile.recent) if profile is not None else []}
+        owner.learn(event)
+        if self.share_items:
+            updates = item_updates([event], recent, self.settings)
+            for peer in self.shards:
+                if peer is not owner:
+                    apply_item_updates(peer.recommender, updates)
         self.since_sync += 1
         if self.since_sync >= self.sync_every:
             self.sync()

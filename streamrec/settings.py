@@ -142,6 +142,9 @@ class Settings:
     """Set to false to freeze the ranker (an evaluation ablation)."""
     snapshot_interval_s: float = 10.0
     """How often a worker publishes the ranker's parameters to the compacted snapshot topic."""
+    share_item_stats: bool = True
+    """Workers exchange their item-level updates (co-visitation, co-embeddings, popularity) over ``item-updates``,
+    so each learns item statistics from every user, not only from its partitions' (see ``streamrec.itemstats``)."""
     seed: int = 7
 
     # --- Encoder ---------------------------------------------------------------------------------------

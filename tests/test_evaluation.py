@@ -115,6 +115,12 @@ def test_sharded_system_routes_users_by_partition_and_shares_one_model() -> None
     for user, shard in owner.items():
         assert shard.store.get(user) is not None
         assert all(s.store.get(user) is None for s in system.shards if s is not shard)
+    # item statistics are shared: the worker without v still learned that v's item is popular
+    v_owner = owner["v"]
+    other = next(s for s in system.shards if s is not v_owner)
+    for shard in (v_owner, other):
+        row = shard.recommender.catalog.row_of["i1"]
+        assert shard.recommender.catalog.popularity[row] > 0
     system.sync()
     a, b = (m.ranker for m in system.models)
     np.testing.assert_array_equal(a.weights, b.weights)
