@@ -11,7 +11,8 @@ in the log — nothing lost, nothing applied twice, although Kafka redelivers wh
 The report (``--json``) holds ``events_in`` (valid events published), ``events_applied`` (sum of per-user
 counts in the table), ``lost`` / ``duplicates_applied`` (per-user shortfall / excess, summed),
 ``dead_letters``, ``recovery_s`` (kill → the survivor holds every partition and has published
-recommendations from the dead worker's partitions) and ``workers``, plus what the checks rest on.
+recommendations from the dead worker's partitions) and ``workers``, plus what the checks rest on
+(``takeover_s``: kill → the survivor holds every partition, the group's part of the recovery).
 """
 
 from __future__ import annotations
@@ -217,10 +218,14 @@ async def run_chaos(settings: Settings, opts: ChaosOptions, workdir: Path, progr
             offsets_at_kill = dict((before[survivor] or {}).get("next_offsets", {}))
             say(f"kill -9 {victim} (held {victim_parts}) after {killed_at:,} events sent")
 
+            held_all: list[float] = []
+
             async def taken_over() -> dict[str, Any] | None:
                 got = await worker_stats(per_worker[survivor])
                 if got is None or got["assigned_partitions"] != list(range(n_parts)):
                     return None
+                if not held_all:
+                    held_all.append(time.monotonic() - t_kill)
                 nxt = got["next_offsets"]
                 moved = all(nxt.get(str(p), -1) > offsets_at_kill.get(str(p), -1) for p in victim_parts)
                 return got if moved else None
@@ -264,6 +269,7 @@ async def run_chaos(settings: Settings, opts: ChaosOptions, workdir: Path, progr
                 "duplicates_applied": dupes,
                 "dead_letters": await _count(base, "dead-letters"),
                 "recovery_s": round(recovery_s, 2),
+                "takeover_s": round(held_all[0], 2) if held_all else None,
                 "workers": len(names),
                 "users": len(expected),
                 "users_off": off,

@@ -39,5 +39,7 @@ def test_changelog_replay_skips_records_older_than_the_profile_in_memory() -> No
     assert applied_events(table.data[b"b"]) == 2
     table.apply_changelog_batch([_record(b"b", _profile("b", 4)), _record(b"a", None)])  # newer; a tombstone
     assert applied_events(table.data[b"b"]) == 4
+    table.apply_changelog_batch([_record(b"b", _profile("b", 9)), _record(b"b", _profile("b", 6))])  # out of order
+    assert applied_events(table.data[b"b"]) == 9
     assert b"a" not in table.data
     assert applied_events(None) == -1
