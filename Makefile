@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test eval bench lint clean
+.PHONY: install demo test eval bench chaos lint clean
 
 install: $(STAMP)
 
@@ -40,6 +40,12 @@ eval: install
 bench: install
 	mkdir -p out
 	$(VENV)/bin/streamrec bench --json out/bench.json $(ARGS)
+
+# Crash + scale-out on the local broker: 2 workers, kill -9 one mid-replay, restart it (README, "Resilience").
+chaos: install
+	mkdir -p out
+	$(VENV)/bin/streamrec chaos --dataset $(SHARED)/taobao-userbehavior-sample/UserBehavior_head.csv \
+		--json out/chaos.json $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check streamrec tests benchmarks

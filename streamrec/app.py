@@ -5,7 +5,11 @@
   one ranker step per batch) and sends the refreshed top-k per user to ``recommendations``.
 * catalogue follower — every worker reads the whole compacted ``item-embeddings`` topic (not a consumer
   group: each worker needs every item) and upserts items into its FAISS index as they arrive.
-* model snapshots — restored at start-up, published every ``snapshot_interval_s`` to ``model-snapshots``.
+* one model across workers — every worker publishes its ranker contribution every ``snapshot_interval_s`` to
+  the compacted ``model-snapshots`` topic under its own key, follows its peers' and adds theirs into its own
+  parameters (:class:`~streamrec.ranker.SharedModel`); at start-up it resumes from its own last snapshot.
+* table recovery reads every changelog partition to its *true* end (:func:`_patch_true_highwaters`), so a
+  worker that takes over partitions — after a crash or a rebalance — gets every user's last state.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import time
+import uuid
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -26,14 +32,17 @@ from typing import Any
 import faust
 import numpy as np
 import orjson
+from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 from faust.streams import _current_event
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.services import WaitResults
 
 from .events import Event, InvalidMessage, dumps, event_from_dict, loads_message, parse_item_embedding
-from .kafka import DeadLetters, make_consumer, read_to_end
+from .itemstats import ItemUpdate, decode_updates, encode_updates
+from .kafka import DeadLetters, make_consumer, partitions_of, read_to_end, true_end_offsets
 from .profiles import UserProfile
+from .ranker import SNAPSHOT_KEY_PREFIX, SharedModel
 from .recommender import BatchResult, Recommender
 from .settings import Settings, limit_threads
 from .telemetry import Histogram, Metric, render
@@ -46,7 +55,12 @@ LATENCY_WINDOW = 10_000
 RECENT_ITEMS_SHOWN = 1_000
 FOLLOW_POLL_MS = 100
 MODEL_SNAPSHOT_KEY = b"fusion"
+"""Key of a single-worker snapshot (the format before model sharing): restored when no contribution exists."""
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4"
+BATCH_IDLE_S = 0.05
+"""A held batch goes out when no further event arrives within this long (see :func:`natural_batches`)."""
+ITEM_UPDATES_PER_MESSAGE = 256
+"""Item updates per ``item-updates`` message (~50 KB): far below broker limits whatever the batch size."""
 
 
 def _patch_fetch_wait(wait_ms: int) -> None:
@@ -61,6 +75,28 @@ def _patch_fetch_wait(wait_ms: int) -> None:
 
     cls._streamrec_original_create = original
     cls._create_worker_consumer = create
+
+
+def _patch_true_highwaters(settings: Settings) -> None:
+    """Make Faust's table recovery read each changelog partition to its true end, not the reported one.
+
+    Recovery replays a changelog up to ``highwater − 1`` from the consumer's end offsets. The local broker
+    reports the first offset of the last record batch + 1, so the rest of that batch — the newest state of
+    some users — was never applied (measured: a user off by one after a restart). The end offsets are
+    corrected with :func:`~streamrec.kafka.true_end_offsets` (one short fetch per changelog partition per
+    recovery; against Apache Kafka it finds nothing to correct).
+    """
+    cls = faust_aiokafka.AIOKafkaConsumerThread
+    original = getattr(cls, "_streamrec_original_highwaters", cls._highwaters)
+
+    async def _highwaters(self: Any, partitions: Any) -> Any:
+        reported = await original(self, partitions)
+        if self.consumer.in_transaction:
+            return reported
+        return await true_end_offsets(settings, reported)
+
+    cls._streamrec_original_highwaters = original
+    cls._highwaters = _highwaters
 
 
 def _patch_message_handoff() -> None:
@@ -119,6 +155,39 @@ def _as_current(event: Any) -> Iterator[None]:
         _current_event.reset(token)
 
 
+def applied_events(raw: bytes | None) -> int:
+    """How many events a serialised profile has applied (its version: +1 per applied event); -1 for none."""
+    return -1 if raw is None else int(orjson.loads(raw)["n"])
+
+
+class ProfileTable(faust.Table):  # type: ignore[misc]
+    """The profiles table, whose changelog replay never moves a user's state backwards.
+
+    Faust replays changelog records into the in-memory table at every rebalance, also for the partitions a
+    worker keeps, and only up to the end offsets it read when recovery started; the worker's own newest
+    writes may not be in the changelog yet. In the first chaos run such a replay put older profiles over
+    newer ones, and the events in between — already consumed — were lost (607 of 6,000).
+    A profile's applied-event count only grows, so a record that has applied fewer events than the profile
+    in memory is stale and is skipped; deletions (tombstones) always apply.
+    """
+
+    def apply_changelog_batch(self, batch: Any) -> None:
+        best: dict[Any, int] = {}
+        fresh = []
+        for e in batch:
+            if e.message.value is None:
+                best[e.key] = -1
+                fresh.append(e)
+                continue
+            n = applied_events(e.message.value)
+            if e.key not in best:
+                best[e.key] = applied_events(self.data.get(e.key))
+            if n >= best[e.key]:
+                best[e.key] = n
+                fresh.append(e)
+        super().apply_changelog_batch(fresh)
+
+
 class TableProfileStore:
     """:class:`ProfileStore` over a Faust table of raw bytes, keyed by UTF-8 user id.
 
@@ -131,12 +200,17 @@ class TableProfileStore:
         self.table = table
         self.source_event: dict[str, Any] = {}
         self._pending: dict[str, UserProfile | None] = {}
+        self._read: dict[str, UserProfile | None] = {}
+        """Profiles parsed during this batch: each is parsed once however often it is read."""
 
     def get(self, user_id: str) -> UserProfile | None:
         if user_id in self._pending:
             return self._pending[user_id]
+        if user_id in self._read:
+            return self._read[user_id]
         raw = self.table.get(user_id.encode())
-        return None if raw is None else UserProfile.from_bytes(raw)
+        profile = self._read[user_id] = None if raw is None else UserProfile.from_bytes(raw)
+        return profile
 
     def put(self, profile: UserProfile) -> None:
         self._pending[profile.user_id] = profile
@@ -166,6 +240,7 @@ class TableProfileStore:
                     self.table[user_id.encode()] = profile.to_bytes()
         n = len(self._pending)
         self._pending.clear()
+        self._read.clear()
         return n
 
 
@@ -174,27 +249,81 @@ def _apply_all(apply: Any, records: Sequence[ConsumerRecord]) -> None:
         apply(record)
 
 
-async def natural_batches(stream: Any, max_size: int) -> AsyncIterator[list[Any]]:
+_END = object()
+"""Marks the end of the stream in :func:`natural_batches`' hand-over queue."""
+
+
+async def natural_batches(stream: Any, max_size: int, idle_s: float = BATCH_IDLE_S) -> AsyncIterator[list[Any]]:
     """Batches of whatever events have arrived (up to ``max_size``), each acked only after it was processed.
 
     Never waits for a batch to fill: when the stream's buffer runs dry the batch goes out, so at low load a
     batch is an event or two (low latency) and under a backlog it is ``max_size`` (throughput) — the events
     that arrive while the core works on one batch are the next one. Faust's ``take_events`` instead waits a
     fixed window for every batch and stops buffering while a batch is processed.
+
+    A batch is never held while waiting for an event that may not come: a rebalance suspends the stream and
+    clears its buffer, then waits until every delivered event is acked — if the next event were awaited
+    with unacked events in hand, the rebalance and this agent would wait for each other forever (seen in
+    the chaos runs). So a pump task moves events from the stream to a small queue, and a non-empty batch
+    goes out as soon as that queue is empty and nothing arrives within ``idle_s``.
     """
     enabled = stream.enable_acks
     stream.enable_acks = False  # offsets are committed only after the whole batch took effect
+    handover: asyncio.Queue[Any] = asyncio.Queue(max_size)
+
+    async def pump() -> None:
+        try:
+            async for event in stream.events():
+                await handover.put(event)
+        except BaseException as exc:  # handed to the consumer side, which re-raises it
+            await handover.put(exc)
+            raise
+        await handover.put(_END)
+
+    task = asyncio.ensure_future(pump())
     batch: list[Any] = []
     try:
-        async for event in stream.events():
-            batch.append(event)
-            if len(batch) >= max_size or stream.channel.empty():
+        while True:
+            if batch and handover.empty():
+                if stream.channel.empty():
+                    item: Any = None
+                else:
+                    try:
+                        item = await asyncio.wait_for(handover.get(), idle_s)
+                    except TimeoutError:
+                        item = None
+                if item is None:
+                    yield batch
+                    for done in batch:
+                        await stream.ack(done)
+                    batch = []
+                    continue
+            else:
+                item = await handover.get()
+            if item is _END:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            batch.append(item)
+            if len(batch) >= max_size or (handover.empty() and stream.channel.empty()):
                 yield batch
                 for done in batch:
                     await stream.ack(done)
                 batch = []
     finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
         stream.enable_acks = enabled
+
+
+@dataclass(eq=False)
+class RefetchedEvent:
+    """An ``events`` record read directly to fill a gap, with the two attributes the worker (and a Faust table
+    write, through the current event) read from a Faust event: ``message`` and ``value``."""
+
+    message: ConsumerRecord
+    value: bytes
 
 
 @dataclass
@@ -204,6 +333,10 @@ class WorkerStats:
     started: float = field(default_factory=time.time)
     events: int = 0
     duplicates: int = 0
+    item_updates_applied: int = 0
+    """Peers' item updates folded into this worker's co-visitation, co-embeddings and popularity."""
+    offset_gaps_filled: int = 0
+    """Events Faust's consumer skipped over after a rebalance, fetched directly and applied."""
     recommendations: int = 0
     forgotten: int = 0
     """``forget_user`` requests carried out (profile and state deleted, tombstones published)."""
@@ -217,7 +350,7 @@ class WorkerStats:
     first_batch_at: float | None = None
     last_batch_at: float | None = None
 
-    def as_dict(self, recommender: Recommender, dead_letters: int, table: Any = None) -> dict[str, Any]:
+    def as_dict(self, recommender: Recommender, dead_letters: int, table: Any = None, **extra: Any) -> dict[str, Any]:
         lat = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(1)
         vis = np.array(self.item_visible_ms) if self.item_visible_ms else np.zeros(1)
         elapsed = max(time.time() - self.started, 1e-9)
@@ -225,6 +358,8 @@ class WorkerStats:
             "events": self.events,
             "events_per_s": self.events / elapsed,
             "duplicates_skipped": self.duplicates,
+            "offset_gaps_filled": self.offset_gaps_filled,
+            "item_updates_applied": self.item_updates_applied,
             "recommendations": self.recommendations,
             "forgotten_users": self.forgotten,
             "batches": self.batches,
@@ -244,6 +379,7 @@ class WorkerStats:
             "rss_ready_bytes": self.rss_ready_bytes,
             "profiles": len(table) if table is not None else 0,
             "profile_bytes": sum(len(v) for v in table.values()) if table is not None else 0,
+            **extra,
         }
 
 
@@ -263,13 +399,29 @@ class Worker:
         self.settings = settings
         self.app = app
         self.recommender = Recommender(settings, encode_queries)
+        self.worker_id = settings.worker_id or f"{socket.gethostname()}:{settings.web_port}"
+        self.shared = SharedModel(self.recommender.ranker, self.worker_id)
+        self.incarnation = uuid.uuid4().hex
+        self.item_updates_key = f"{self.worker_id}/{self.incarnation}".encode()
+        """Key of this process's ``item-updates`` messages: its own are skipped without decoding them."""
+        """This process's token on ``item-updates``: its own updates are skipped, an earlier run's are not."""
+        self.restored_steps = 0
+        """The ranker's step count right after start-up: > 0 when it resumed from snapshots."""
+        self.restored_own_steps = 0
+        """This worker's own steps taken back from its last snapshot at start-up (0 on a first start)."""
+        self._peer_snapshots: dict[bytes, dict[str, Any]] = {}
+        """Peers' newest snapshots not merged yet (merged on the core thread at the next sync)."""
         self.stats = WorkerStats()
         self.catalog_ready = asyncio.Event()
         self.model_ready = asyncio.Event()
-        self._snapshotted_steps = -1
+        self._published_own_steps = -1
         self.dead_letters = DeadLetters(settings, self._send_raw)
         self.latency = Histogram()
         """Event published (its Kafka timestamp) → its user's recommendation sent, in ms."""
+        self._generation: int | None = None
+        self._expected: dict[int, int] = {}
+        """Per partition, the offset after the last one delivered in this group generation."""
+        self._gap_consumer: Any = None
         self.next_offset: dict[int, int] = {}
         """Per events partition, the offset after the last event this worker processed: lag = highwater − it."""
         # OpenMP's thread count is per calling thread: the core thread needs its own limit, or FAISS spins two
@@ -288,6 +440,7 @@ class Worker:
         t0 = time.perf_counter()
         if self.stats.first_batch_at is None:
             self.stats.first_batch_at = time.time()
+        batch = await self._fill_gaps(batch)
         valid: list[Event] = []
         positions: list[tuple[int, int] | None] = []
         stamps: list[float] = []
@@ -307,7 +460,7 @@ class Worker:
         if valid:
             loop = asyncio.get_running_loop()
             # the core runs in a thread: meanwhile the loop keeps fetching, so the next batch is ready
-            result, payloads = await loop.run_in_executor(self._core, self._process, valid, store, positions)
+            result, payloads, shared = await loop.run_in_executor(self._core, self._process, valid, store, positions)
             forgotten = result.forgotten
             store.flush()
             topic = self.settings.topic("recommendations")
@@ -315,6 +468,8 @@ class Worker:
                 await self._send_raw(topic, user_id.encode(), None)
             for key, value in payloads:
                 await self._send_raw(topic, key, value)
+            for value in shared:
+                await self._send_raw(self.settings.topic("item-updates"), self.item_updates_key, value)
             if forgotten:
                 self.stats.forgotten += len(forgotten)
                 log.info("forgot %d user(s) on request", len(forgotten))  # never the ids: they are personal data
@@ -332,14 +487,102 @@ class Worker:
         self.stats.latencies_ms.append((time.perf_counter() - t0) * 1000.0)
         self.stats.last_batch_at = time.time()
 
+    async def _fill_gaps(self, batch: Sequence[Any]) -> list[Any]:
+        """The batch with any offsets Faust skipped put back in, fetched directly from the broker.
+
+        Within one group generation each partition's offsets must follow on from the committed offset and
+        then from the previous batch (a redelivery may go back; nothing may be jumped over). Measured in the
+        chaos runs: right after a rebalance, Faust's fetch loop sometimes drops the records of one fetch and
+        then counts the hole as a compacted-away gap, which it commits over — 16 events per partition that
+        were never applied. Each hole is read here with a plain consumer and its events are inserted, in
+        order, before the first event after it. Faust's gap bookkeeping lets the commit pass the hole only
+        once a later offset is acknowledged, i.e. after this batch applied the hole's events.
+        """
+        generation = self.app.consumer_generation_id
+        if generation != self._generation:
+            self._generation = generation
+            self._expected.clear()
+        out: list[Any] = []
+        for fevent in batch:
+            msg = fevent.message
+            expected = self._expected.get(msg.partition)
+            if expected is None:  # first delivery in this generation: it must be the committed offset
+                expected = self._committed(msg)
+            if expected is not None and msg.offset > expected:
+                missing = await self._fetch_range(msg.topic, msg.partition, expected, msg.offset)
+                self.stats.offset_gaps_filled += len(missing)
+                log.warning(
+                    "partition %d: offsets %d..%d were skipped by the consumer; fetched %d and applying them",
+                    msg.partition,
+                    expected,
+                    msg.offset - 1,
+                    len(missing),
+                )
+                out.extend(missing)
+            out.append(fevent)
+            self._expected[msg.partition] = max(expected or 0, msg.offset + 1)
+        return out
+
+    def _committed(self, msg: Any) -> int | None:
+        """Faust's committed offset for the message's partition (where delivery resumes), if it knows one."""
+        committed = getattr(self.app.consumer, "_committed_offset", {})
+        tp = getattr(msg, "tp", None)
+        return committed.get(tp) if tp is not None else None
+
+    async def _fetch_range(self, topic: str, partition: int, start: int, stop: int) -> list[RefetchedEvent]:
+        """Records ``start`` ≤ offset < ``stop`` of one partition, read directly (no group, no commit)."""
+        if self._gap_consumer is None:
+            self._gap_consumer = make_consumer(self.settings)
+            await self._gap_consumer.start()
+        consumer = self._gap_consumer
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        out: list[RefetchedEvent] = []
+        deadline = time.monotonic() + self.settings.session_timeout_s
+        while (not out or out[-1].message.offset < stop - 1) and time.monotonic() < deadline:
+            batch = await consumer.getmany(tp, timeout_ms=FOLLOW_POLL_MS)
+            out += [RefetchedEvent(r, r.value) for r in batch.get(tp, []) if start <= r.offset < stop]
+        if out and out[-1].message.offset < stop - 1:
+            log.error("partition %d: could not fetch offsets %d..%d", partition, out[-1].message.offset + 1, stop - 1)
+        return out
+
     def _process(
         self, events: list[Event], store: TableProfileStore, positions: list[tuple[int, int] | None]
-    ) -> tuple[BatchResult, list[tuple[bytes, bytes]]]:
-        """The core's share of a batch (runs in the core thread): learn, forget, recommend, serialise."""
+    ) -> tuple[BatchResult, list[tuple[bytes, bytes]], list[bytes]]:
+        """The core's share of a batch (runs in the core thread): learn, forget, recommend, serialise; plus the
+        item updates the batch made, for the peers (from the users' recent items before it)."""
         result = self.recommender.process(events, store, positions)
-        return result, [(rec.user_id.encode(), dumps(rec.to_dict())) for rec in result.recommendations]
+        shared = encode_updates(result.item_updates, ITEM_UPDATES_PER_MESSAGE)
+        return result, [(rec.user_id.encode(), dumps(rec.to_dict())) for rec in result.recommendations], shared
 
     # --- telemetry ----------------------------------------------------------------------------------
+    def assigned_partitions(self) -> list[int]:
+        """Partitions of ``events`` this worker holds now (empty while between generations)."""
+        topic = self.settings.topic("events")
+        try:
+            return sorted(tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic)
+        except Exception as exc:  # the consumer is not started yet, or between generations
+            log.debug("assignment unavailable: %r", exc)
+            return []
+
+    def stats_dict(self, table: Any = None) -> dict[str, Any]:
+        """Everything ``/stats`` shows: counters, plus who this worker is, what it holds and its model."""
+        return self.stats.as_dict(
+            self.recommender,
+            self.dead_letters.count,
+            table,
+            worker_id=self.worker_id,
+            assigned_partitions=self.assigned_partitions(),
+            next_offsets={str(p): o for p, o in sorted(self.next_offset.items())},
+            model_ready=self.model_ready.is_set(),
+            model_steps=self.recommender.ranker.steps,
+            model_own_steps=self.shared.own_steps,
+            model_restored_steps=self.restored_steps,
+            model_restored_own_steps=self.restored_own_steps,
+            model_peers=sorted(self.shared.peers),
+        )
+
     def consumer_lag(self) -> dict[int, int]:
         """Events not processed yet, per assigned partition of ``events`` (highwater − next offset).
 
@@ -449,31 +692,97 @@ class Worker:
         finally:
             await consumer.stop()
 
-    # --- model snapshots ----------------------------------------------------------------------------
+    # --- item statistics from the peers --------------------------------------------------------------
+    async def follow_item_updates(self) -> None:
+        """Apply every other worker's item updates (from the start of the topic: a restarted worker rebuilds its
+        item statistics from the whole retained history, its own earlier incarnation's included)."""
+        if not self.settings.share_item_stats:
+            return
+        await self.catalog_ready.wait()
+        topic = self.settings.topic("item-updates")
+        consumer = make_consumer(self.settings)
+        await consumer.start()
+        try:
+            tps = await partitions_of(consumer, topic)
+            if not tps:
+                log.warning("no %s topic: item statistics are not shared (run `streamrec topics apply`)", topic)
+                return
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            loop = asyncio.get_running_loop()
+            while True:
+                batch = await consumer.getmany(timeout_ms=FOLLOW_POLL_MS)
+                updates: list[ItemUpdate] = []
+                for records in batch.values():
+                    for record in records:
+                        if record.key == self.item_updates_key:  # this very process's own: already applied
+                            continue
+                        try:
+                            updates += decode_updates(record.value)
+                        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as exc:
+                            log.warning("ignoring an unreadable item-updates record: %r", exc)
+                if updates:
+                    n = await loop.run_in_executor(self._core, self.recommender.apply_item_updates, updates)
+                    self.stats.item_updates_applied += n
+        finally:
+            await consumer.stop()
+
+    # --- model snapshots: one model across workers -----------------------------------------------------
+    def _keep_snapshot(self, latest: dict[bytes, dict[str, Any]], record: ConsumerRecord) -> None:
+        if record.value is None or record.key is None:
+            return
+        try:
+            latest[record.key] = orjson.loads(record.value)
+        except orjson.JSONDecodeError as exc:
+            log.warning("ignoring unreadable model snapshot %r: %s", record.key, exc)
+
     async def restore_model(self) -> None:
-        latest: dict[str, Any] = {}
-
-        def keep(record: ConsumerRecord) -> None:
-            if record.value is not None and record.key == MODEL_SNAPSHOT_KEY:
-                latest["snap"] = orjson.loads(record.value)
-
-        await read_to_end(self.settings, self.settings.topic("model-snapshots"), keep)
-        if "snap" in latest:
+        """Resume this worker's own contribution and merge every peer's (or a single-worker snapshot), then
+        keep following the topic for peers' newer snapshots, merged at each :meth:`sync_model`."""
+        latest: dict[bytes, dict[str, Any]] = {}
+        topic = self.settings.topic("model-snapshots")
+        consumer = make_consumer(self.settings)
+        await consumer.start()
+        try:
+            await read_to_end(self.settings, topic, lambda r: self._keep_snapshot(latest, r), consumer=consumer)
+            shared = {k: v for k, v in latest.items() if k.startswith(SNAPSHOT_KEY_PREFIX.encode())}
             try:
-                self.recommender.ranker.restore(latest["snap"])
-                log.info("ranker resumed from snapshot %s", self.recommender.ranker.version)
+                if not self.shared.restore(shared) and MODEL_SNAPSHOT_KEY in latest:
+                    self.recommender.ranker.restore(latest[MODEL_SNAPSHOT_KEY])
             except (ValueError, KeyError) as exc:
                 log.warning("ignoring incompatible model snapshot: %s", exc)
-        self._snapshotted_steps = self.recommender.ranker.steps
-        self.model_ready.set()
+            ranker = self.recommender.ranker
+            self.restored_steps = ranker.steps
+            self.restored_own_steps = self.shared.own_steps
+            own, peers = self.shared.own_steps, sorted(self.shared.peers)
+            log.info("ranker %s resumed (own steps %d, peers %s)", ranker.version, own, peers)
+            self._published_own_steps = self.shared.own_steps
+            self.model_ready.set()
+            while True:
+                batch = await consumer.getmany(timeout_ms=FOLLOW_POLL_MS)
+                for records in batch.values():
+                    for record in records:
+                        if record.key != self.shared.key:
+                            self._keep_snapshot(self._peer_snapshots, record)
+        finally:
+            await consumer.stop()
 
-    async def publish_snapshot(self) -> None:
-        ranker = self.recommender.ranker
-        if not self.model_ready.is_set() or ranker.steps == self._snapshotted_steps:
+    def _merge_and_snapshot(self, pending: dict[bytes, dict[str, Any]]) -> dict[str, Any]:
+        """On the core thread (never mid-step): add peers' newest contributions, then snapshot the result."""
+        for snap in pending.values():
+            self.shared.merge(snap)
+        return self.shared.contribution()
+
+    async def sync_model(self) -> None:
+        """Merge peers' contributions received since the last sync; publish ours if this worker learned."""
+        if not self.model_ready.is_set():
             return
-        snap = await asyncio.get_running_loop().run_in_executor(self._core, ranker.snapshot)  # not mid-step
-        await self._send_raw(self.settings.topic("model-snapshots"), MODEL_SNAPSHOT_KEY, dumps(snap))
-        self._snapshotted_steps = snap["steps"]
+        pending, self._peer_snapshots = self._peer_snapshots, {}
+        snap = await asyncio.get_running_loop().run_in_executor(self._core, self._merge_and_snapshot, pending)
+        if snap["contribution"]["steps"] == self._published_own_steps:
+            return
+        await self._send_raw(self.settings.topic("model-snapshots"), self.shared.key, dumps(snap))
+        self._published_own_steps = snap["contribution"]["steps"]
 
 
 def create_app(settings: Settings | None = None, with_query_encoder: bool = True) -> tuple[faust.App, Worker]:
@@ -481,6 +790,7 @@ def create_app(settings: Settings | None = None, with_query_encoder: bool = True
     settings = settings or Settings.from_env()
     _patch_fetch_wait(settings.fetch_max_wait_ms)
     _patch_message_handoff()
+    _patch_true_highwaters(settings)
     limit_threads(settings.torch_threads)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     specs = load_topics()
@@ -517,7 +827,16 @@ def create_app(settings: Settings | None = None, with_query_encoder: bool = True
     worker = Worker(settings, app, encode_queries)
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     events_topic = app.topic(settings.topic("events"), **raw)
-    table = app.Table(PROFILE_TABLE, partitions=partitions, key_type=bytes, value_type=bytes)
+    table = app.tables.add(
+        ProfileTable(
+            app,
+            name=PROFILE_TABLE,
+            beacon=app.tables.beacon,
+            partitions=partitions,
+            key_type=bytes,
+            value_type=bytes,
+        )
+    )
     store = TableProfileStore(table)
 
     @app.agent(events_topic, name="events")
@@ -527,12 +846,19 @@ def create_app(settings: Settings | None = None, with_query_encoder: bool = True
 
     @app.task
     async def on_start() -> None:
-        await worker.restore_model()
         await worker.follow_catalog()
+
+    @app.task
+    async def follow_models() -> None:
+        await worker.restore_model()
+
+    @app.task
+    async def follow_item_updates() -> None:
+        await worker.follow_item_updates()
 
     @app.timer(settings.snapshot_interval_s)
     async def snapshot() -> None:
-        await worker.publish_snapshot()
+        await worker.sync_model()
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
@@ -540,7 +866,7 @@ def create_app(settings: Settings | None = None, with_query_encoder: bool = True
 
     @app.page("/stats")
     async def stats_page(web: Any, request: Any) -> Any:
-        return web.json(worker.stats.as_dict(worker.recommender, worker.dead_letters.count, table))
+        return web.json(worker.stats_dict(table))
 
     return app, worker
 

@@ -192,6 +192,12 @@ def replay(
     "--jobs", type=int, default=os.cpu_count() or 1, show_default="CPU count", help="Systems replayed in parallel."
 )
 @click.option("--set", "overrides", multiple=True, help="Setting override, e.g. --set learning_rate=0.1 (repeatable).")
+@click.option(
+    "--workers", type=int, default=1, show_default=True, help="Run streamrec as N workers (users split by partition)."
+)
+@click.option(
+    "--sync-every", type=int, default=1_000, show_default=True, help="Events between the workers' model exchanges."
+)
 @click.pass_context
 def eval_cmd(
     ctx: click.Context,
@@ -210,6 +216,8 @@ def eval_cmd(
     limit: int | None,
     jobs: int,
     overrides: tuple[str, ...],
+    workers: int,
+    sync_every: int,
 ) -> None:
     """Prequential (test-then-train) evaluation of streamrec and baselines on a log, in process."""
     from .evaluation import ALL_SYSTEMS, evaluate, format_table, plot
@@ -236,7 +244,10 @@ def eval_cmd(
     unknown = set(names) - set(ALL_SYSTEMS)
     if unknown:
         raise click.UsageError(f"unknown system(s) {sorted(unknown)}; choose from {', '.join(ALL_SYSTEMS)}")
-    report = evaluate(records, settings, names, k=k, dataset=f"{file.name} ({fmt})", jobs=jobs)
+    if workers < 1 or sync_every < 1:
+        raise click.UsageError("--workers and --sync-every must be >= 1")
+    dataset = f"{file.name} ({fmt})" + (f", streamrec as {workers} workers" if workers > 1 else "")
+    report = evaluate(records, settings, names, k=k, dataset=dataset, jobs=jobs, workers=workers, sync_every=sync_every)
     click.echo(format_table(report))
     click.echo(
         f"{report.events} events, {report.scored} discovery events scored, {report.events_per_s:,.0f} system-events/s"
@@ -386,6 +397,58 @@ def bench(
         taobao_limit=taobao_limit,
     )
     run_bench(_settings(ctx), opts, json_out)
+
+
+@cli.command()
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the report here.")
+@click.option(
+    "--dataset",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_TAOBAO,
+    show_default=True,
+    help="The Taobao UserBehavior log to replay.",
+)
+@click.option("--limit", type=int, default=None, help="Only the first N rows of the log (default: all).")
+@click.option(
+    "--replay-seconds",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Events are paced over this long (keep the rate one the two workers sustain: ~300/s here).",
+)
+@click.option("--kill-at", type=float, default=0.3, show_default=True, help="Share of events sent at the kill.")
+@click.option("--workdir", type=click.Path(path_type=Path), default=None, help="Logs here (default: a temp dir).")
+@click.pass_context
+def chaos(
+    ctx: click.Context,
+    json_out: Path | None,
+    dataset: Path,
+    limit: int | None,
+    replay_seconds: float,
+    kill_at: float,
+    workdir: Path | None,
+) -> None:
+    """Crash + scale-out on the local broker: 2 workers, kill -9 one mid-replay, restart it, count per user.
+
+    Exits non-zero unless every event was applied exactly once (lost == 0 and duplicates_applied == 0).
+    """
+    import tempfile
+
+    from .chaos import ChaosOptions, run_chaos
+
+    if not dataset.exists():
+        raise click.UsageError(f"dataset not found: {dataset}")
+    opts = ChaosOptions(dataset=dataset, limit=limit, replay_s=replay_seconds, kill_at=kill_at)
+    with tempfile.TemporaryDirectory(prefix="streamrec-chaos-") as tmp:
+        folder = workdir or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        report = asyncio.run(run_chaos(_settings(ctx), opts, folder))
+    text = orjson.dumps(report, option=orjson.OPT_INDENT_2)
+    if json_out:
+        json_out.write_bytes(text)
+    click.echo(text.decode())
+    if report["lost"] or report["duplicates_applied"] or report["events_applied"] != report["events_in"]:
+        sys.exit(1)
 
 
 def main() -> None:

@@ -5,6 +5,11 @@ that moment; the list is scored against the event's item; only then does the sys
 ``streamrec`` here is the very :class:`~streamrec.recommender.Recommender` the Faust agents run, with a
 dict in place of the Faust table. Primary metrics count *discovery* events (the user's first interaction
 with that item); all events are reported as a secondary metric.
+
+With ``workers > 1`` streamrec runs as that many workers would in a deployment
+(:class:`ShardedStreamrecSystem`): each user's events go to the worker holding the user's partition (Kafka's
+key hash), each worker has its own catalogue index, co-visitation, popularity and profiles, and the workers'
+rankers are kept one model by exchanging contributions with :class:`~streamrec.ranker.SharedModel`.
 """
 
 from __future__ import annotations
@@ -22,10 +27,14 @@ from .baselines import CooccurrenceBaseline, OnlineMFBaseline, PopularityBaselin
 from .events import ITEM_EVENT_TYPES, Event, Item, ItemEmbedding, event_from_dict, item_from_dict
 from .metrics import PrequentialScore, hit_rank
 from .profiles import DictProfileStore, UserProfile
+from .ranker import SharedModel
 from .recommender import Recommender
 from .settings import Settings, limit_threads
 
 DEFAULT_WINDOWS = 20
+DEFAULT_SYNC_EVENTS = 1_000
+"""Events between model exchanges of simulated workers: the deployed workers exchange every
+``snapshot_interval_s`` (10 s), in which a worker under load applies a few thousand events."""
 ALL_SYSTEMS = ("streamrec", "streamrec_no_learn", "popularity", "cooccurrence", "online_mf", "text_only")
 
 
@@ -65,9 +74,79 @@ class StreamrecSystem:
         self.recommender.learn([event], self.store)
 
 
-def make_systems(settings: Settings, names: Sequence[str]) -> list[System]:
+def partition_of(user_id: str, partitions: int) -> int:
+    """The ``events`` partition of a user: Kafka's default partitioner (murmur2 of the key) on the user id.
+
+    >>> partition_of("1", 6) == partition_of("1", 6)
+    True
+    """
+    from aiokafka.partitioner import murmur2
+
+    return (murmur2(user_id.encode()) & 0x7FFFFFFF) % partitions
+
+
+class ShardedStreamrecSystem:
+    """streamrec as ``workers`` workers in one consumer group, in process (for the scale-out quality check).
+
+    Partitions go to workers round-robin (partition ``p`` → worker ``p mod workers``), as the group's
+    assignor spread them in the chaos runs. Every worker sees every item (each follows the whole catalogue),
+    only its users' events, merges its peers' ranker contributions every ``sync_every`` events and, with
+    ``share_items``, applies its peers' item updates (:mod:`streamrec.itemstats`) as they happen.
+    """
+
+    def __init__(
+        self, settings: Settings, workers: int, sync_every: int = DEFAULT_SYNC_EVENTS, share_items: bool = True
+    ) -> None:
+        from .topics import load_topics
+
+        self.name = "streamrec"
+        self.shards = [StreamrecSystem(settings.replace(share_item_stats=share_items)) for _ in range(workers)]
+        self.models = [SharedModel(s.recommender.ranker, f"w{i}") for i, s in enumerate(self.shards)]
+        self.partitions = load_topics()["events"].partitions
+        self.sync_every = sync_every
+        self.share_items = share_items
+        self.settings = settings
+        self.since_sync = 0
+        self.syncs = 0
+
+    def shard(self, user_id: str) -> StreamrecSystem:
+        return self.shards[partition_of(user_id, self.partitions) % len(self.shards)]
+
+    def upsert_item(self, emb: ItemEmbedding) -> None:
+        for shard in self.shards:
+            shard.upsert_item(emb)
+
+    def recommend(self, user_id: str, now: float, k: int) -> list[str]:
+        return self.shard(user_id).recommend(user_id, now, k)
+
+    def learn(self, event: Event) -> None:
+        owner = self.shard(event.user_id)
+        result, _, _ = owner.recommender.learn([event], owner.store)
+        if self.share_items:
+            for peer in self.shards:
+                if peer is not owner:
+                    peer.recommender.apply_item_updates(result.item_updates)
+        self.since_sync += 1
+        if self.since_sync >= self.sync_every:
+            self.sync()
+
+    def sync(self) -> None:
+        """Every worker publishes its contribution and merges all of its peers' (what the timer does)."""
+        snaps = [m.contribution() for m in self.models]
+        for model in self.models:
+            for snap in snaps:
+                model.merge(snap)
+        self.since_sync = 0
+        self.syncs += 1
+
+
+def make_systems(
+    settings: Settings, names: Sequence[str], workers: int = 1, sync_every: int = DEFAULT_SYNC_EVENTS
+) -> list[System]:
     factories: dict[str, Any] = {
-        "streamrec": lambda: StreamrecSystem(settings),
+        "streamrec": lambda: (
+            ShardedStreamrecSystem(settings, workers, sync_every) if workers > 1 else StreamrecSystem(settings)
+        ),
         "streamrec_no_learn": lambda: StreamrecSystem(settings.replace(learn=False), "streamrec_no_learn"),
         "popularity": lambda: PopularityBaseline(settings),
         "cooccurrence": lambda: CooccurrenceBaseline(settings),
@@ -122,6 +201,8 @@ class _Job:
     settings: Settings
     k: int
     progress: bool
+    workers: int = 1
+    sync_every: int = DEFAULT_SYNC_EVENTS
 
 
 _JOB: _Job | None = None
@@ -164,7 +245,7 @@ def _replay(system: System, job: _Job, position: int = 0) -> tuple[list[int | No
 def _replay_named(args: tuple[str, int]) -> tuple[str, list[int | None], list[bool], float]:
     name, position = args
     assert _JOB is not None
-    [system] = make_systems(_JOB.settings, [name])
+    [system] = make_systems(_JOB.settings, [name], _JOB.workers, _JOB.sync_every)
     return (name, *_replay(system, _JOB, position))
 
 
@@ -177,17 +258,20 @@ def evaluate(
     windows: int = DEFAULT_WINDOWS,
     progress: bool = True,
     jobs: int = 1,
+    workers: int = 1,
+    sync_every: int = DEFAULT_SYNC_EVENTS,
 ) -> EvalReport:
     """Test-then-train over ``records`` (replay records in timestamp order) for every named system.
 
     Systems are independent, so with ``jobs > 1`` they replay in parallel processes (forked, sharing the
-    records and item embeddings); each system still sees every event in order.
+    records and item embeddings); each system still sees every event in order. ``workers`` runs the
+    ``streamrec`` system as that many workers exchanging their model every ``sync_every`` events.
     """
     global _JOB
     records = list(records)
     item_idx = [i for i, r in enumerate(records) if r.topic == "items"]
     embedded = embed_catalog([item_from_dict(records[i].value) for i in item_idx], settings)
-    job = _Job(records, dict(zip(item_idx, embedded, strict=True)), settings, k, progress)
+    job = _Job(records, dict(zip(item_idx, embedded, strict=True)), settings, k, progress, workers, sync_every)
     t_start = time.perf_counter()
     tasks = [(name, pos) for pos, name in enumerate(names)]
     if jobs > 1 and len(names) > 1:
@@ -202,7 +286,7 @@ def evaluate(
     else:
         results = [
             (name, *_replay(system, job, pos))
-            for (name, pos), system in zip(tasks, make_systems(settings, names), strict=True)
+            for (name, pos), system in zip(tasks, make_systems(settings, names, workers, sync_every), strict=True)
         ]
     elapsed = time.perf_counter() - t_start
     discoveries = results[0][2]

@@ -8,7 +8,7 @@ trust ``end_offsets`` alone, because the local broker reports them short — the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -59,6 +59,40 @@ async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPar
             return []
         await consumer._client.force_metadata_update()
         await asyncio.sleep(0.1)
+
+
+async def true_end_offsets(settings: Settings, reported: Mapping[Any, int]) -> dict[Any, int]:
+    """End offsets as they really are, from end offsets as a broker reported them (same keys back).
+
+    The local broker reports the first offset of a partition's last record batch + 1, so a reader that stops
+    there misses the rest of that batch (Faust's table recovery lost the last changelog updates this way).
+    The true end is found by fetching from ``reported − 1``: whatever comes back is the last batch (and any
+    record appended since), so its last offset + 1 is the end. On Apache Kafka the fetch returns nothing
+    and the reported ends stand. Keys may be any ``(topic, partition)`` named tuples (Faust's ``TP`` too).
+    """
+    ends = dict(reported)
+    todo = {TopicPartition(tp.topic, tp.partition): tp for tp, end in reported.items() if end}
+    if not todo:
+        return ends
+    consumer = make_consumer(settings)
+    await consumer.start()
+    try:
+        consumer.assign(list(todo))
+        for tp, key in todo.items():
+            consumer.seek(tp, reported[key] - 1)
+        waiting = set(todo)
+        while waiting:
+            batch = await consumer.getmany(*waiting, timeout_ms=IDLE_POLL_MS)
+            if not batch:
+                break  # nothing at reported − 1 onwards: the reported end is the true one
+            for tp, records in batch.items():
+                if records:
+                    key = todo[tp]
+                    ends[key] = max(ends[key], records[-1].offset + 1)
+                    waiting.discard(tp)
+        return ends
+    finally:
+        await consumer.stop()
 
 
 async def read_to_end(

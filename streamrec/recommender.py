@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .events import ITEM_EVENT_TYPES, Event, ItemEmbedding
+from .itemstats import ItemUpdate
 from .profiles import ProfileStore, UserProfile, apply_event, unit
 from .ranker import FEATURES, FusionRanker
 from .retrieval import Catalog, CoEmbedding, CoVisitation, CovisScores, freshness
@@ -119,6 +120,8 @@ class BatchResult:
     loss: float = 0.0
     forgotten: list[str] = field(default_factory=list)
     """Users deleted by ``forget_user`` requests in the batch, in stream order."""
+    item_updates: list[ItemUpdate] = field(default_factory=list)
+    """What the batch taught the item statistics (recorded when ``share_item_stats``), for the peers."""
 
 
 @dataclass(slots=True)
@@ -302,6 +305,22 @@ class Recommender:
                 cache.popitem(last=False)
         return out
 
+    # --- item statistics ----------------------------------------------------------------------------
+    def fold_item_event(self, previous: Sequence[int], row: int, weight: float, ts: float) -> None:
+        """Item-level statistics learn from one item event: co-visitation, co-embeddings, popularity."""
+        self.covis.add(previous, row, weight, ts)
+        self.coemb.add(previous, row)
+        self.catalog.add_popularity(row, weight, ts)
+
+    def apply_item_updates(self, updates: Sequence[ItemUpdate]) -> int:
+        """Fold peers' item updates in, as :meth:`learn` folds this worker's own events; items not in the
+        catalogue yet are registered by id. Returns how many were applied."""
+        ensure = self.catalog.ensure
+        for update in updates:
+            self.fold_item_event([ensure(i) for i in update.previous], ensure(update.item_id), update.weight, update.ts)
+            self.clock = max(self.clock, update.ts)
+        return len(updates)
+
     # --- learning -----------------------------------------------------------------------------------
     def _negatives(self, profile: UserProfile, positive: int, pool: np.ndarray) -> list[int]:
         """Shown-not-taken + candidate-pool + uniform negatives for one labelled event (no duplicates)."""
@@ -394,12 +413,13 @@ class Recommender:
                 if negs:
                     examples.append(self._example(profile, np.array([row, *negs], np.int64), event))
                 previous = self._rows(profile.recent)
+                weight = self.settings.event_weight(event.type)
+                if self.settings.share_item_stats:
+                    recent = tuple(profile.recent[-self.settings.cooc_window :])
+                    result.item_updates.append(ItemUpdate(event.item_id, recent, weight, event.ts))
                 vector = self.catalog.vectors[row] if self.catalog.has_vector[row] else None
                 apply_event(profile, event, vector, self.catalog.category_of(row), self.settings, part, off)
-                weight = self.settings.event_weight(event.type)
-                self.covis.add(previous, row, weight, event.ts)
-                self.coemb.add(previous, row)
-                self.catalog.add_popularity(row, weight, event.ts)
+                self.fold_item_event(previous, row, weight, event.ts)
                 behaviour[event.user_id] = _Request(profile, event.ts)
             else:  # search: update intent with the query, answer with query-aware results
                 qv = qvecs.get(event.query or "")
@@ -534,6 +554,7 @@ class Recommender:
                 total.applied += part.applied
                 total.duplicates += part.duplicates
                 total.loss += part.loss
+                total.item_updates += part.item_updates
             if idx < len(events):
                 user_id = events[idx].user_id
                 self.forget(user_id, store)

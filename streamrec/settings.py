@@ -68,6 +68,9 @@ class Settings:
     """Local working directory of a worker (Faust's datadir)."""
     web_port: int = 6066
     web_host: str = "127.0.0.1"
+    worker_id: str = ""
+    """This worker's name in the shared model (its key on ``model-snapshots``); must be unique among live workers
+    and stable across restarts so a restarted worker resumes its own contribution. Empty: ``<hostname>:<web_port>``."""
 
     # --- Recommendations -------------------------------------------------------------------------------
     top_k: int = 20
@@ -142,6 +145,9 @@ class Settings:
     """Set to false to freeze the ranker (an evaluation ablation)."""
     snapshot_interval_s: float = 10.0
     """How often a worker publishes the ranker's parameters to the compacted snapshot topic."""
+    share_item_stats: bool = True
+    """Workers exchange their item-level updates (co-visitation, co-embeddings, popularity) over ``item-updates``,
+    so each learns item statistics from every user, not only from its partitions' (see ``streamrec.itemstats``)."""
     seed: int = 7
 
     # --- Encoder ---------------------------------------------------------------------------------------
