@@ -129,6 +129,7 @@ def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ops]:
         yield o
     finally:
         code = o.worker.stop() if o.worker is not None else None
+        o.broker.stop()  # the broker-restart test replaces the first one
         broker.stop()
         assert code == 0, f"worker exit code {code}\n{o.worker.tail(60)}"
 
