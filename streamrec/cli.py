@@ -355,6 +355,13 @@ def status(ctx: click.Context, url: str | None) -> None:
 DEFAULT_TAOBAO = Path("../shared/datasets/taobao-userbehavior-sample/UserBehavior_head.csv")
 
 
+def taobao_option(flag: str, help_text: str) -> Any:
+    """A path option that defaults to the Taobao sample in ``../shared`` (the bench's and chaos's input)."""
+    return click.option(
+        flag, type=click.Path(path_type=Path), default=DEFAULT_TAOBAO, show_default=True, help=help_text
+    )
+
+
 @cli.command()
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write all figures here.")
 @click.option("--items", type=int, default=50_000, show_default=True, help="Synthetic catalogue size.")
@@ -362,13 +369,7 @@ DEFAULT_TAOBAO = Path("../shared/datasets/taobao-userbehavior-sample/UserBehavio
 @click.option("--events", "n_events", type=int, default=300_000, show_default=True, help="Backlog of events.")
 @click.option("--rate", type=float, default=500.0, show_default=True, help="Offered events/s, latency phase.")
 @click.option("--latency-seconds", type=float, default=20.0, show_default=True, help="Length of the latency phase.")
-@click.option(
-    "--taobao",
-    type=click.Path(path_type=Path),
-    default=DEFAULT_TAOBAO,
-    show_default=True,
-    help="Taobao sample to drain as well (skipped when absent).",
-)
+@taobao_option("--taobao", "Taobao sample to drain as well (skipped when absent).")
 @click.option("--taobao-limit", type=int, default=200_000, show_default=True, help="Rows of the Taobao sample.")
 @click.pass_context
 def bench(
@@ -401,13 +402,7 @@ def bench(
 
 @cli.command()
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the report here.")
-@click.option(
-    "--dataset",
-    type=click.Path(path_type=Path),
-    default=DEFAULT_TAOBAO,
-    show_default=True,
-    help="The Taobao UserBehavior log to replay.",
-)
+@taobao_option("--dataset", "The Taobao UserBehavior log to replay.")
 @click.option("--limit", type=int, default=None, help="Only the first N rows of the log (default: all).")
 @click.option(
     "--replay-seconds",
