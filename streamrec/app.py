@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import socket
@@ -59,6 +60,8 @@ MODEL_SNAPSHOT_KEY = b"fusion"
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4"
 BATCH_IDLE_S = 0.05
 """A held batch goes out when no further event arrives within this long (see :func:`natural_batches`)."""
+TRIM_AFTER_EVENTS = 256
+"""Batches at least this large return their freed temporary memory to the system (see release_free_memory)."""
 ITEM_UPDATES_PER_MESSAGE = 256
 """Item updates per ``item-updates`` message (~50 KB): far below broker limits whatever the batch size."""
 
@@ -392,6 +395,26 @@ def rss_bytes() -> int:
         return 0
 
 
+def _libc_malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+_MALLOC_TRIM = _libc_malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Give the pages freed by a batch's temporary arrays back to the system (glibc ``malloc_trim``).
+
+    A large batch allocates tens of megabytes of short-lived arrays in the core thread's malloc arena; glibc
+    keeps freed arena memory resident, so the worker's RSS would track its largest batch, not its state.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 class Worker:
     """Wires the core to Faust: holds the recommender, the table store and the output topics."""
 
@@ -554,7 +577,10 @@ class Worker:
         item updates the batch made, for the peers (from the users' recent items before it)."""
         result = self.recommender.process(events, store, positions)
         shared = encode_updates(result.item_updates, ITEM_UPDATES_PER_MESSAGE)
-        return result, [(rec.user_id.encode(), dumps(rec.to_dict())) for rec in result.recommendations], shared
+        payloads = [(rec.user_id.encode(), dumps(rec.to_dict())) for rec in result.recommendations]
+        if len(events) >= TRIM_AFTER_EVENTS:
+            release_free_memory()
+        return result, payloads, shared
 
     # --- telemetry ----------------------------------------------------------------------------------
     def assigned_partitions(self) -> list[int]:
