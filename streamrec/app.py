@@ -702,6 +702,7 @@ class Worker:
             n = await read_to_end(self.settings, topic, apply, consumer=consumer)
             log.info("catalogue loaded: %d records, %d items indexed", n, self.recommender.catalog.n_indexed)
             self.stats.catalog_ready_at = time.time()
+            release_free_memory()  # the baseline, like every big batch, without the loading's freed buffers
             self.stats.rss_ready_bytes = rss_bytes()
             self.catalog_ready.set()
             while True:
