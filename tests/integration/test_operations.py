@@ -48,7 +48,7 @@ DIM = 384
 MAX_MESSAGE_BYTES = 2048
 """Small on purpose: oversized fuzz messages stay cheap, and the worker enforces the env-configured limit."""
 FUZZ_BAD_PER_KIND = 150
-"""Hypothesis examples per kind of bad message (14 kinds: ~1,100 bad messages)."""
+"""Hypothesis examples per kind of bad message (14 kinds: 2,100 bad messages)."""
 FUZZ_VALID = 1000
 FUZZ_RSS_GROWTH_LIMIT = 64 << 20
 BURST_EVENTS = 5_000
