@@ -66,18 +66,26 @@ ITEM_UPDATES_PER_MESSAGE = 256
 """Item updates per ``item-updates`` message (~50 KB): far below broker limits whatever the batch size."""
 
 
+def _patch_method(cls: Any, name: str, wrap: Any) -> None:
+    """Replace ``cls.name`` with ``wrap(original)``; idempotent: patching again wraps Faust's original, not ours."""
+    saved = f"_streamrec_original_{name}"
+    original = getattr(cls, saved, getattr(cls, name))
+    setattr(cls, saved, original)
+    setattr(cls, name, wrap(original))
+
+
 def _patch_fetch_wait(wait_ms: int) -> None:
     """Faust hard-codes a 1,500 ms fetch wait, which makes idle-to-busy wake-ups slow; use ours."""
-    cls = faust_aiokafka.AIOKafkaConsumerThread
-    original = getattr(cls, "_streamrec_original_create", cls._create_worker_consumer)
 
-    def create(self: Any, transport: Any) -> Any:
-        consumer = original(self, transport)
-        consumer._fetch_max_wait_ms = wait_ms  # read by AIOKafkaConsumer.start() when it builds its Fetcher
-        return consumer
+    def wrap(original: Any) -> Any:
+        def create(self: Any, transport: Any) -> Any:
+            consumer = original(self, transport)
+            consumer._fetch_max_wait_ms = wait_ms  # read by AIOKafkaConsumer.start() when it builds its Fetcher
+            return consumer
 
-    cls._streamrec_original_create = original
-    cls._create_worker_consumer = create
+        return create
+
+    _patch_method(faust_aiokafka.AIOKafkaConsumerThread, "_create_worker_consumer", wrap)
 
 
 def _patch_true_highwaters(settings: Settings) -> None:
@@ -89,17 +97,17 @@ def _patch_true_highwaters(settings: Settings) -> None:
     corrected with :func:`~streamrec.kafka.true_end_offsets` (one short fetch per changelog partition per
     recovery; against Apache Kafka it finds nothing to correct).
     """
-    cls = faust_aiokafka.AIOKafkaConsumerThread
-    original = getattr(cls, "_streamrec_original_highwaters", cls._highwaters)
 
-    async def _highwaters(self: Any, partitions: Any) -> Any:
-        reported = await original(self, partitions)
-        if self.consumer.in_transaction:
-            return reported
-        return await true_end_offsets(settings, reported)
+    def wrap(original: Any) -> Any:
+        async def _highwaters(self: Any, partitions: Any) -> Any:
+            reported = await original(self, partitions)
+            if self.consumer.in_transaction:
+                return reported
+            return await true_end_offsets(settings, reported)
 
-    cls._streamrec_original_highwaters = original
-    cls._highwaters = _highwaters
+        return _highwaters
+
+    _patch_method(faust_aiokafka.AIOKafkaConsumerThread, "_highwaters", wrap)
 
 
 def _patch_message_handoff() -> None:
@@ -111,22 +119,22 @@ def _patch_message_handoff() -> None:
     while a rebalance suspends flow, so the direct path is taken only when flow is not suspended and the
     consumer is neither stopping nor crashed; every other call goes through Faust's own ``wait_first``.
     """
-    cls = faust_aiokafka.Consumer
-    original = getattr(cls, "_streamrec_original_wait_first", cls.wait_first)
 
-    async def wait_first(self: Any, *coros: Any, timeout: Any = None) -> Any:
-        if (
-            len(coros) == 2
-            and timeout is None
-            and getattr(getattr(coros[1], "cr_frame", None), "f_locals", {}).get("self") is self.suspend_flow
-            and not (self.suspend_flow.is_set() or self._stopped.is_set() or self._crashed.is_set())
-        ):
-            coros[1].close()
-            return WaitResults([coros[0]], [await coros[0]], False)
-        return await original(self, *coros, timeout=timeout)
+    def wrap(original: Any) -> Any:
+        async def wait_first(self: Any, *coros: Any, timeout: Any = None) -> Any:
+            if (
+                len(coros) == 2
+                and timeout is None
+                and getattr(getattr(coros[1], "cr_frame", None), "f_locals", {}).get("self") is self.suspend_flow
+                and not (self.suspend_flow.is_set() or self._stopped.is_set() or self._crashed.is_set())
+            ):
+                coros[1].close()
+                return WaitResults([coros[0]], [await coros[0]], False)
+            return await original(self, *coros, timeout=timeout)
 
-    cls._streamrec_original_wait_first = original
-    cls.wait_first = wait_first
+        return wait_first
+
+    _patch_method(faust_aiokafka.Consumer, "wait_first", wrap)
 
 
 def faust_credentials(settings: Settings) -> Any:
@@ -156,6 +164,11 @@ def _as_current(event: Any) -> Iterator[None]:
         yield
     finally:
         _current_event.reset(token)
+
+
+def changelog_topic(settings: Settings) -> str:
+    """The profiles table's changelog (Faust's name for it: ``<app id>-<table>-changelog``)."""
+    return f"{settings.app_id}-{PROFILE_TABLE}-changelog"
 
 
 def applied_events(raw: bytes | None) -> int:
@@ -426,8 +439,8 @@ class Worker:
         self.shared = SharedModel(self.recommender.ranker, self.worker_id)
         self.incarnation = uuid.uuid4().hex
         self.item_updates_key = f"{self.worker_id}/{self.incarnation}".encode()
-        """Key of this process's ``item-updates`` messages: its own are skipped without decoding them."""
-        """This process's token on ``item-updates``: its own updates are skipped, an earlier run's are not."""
+        """Key of this process's ``item-updates`` messages: its own are skipped without decoding them, an earlier
+        run's (another incarnation) are applied."""
         self.restored_steps = 0
         """The ranker's step count right after start-up: > 0 when it resumed from snapshots."""
         self.restored_own_steps = 0
@@ -583,14 +596,18 @@ class Worker:
         return result, payloads, shared
 
     # --- telemetry ----------------------------------------------------------------------------------
-    def assigned_partitions(self) -> list[int]:
-        """Partitions of ``events`` this worker holds now (empty while between generations)."""
+    def _assigned(self) -> list[Any]:
+        """The ``events`` partitions (TopicPartitions) this worker holds now; empty while between generations."""
         topic = self.settings.topic("events")
         try:
-            return sorted(tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic)
+            return [tp for tp in self.app.consumer.assignment() if tp.topic == topic]
         except Exception as exc:  # the consumer is not started yet, or between generations
             log.debug("assignment unavailable: %r", exc)
             return []
+
+    def assigned_partitions(self) -> list[int]:
+        """Partitions of ``events`` this worker holds now (empty while between generations)."""
+        return sorted(tp.partition for tp in self._assigned())
 
     def stats_dict(self, table: Any = None) -> dict[str, Any]:
         """Everything ``/stats`` shows: counters, plus who this worker is, what it holds and its model."""
@@ -614,16 +631,15 @@ class Worker:
 
         On the local broker highwaters can lag the true end by a batch (see its notes), so this is a floor.
         """
-        topic = self.settings.topic("events")
         lag: dict[int, int] = {}
-        try:
-            assigned = [tp for tp in self.app.consumer.assignment() if tp.topic == topic]
-            for tp in assigned:
+        for tp in self._assigned():
+            try:
                 high = self.app.consumer.highwater(tp)
-                if high is not None:
-                    lag[tp.partition] = max(0, int(high) - self.next_offset.get(tp.partition, 0))
-        except Exception as exc:  # no assignment yet, or the consumer is between generations
-            log.debug("consumer lag unavailable: %r", exc)
+            except Exception as exc:  # the consumer is between generations
+                log.debug("consumer lag unavailable: %r", exc)
+                break
+            if high is not None:
+                lag[tp.partition] = max(0, int(high) - self.next_offset.get(tp.partition, 0))
         return lag
 
     def metrics(self, table: Any = None) -> list[Metric]:

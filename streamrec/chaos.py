@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from .app import PROFILE_TABLE
+from .app import changelog_topic
 from .broker import LocalBroker, free_port
 from .consumer import RecommendationWatcher
 from .events import dumps
@@ -65,11 +65,6 @@ class ChaosOptions:
     drain_timeout_s: float = 600.0
     loglevel: str = "warning"
     """The workers' log level (their logs are in the work folder)."""
-
-
-def changelog_topic(settings: Settings) -> str:
-    """The profiles table's changelog (Faust's name for it: ``<app id>-<table>-changelog``)."""
-    return f"{settings.app_id}-{PROFILE_TABLE}-changelog"
 
 
 async def applied_counts(settings: Settings) -> dict[str, int]:

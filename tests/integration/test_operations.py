@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from streamrec.app import changelog_topic
 from streamrec.broker import LocalBroker, free_port
 from streamrec.consumer import latest_recommendation
 from streamrec.events import Event, Item, ItemEmbedding, dumps
@@ -459,7 +460,7 @@ def test_backpressure_lag_grows_then_drains_nothing_dropped(ops: Ops) -> None:
 def changelog(settings: Settings) -> dict[bytes, list[bytes | None]]:
     """Every value per key of the profile table's changelog, in order."""
     out: dict[bytes, list[bytes | None]] = {}
-    for r in run(read_all(settings, f"{APP_ID}-profiles-changelog")):
+    for r in run(read_all(settings, changelog_topic(settings))):
         out.setdefault(r.key, []).append(r.value)
     return out
 
