@@ -99,7 +99,7 @@ class FusionRanker:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._weights_np = np.array([PRIOR_WEIGHTS[f] for f in FEATURES], np.float32)
+        self._weights_np = prior_vector().astype(np.float32)
         self.steps = 0
         self._sq = np.zeros(len(FEATURES), np.float32)
 
@@ -205,8 +205,7 @@ class FusionRanker:
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Resume from a snapshot; refuses one whose feature list differs from this code's."""
-        if list(snap.get("features", ())) != list(FEATURES):
-            raise ValueError(f"snapshot features {snap.get('features')} do not match {list(FEATURES)}")
+        check_features(snap)
         self._weights_np = np.array(snap["params"]["weight"], np.float32)
         self._sq = np.array(snap["params"].get("grad_sq", [0.0] * len(FEATURES)), np.float32)
         self.steps = int(snap["steps"])
@@ -219,6 +218,17 @@ class FusionRanker:
     def set_grad_sq(self, grad_sq: list[float]) -> None:
         """Restore this worker's RMSProp state (per worker: it describes the gradients *this* worker saw)."""
         self._sq = np.array(grad_sq, np.float32)
+
+
+def same_features(snap: dict[str, Any]) -> bool:
+    """Whether a snapshot was taken by a model with this code's feature list (parameters line up)."""
+    return list(snap.get("features", ())) == list(FEATURES)
+
+
+def check_features(snap: dict[str, Any]) -> None:
+    """Refuse a snapshot whose feature list differs from this code's."""
+    if not same_features(snap):
+        raise ValueError(f"snapshot features {snap.get('features')} do not match {list(FEATURES)}")
 
 
 def prior_vector() -> np.ndarray:
@@ -296,9 +306,7 @@ class SharedModel:
         """
         peer = snap.get("worker")
         contrib = snap.get("contribution")
-        if peer is None or peer == self.worker_id or contrib is None:
-            return False
-        if list(snap.get("features", ())) != list(FEATURES):
+        if peer is None or peer == self.worker_id or contrib is None or not same_features(snap):
             return False
         delta = np.asarray(contrib["delta"], np.float64)
         steps = int(contrib["steps"])
@@ -312,8 +320,7 @@ class SharedModel:
 
     def resume(self, snap: dict[str, Any]) -> None:
         """Take back this worker's own contribution, steps and optimizer state from its last snapshot."""
-        if list(snap.get("features", ())) != list(FEATURES):
-            raise ValueError(f"snapshot features {snap.get('features')} do not match {list(FEATURES)}")
+        check_features(snap)
         contrib = snap["contribution"]
         delta = np.asarray(contrib["delta"], np.float64)
         self.ranker.set_weights(self.ranker.weights.astype(np.float64) + delta - self.own_delta)
