@@ -105,7 +105,6 @@ class ShardedStreamrecSystem:
         self.partitions = load_topics()["events"].partitions
         self.sync_every = sync_every
         self.share_items = share_items
-        self.settings = settings
         self.since_sync = 0
         self.syncs = 0
 

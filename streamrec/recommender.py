@@ -131,12 +131,12 @@ class UserContext:
     profile: UserProfile
     seeds: list[int]
     covis: CovisScores
+    taste: np.ndarray
+    """(2, D): the unit long-term and intent vectors."""
+    categories: dict[str, float]
+    """The user's decayed category weights."""
     query_vector: np.ndarray | None = None
     coemb_vector: np.ndarray | None = None
-    taste: np.ndarray | None = None
-    """(2, D): the unit long-term and intent vectors."""
-    categories: dict[str, float] = field(default_factory=dict)
-    """The user's decayed category weights."""
 
 
 @dataclass(slots=True)
@@ -200,10 +200,10 @@ class Recommender:
             profile,
             seeds,
             self.covis.score_arrays(seeds, now),
-            query_vector,
-            self.coemb.user_vector(seeds),
             np.stack([unit(profile.long_term), unit(profile.intent)]),
             dict(profile.categories) if snapshot else profile.categories,
+            query_vector,
+            self.coemb.user_vector(seeds),
         )
 
     def features(
@@ -247,7 +247,6 @@ class Recommender:
         for user, r in zip(users, rows, strict=True):
             end = start + len(r)
             vecs = cat.vectors[r]
-            assert user.taste is not None
             x[start:end, F_INDEX["sim_long"] : F_INDEX["sim_intent"] + 1] = vecs @ user.taste.T
             if user.query_vector is not None:
                 x[start:end, F_INDEX["sim_query"]] = vecs @ user.query_vector
@@ -455,7 +454,6 @@ class Recommender:
         retrieval = np.zeros((len(profiles), self.settings.embedding_dim), np.float32)
         blend = self.settings.search_query_weight
         for i, (user, qv) in enumerate(zip(users, qvs, strict=True)):
-            assert user.taste is not None
             taste = unit(user.taste[0] + user.taste[1])
             retrieval[i] = unit(blend * qv + (1.0 - blend) * taste) if qv is not None else taste
         _, sem_rows = self.catalog.search(retrieval, n_cand)
