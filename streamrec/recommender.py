@@ -305,19 +305,23 @@ class Recommender:
         return out
 
     # --- item statistics ----------------------------------------------------------------------------
-    def fold_item_event(self, previous: Sequence[int], row: int, weight: float, ts: float) -> None:
-        """Item-level statistics learn from one item event: co-visitation, co-embeddings, popularity."""
+    def fold_item_event(self, previous: list[int], row: int, weight: float, ts: float, visits: list[Any]) -> None:
+        """Item-level statistics learn from one item event: co-visitation and popularity now, co-embeddings
+        (``visits``) in one step for the whole batch (:meth:`CoEmbedding.add_many`)."""
         self.covis.add(previous, row, weight, ts)
-        self.coemb.add(previous, row)
         self.catalog.add_popularity(row, weight, ts)
+        visits.append((previous, row))
 
     def apply_item_updates(self, updates: Sequence[ItemUpdate]) -> int:
         """Fold peers' item updates in, as :meth:`learn` folds this worker's own events; items not in the
         catalogue yet are registered by id. Returns how many were applied."""
         ensure = self.catalog.ensure
+        visits: list[Any] = []
         for update in updates:
-            self.fold_item_event([ensure(i) for i in update.previous], ensure(update.item_id), update.weight, update.ts)
+            previous = [ensure(i) for i in update.previous]
+            self.fold_item_event(previous, ensure(update.item_id), update.weight, update.ts, visits)
             self.clock = max(self.clock, update.ts)
+        self.coemb.add_many(visits)
         return len(updates)
 
     # --- learning -----------------------------------------------------------------------------------
@@ -390,6 +394,7 @@ class Recommender:
         behaviour: dict[str, _Request] = {}
         searches: list[_Request] = []
         examples: list[_Example] = []
+        visits: list[Any] = []
         for idx, event in enumerate(events):
             profile = profiles.get(event.user_id) or store.get(event.user_id)
             if profile is None:
@@ -418,7 +423,7 @@ class Recommender:
                     result.item_updates.append(ItemUpdate(event.item_id, recent, weight, event.ts))
                 vector = self.catalog.vectors[row] if self.catalog.has_vector[row] else None
                 apply_event(profile, event, vector, self.catalog.category_of(row), self.settings, part, off)
-                self.fold_item_event(previous, row, weight, event.ts)
+                self.fold_item_event(previous, row, weight, event.ts, visits)
                 behaviour[event.user_id] = _Request(profile, event.ts)
             else:  # search: update intent with the query, answer with query-aware results
                 qv = qvecs.get(event.query or "")
@@ -427,6 +432,7 @@ class Recommender:
             result.applied += 1
         if examples:
             result.loss = self._step(examples)
+        self.coemb.add_many(visits)
         for profile in profiles.values():
             store.put(profile)
         return result, behaviour, searches

@@ -422,21 +422,39 @@ class CoEmbedding:
 
     def add(self, previous_rows: Sequence[int], row: int) -> None:
         """``row`` was visited after ``previous_rows``: pull it towards them, push it from random items."""
-        context = [r for r in previous_rows[-self.window :] if r != row]
-        self._ensure(max([row, *context]))
-        self.visits[row] += 1
-        if not context:
+        self.add_many([(previous_rows, row)])
+
+    def add_many(self, visits: Sequence[tuple[Sequence[int], int]]) -> None:
+        """One SGD step for a batch of visits (``(previous_rows, row)``, in stream order).
+
+        Every (item, context) and (item, negative) pair's gradient is taken at the vectors as they were before
+        the batch and all are added at once: two gathers and two scatter-adds per batch instead of a dozen
+        small array operations per event (the per-event loop was a quarter of the core's time on Taobao).
+        """
+        if not visits:
             return
-        ctx = np.array(context, np.int64)
-        neg = self.rng.integers(0, self.n, size=self.negatives)
-        neg = neg[neg != row]
-        others = np.concatenate([ctx, neg])
-        labels = np.concatenate([np.ones(len(ctx), np.float32), np.zeros(len(neg), np.float32)])
-        v = self.vectors[row].copy()
-        u = self.vectors[others]
-        g = self.lr * (labels - _sigmoid(u @ v))  # (n,)
-        self.vectors[row] = v + g @ u
-        np.add.at(self.vectors, others, g[:, None] * v[None, :])
+        window = self.window
+        rows = np.fromiter((row for _, row in visits), np.int64, len(visits))
+        contexts = [[r for r in prev[-window:] if r != row] for prev, row in visits]
+        self._ensure(max(int(rows.max()), max((max(c) for c in contexts if c), default=0)))
+        np.add.at(self.visits, rows, 1)
+        lens = np.fromiter(map(len, contexts), np.int64, len(contexts))
+        learning = lens > 0
+        if not learning.any():
+            return
+        ctx = np.fromiter((r for c in contexts for r in c), np.int64, int(lens.sum()))
+        centres = rows[learning]
+        neg = self.rng.integers(0, self.n, size=(len(centres), self.negatives))
+        keep = neg != centres[:, None]
+        centre = np.concatenate([np.repeat(rows, lens), np.broadcast_to(centres[:, None], neg.shape)[keep]])
+        other = np.concatenate([ctx, neg[keep]])
+        labels = np.zeros(len(other), np.float32)
+        labels[: len(ctx)] = 1.0
+        vc = self.vectors[centre]
+        vo = self.vectors[other]
+        g = (self.lr * (labels - _sigmoid(np.einsum("nd,nd->n", vc, vo))))[:, None]
+        np.add.at(self.vectors, centre, g * vo)
+        np.add.at(self.vectors, other, g * vc)
 
     def user_vector(self, seed_rows: Sequence[int]) -> np.ndarray | None:
         """The user's recent items' vectors, the most recent weighing most (unit length)."""
