@@ -42,7 +42,7 @@ from mode.services import WaitResults
 from .events import Event, InvalidMessage, dumps, event_from_dict, loads_message, parse_item_embedding
 from .itemstats import ItemUpdate, decode_updates, encode_updates
 from .kafka import DeadLetters, make_consumer, partitions_of, read_to_end, true_end_offsets
-from .profiles import UserProfile
+from .profiles import UserProfile, applied_count
 from .ranker import SNAPSHOT_KEY_PREFIX, SharedModel
 from .recommender import BatchResult, Recommender
 from .settings import Settings, limit_threads
@@ -173,7 +173,7 @@ def changelog_topic(settings: Settings) -> str:
 
 def applied_events(raw: bytes | None) -> int:
     """How many events a serialised profile has applied (its version: +1 per applied event); -1 for none."""
-    return -1 if raw is None else int(orjson.loads(raw)["n"])
+    return -1 if raw is None else applied_count(raw)
 
 
 class ProfileTable(faust.Table):  # type: ignore[misc]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import math
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -34,7 +35,12 @@ from .events import Event
 from .settings import Settings
 
 STATE_DTYPE = np.float16  # halves the state per user; cosine on float16-rounded sums loses nothing visible
-FORMAT_VERSION = 1
+STATE_BYTES = np.dtype(STATE_DTYPE).itemsize
+FORMAT_VERSION = 2
+MAGIC = b"\xa7"
+"""First byte of a binary profile: never ``{``, which starts a format-1 (JSON) one."""
+HEADER = struct.Struct("<cBQdH")
+"""magic, format version, applied events, last event time, embedding dimension."""
 
 
 def decay_factor(dt: float, half_life: float) -> float:
@@ -66,14 +72,15 @@ class UserProfile:
         return cls(user_id=user_id, long_term=np.zeros(dim, np.float32), intent=np.zeros(dim, np.float32))
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(
+        """The changelog record: a fixed binary header and the two float16 vectors, then the lists as JSON.
+
+        Exactly sized: an ``orjson.dumps`` result keeps its whole working buffer (~32 KiB for a 2.4 KB
+        profile, measured with tracemalloc), and the table holds one per user, so the parts are joined
+        into a fresh bytes object. The header makes :func:`applied_count` a fixed-offset read.
+        """
+        lists = orjson.dumps(
             {
-                "v": FORMAT_VERSION,
                 "u": self.user_id,
-                "l": _pack(self.long_term),
-                "i": _pack(self.intent),
-                "t": self.last_ts,
-                "n": self.events,
                 "r": self.recent,
                 "c": self.categories,
                 "p": self.purchased,
@@ -81,14 +88,40 @@ class UserProfile:
                 "o": {str(k): v for k, v in self.offsets.items()},
             }
         )
+        head = HEADER.pack(MAGIC, FORMAT_VERSION, self.events, self.last_ts, len(self.long_term))
+        return b"".join((head, _pack(self.long_term), _pack(self.intent), lists))
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> UserProfile:
+        if raw[:1] == b"{":
+            return cls._from_json(raw)
+        _, _, events, last_ts, dim = HEADER.unpack_from(raw)
+        width = dim * STATE_BYTES
+        start = HEADER.size
+        long_term = np.frombuffer(raw, STATE_DTYPE, dim, start).astype(np.float32)
+        intent = np.frombuffer(raw, STATE_DTYPE, dim, start + width).astype(np.float32)
+        d = orjson.loads(memoryview(raw)[start + 2 * width :])
+        return cls(
+            user_id=d["u"],
+            long_term=long_term,
+            intent=intent,
+            last_ts=last_ts,
+            events=events,
+            recent=d["r"],
+            categories=d["c"],
+            purchased=d["p"],
+            shown=d["s"],
+            offsets={int(k): v for k, v in d["o"].items()},
+        )
+
+    @classmethod
+    def _from_json(cls, raw: bytes) -> UserProfile:
+        """Format 1 (all JSON, vectors in base64), still read from changelogs written before format 2."""
         d = orjson.loads(raw)
         return cls(
             user_id=d["u"],
-            long_term=_unpack(d["l"]),
-            intent=_unpack(d["i"]),
+            long_term=_unpack_b64(d["l"]),
+            intent=_unpack_b64(d["i"]),
             last_ts=d["t"],
             events=d["n"],
             recent=d["r"],
@@ -105,11 +138,18 @@ class UserProfile:
         return offset <= self.offsets.get(partition, -1)
 
 
-def _pack(v: np.ndarray) -> str:
-    return base64.b64encode(v.astype(STATE_DTYPE).tobytes()).decode("ascii")
+def applied_count(raw: bytes) -> int:
+    """How many events a serialised profile has applied, read from its header (format 1: parsed)."""
+    if raw[:1] == b"{":
+        return int(orjson.loads(raw)["n"])
+    return int(HEADER.unpack_from(raw)[2])
 
 
-def _unpack(s: str) -> np.ndarray:
+def _pack(v: np.ndarray) -> bytes:
+    return v.astype(STATE_DTYPE).tobytes()
+
+
+def _unpack_b64(s: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(s), dtype=STATE_DTYPE).astype(np.float32)
 
 

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import base64
+import tracemalloc
+
 import numpy as np
+import orjson
 import pytest
 
 from streamrec.events import Event
-from streamrec.profiles import UserProfile, apply_event, category_affinity, decay_factor
+from streamrec.profiles import UserProfile, applied_count, apply_event, category_affinity, decay_factor
 from streamrec.settings import Settings
 
 S = Settings(embedding_dim=3, recent_items=3, max_categories=2, profile_half_life_s=10.0, intent_half_life_s=1.0)
@@ -81,6 +85,78 @@ def test_serialisation_is_compact_and_lossless_enough() -> None:
     assert (q.recent, q.categories.keys(), q.events) == (p.recent, p.categories.keys(), 50)
     np.testing.assert_allclose(q.long_term, p.long_term, rtol=2e-3, atol=2e-3)
     assert len(raw) < 3000
+
+
+def _busy_profile() -> UserProfile:
+    p = UserProfile.new("user-7", 4)
+    for i, (kind, part) in enumerate([("view", 0), ("purchase", 1), ("click", 0)]):
+        apply_event(
+            p,
+            Event("user-7", kind, 10.0 + i, item_id=f"i{i}"),
+            np.arange(4, dtype=np.float32) + i,
+            f"c{i}",
+            Settings(embedding_dim=4),
+            partition=part,
+            offset=100 + i,
+        )
+    p.shown = ["x", "y"]
+    return p
+
+
+def test_binary_format_round_trips_and_its_header_gives_the_applied_count() -> None:
+    p = _busy_profile()
+    raw = p.to_bytes()
+    q = UserProfile.from_bytes(raw)
+    assert (q.user_id, q.recent, q.purchased, q.shown, q.offsets, q.events, q.last_ts) == (
+        "user-7",
+        ["i0", "i1", "i2"],
+        ["i1"],
+        ["x", "y"],
+        {0: 102, 1: 101},
+        3,
+        12.0,
+    )
+    assert q.categories == pytest.approx(p.categories)
+    np.testing.assert_array_equal(q.long_term, p.long_term.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(q.intent, p.intent.astype(np.float16).astype(np.float32))
+    assert applied_count(raw) == 3
+    assert q.to_bytes() == raw
+
+
+def test_format_1_json_profiles_from_older_changelogs_still_load() -> None:
+    p = _busy_profile()
+    pack = lambda v: base64.b64encode(v.astype(np.float16).tobytes()).decode()  # noqa: E731
+    old = orjson.dumps(
+        {
+            "v": 1,
+            "u": p.user_id,
+            "l": pack(p.long_term),
+            "i": pack(p.intent),
+            "t": p.last_ts,
+            "n": p.events,
+            "r": p.recent,
+            "c": p.categories,
+            "p": p.purchased,
+            "s": p.shown,
+            "o": {str(k): v for k, v in p.offsets.items()},
+        }
+    )
+    q = UserProfile.from_bytes(old)
+    assert applied_count(old) == 3
+    assert q.to_bytes() == p.to_bytes()
+
+
+def test_stored_profiles_take_their_length_in_memory_not_a_serialiser_buffer() -> None:
+    """The table keeps one record per user: each must cost its length (a bare orjson result kept ~32 KiB)."""
+    profiles = [_busy_profile() for _ in range(200)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [p.to_bytes() for p in profiles]
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < sum(len(raw) + 64 for raw in kept)
 
 
 def test_category_affinity_shares() -> None:
