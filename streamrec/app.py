@@ -60,6 +60,10 @@ MODEL_SNAPSHOT_KEY = b"fusion"
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4"
 BATCH_IDLE_S = 0.05
 """A held batch goes out when no further event arrives within this long (see :func:`natural_batches`)."""
+PRODUCER_BATCH_BYTES = 512 * 1024
+"""Per-partition produce batch: aiokafka's 16 KiB default holds ~10 lists or profiles, so a 2,048-event batch's
+~2,800 output messages went out in hundreds of small produce requests."""
+PRODUCER_REQUEST_BYTES = 4 * PRODUCER_BATCH_BYTES
 TRIM_AFTER_EVENTS = 256
 """Batches at least this large return their freed temporary memory to the system (see release_free_memory)."""
 ITEM_UPDATES_PER_MESSAGE = 256
@@ -705,7 +709,7 @@ class Worker:
     async def follow_catalog(self) -> None:
         """Load every item embedding, mark the catalogue ready, then keep applying new ones."""
         topic = self.settings.topic("item-embeddings")
-        consumer = make_consumer(self.settings)
+        consumer = make_consumer(self.settings, fetch_max_wait_ms=self.settings.follow_fetch_wait_ms)
         await consumer.start()
         rejected: list[tuple[ConsumerRecord, str]] = []
 
@@ -743,7 +747,7 @@ class Worker:
             return
         await self.catalog_ready.wait()
         topic = self.settings.topic("item-updates")
-        consumer = make_consumer(self.settings)
+        consumer = make_consumer(self.settings, fetch_max_wait_ms=self.settings.follow_fetch_wait_ms)
         await consumer.start()
         try:
             tps = await partitions_of(consumer, topic)
@@ -784,7 +788,7 @@ class Worker:
         keep following the topic for peers' newer snapshots, merged at each :meth:`sync_model`."""
         latest: dict[bytes, dict[str, Any]] = {}
         topic = self.settings.topic("model-snapshots")
-        consumer = make_consumer(self.settings)
+        consumer = make_consumer(self.settings, fetch_max_wait_ms=self.settings.follow_fetch_wait_ms)
         await consumer.start()
         try:
             await read_to_end(self.settings, topic, lambda r: self._keep_snapshot(latest, r), consumer=consumer)
@@ -860,6 +864,8 @@ def create_app(settings: Settings | None = None, with_query_encoder: bool = True
         web_host=settings.web_host,
         web_port=settings.web_port,
         producer_linger_ms=1,
+        producer_max_batch_size=PRODUCER_BATCH_BYTES,
+        producer_max_request_size=PRODUCER_REQUEST_BYTES,
     )
     encode_queries = None
     if with_query_encoder:
