@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
-import os
 import socket
 import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,12 +36,13 @@ from faust.streams import _current_event
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.services import WaitResults
 
-from .events import Event, InvalidMessage, dumps, event_from_dict, loads_message, parse_item_embedding
-from .itemstats import ItemUpdate, decode_updates, encode_updates
+from .core import CatalogUpdate, CoreBatch, CoreClient, CoreError
+from .events import Event, InvalidMessage, dumps, event_from_dict, loads_message
+from .itemstats import ItemUpdate, decode_updates
 from .kafka import DeadLetters, make_consumer, partitions_of, read_to_end, true_end_offsets
-from .profiles import UserProfile, applied_count
-from .ranker import SNAPSHOT_KEY_PREFIX, SharedModel
-from .recommender import BatchResult, Recommender
+from .memory import release_free_memory, rss_bytes
+from .profiles import applied_count
+from .ranker import SNAPSHOT_KEY_PREFIX, snapshot_key
 from .settings import Settings, limit_threads
 from .telemetry import Histogram, Metric, render
 from .topics import load_topics
@@ -64,10 +62,6 @@ PRODUCER_BATCH_BYTES = 512 * 1024
 """Per-partition produce batch: aiokafka's 16 KiB default holds ~10 lists or profiles, so a 2,048-event batch's
 ~2,800 output messages went out in hundreds of small produce requests."""
 PRODUCER_REQUEST_BYTES = 4 * PRODUCER_BATCH_BYTES
-TRIM_AFTER_EVENTS = 256
-"""Batches at least this large return their freed temporary memory to the system (see release_free_memory)."""
-ITEM_UPDATES_PER_MESSAGE = 256
-"""Item updates per ``item-updates`` message (~50 KB): far below broker limits whatever the batch size."""
 
 
 def _patch_method(cls: Any, name: str, wrap: Any) -> None:
@@ -209,34 +203,20 @@ class ProfileTable(faust.Table):  # type: ignore[misc]
 
 
 class TableProfileStore:
-    """:class:`ProfileStore` over a Faust table of raw bytes, keyed by UTF-8 user id.
+    """The worker's profiles: a Faust table of serialised profiles, keyed by UTF-8 user id.
 
-    The core runs in a worker thread while the event loop keeps fetching, so writes are buffered (the last
-    one per user wins: one changelog record per user per batch) and applied on the loop by :meth:`flush`.
-    Reads see buffered writes first; profiles are serialised once, at the flush.
+    The core gets a batch's profiles as bytes (:meth:`raw_for`) and hands back the changed ones, one value per
+    user per batch; :meth:`write` puts them in the table on the event loop, each to its user's changelog
+    partition (the partition of the event that changed it).
     """
 
     def __init__(self, table: Any) -> None:
         self.table = table
         self.source_event: dict[str, Any] = {}
-        self._pending: dict[str, UserProfile | None] = {}
-        self._read: dict[str, UserProfile | None] = {}
-        """Profiles parsed during this batch: each is parsed once however often it is read."""
 
-    def get(self, user_id: str) -> UserProfile | None:
-        if user_id in self._pending:
-            return self._pending[user_id]
-        if user_id in self._read:
-            return self._read[user_id]
-        raw = self.table.get(user_id.encode())
-        profile = self._read[user_id] = None if raw is None else UserProfile.from_bytes(raw)
-        return profile
-
-    def put(self, profile: UserProfile) -> None:
-        self._pending[profile.user_id] = profile
-
-    def delete(self, user_id: str) -> None:
-        self._pending[user_id] = None
+    def raw_for(self, user_ids: Iterable[str]) -> dict[str, bytes | None]:
+        get = self.table.get
+        return {u: get(u.encode()) for u in user_ids}
 
     def _tombstone(self, user_id: str) -> None:
         """Remove a user from the table and write a tombstone to the changelog, even for a key not held here.
@@ -250,23 +230,15 @@ class TableProfileStore:
         else:
             self.table.on_key_del(key)
 
-    def flush(self) -> int:
-        """Write buffered changes to the table (on the event loop), each to its user's changelog partition."""
-        for user_id, profile in self._pending.items():
+    def write(self, changes: dict[str, bytes | None]) -> int:
+        """Put a batch's changed profiles in the table (None: delete); returns how many."""
+        for user_id, raw in changes.items():
             with _as_current(self.source_event[user_id]):
-                if profile is None:
+                if raw is None:
                     self._tombstone(user_id)
                 else:
-                    self.table[user_id.encode()] = profile.to_bytes()
-        n = len(self._pending)
-        self._pending.clear()
-        self._read.clear()
-        return n
-
-
-def _apply_all(apply: Any, records: Sequence[ConsumerRecord]) -> None:
-    for record in records:
-        apply(record)
+                    self.table[user_id.encode()] = raw
+        return len(changes)
 
 
 _END = object()
@@ -370,7 +342,7 @@ class WorkerStats:
     first_batch_at: float | None = None
     last_batch_at: float | None = None
 
-    def as_dict(self, recommender: Recommender, dead_letters: int, table: Any = None, **extra: Any) -> dict[str, Any]:
+    def as_dict(self, core: CoreClient, dead_letters: int, table: Any = None, **extra: Any) -> dict[str, Any]:
         lat = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(1)
         vis = np.array(self.item_visible_ms) if self.item_visible_ms else np.zeros(1)
         elapsed = max(time.time() - self.started, 1e-9)
@@ -384,8 +356,8 @@ class WorkerStats:
             "forgotten_users": self.forgotten,
             "batches": self.batches,
             "dead_letters": dead_letters,
-            "items_indexed": recommender.catalog.n_indexed,
-            "model_version": recommender.ranker.version,
+            "items_indexed": core.state.items_indexed,
+            "model_version": core.state.model_version,
             "processing_ms_p50": float(np.percentile(lat, 50)),
             "processing_ms_p99": float(np.percentile(lat, 99)),
             "items_live": len(self.item_visible_ms),
@@ -395,7 +367,7 @@ class WorkerStats:
             "catalog_ready_at": self.catalog_ready_at,
             "first_batch_at": self.first_batch_at,
             "last_batch_at": self.last_batch_at,
-            "rss_bytes": rss_bytes(),
+            "rss_bytes": rss_bytes() + core.rss_bytes(),
             "rss_ready_bytes": self.rss_ready_bytes,
             "profiles": len(table) if table is not None else 0,
             "profile_bytes": sum(len(v) for v in table.values()) if table is not None else 0,
@@ -403,44 +375,16 @@ class WorkerStats:
         }
 
 
-def rss_bytes() -> int:
-    """Resident memory of this process (Linux ``/proc``; 0 where that is not available)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def _libc_malloc_trim() -> Any:
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        return None
-
-
-_MALLOC_TRIM = _libc_malloc_trim()
-
-
-def release_free_memory() -> None:
-    """Give the pages freed by a batch's temporary arrays back to the system (glibc ``malloc_trim``).
-
-    A large batch allocates tens of megabytes of short-lived arrays in the core thread's malloc arena; glibc
-    keeps freed arena memory resident, so the worker's RSS would track its largest batch, not its state.
-    """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
-
-
 class Worker:
     """Wires the core to Faust: holds the recommender, the table store and the output topics."""
 
-    def __init__(self, settings: Settings, app: faust.App, encode_queries: Any = None) -> None:
+    def __init__(self, settings: Settings, app: faust.App, with_query_encoder: bool = True) -> None:
         self.settings = settings
         self.app = app
-        self.recommender = Recommender(settings, encode_queries)
         self.worker_id = settings.worker_id or f"{socket.gethostname()}:{settings.web_port}"
-        self.shared = SharedModel(self.recommender.ranker, self.worker_id)
+        self.core = CoreClient(settings, self.worker_id, with_query_encoder)
+        """The recommender and this worker's share of the model (:mod:`streamrec.core`)."""
+        self.snapshot_key = snapshot_key(self.worker_id)
         self.incarnation = uuid.uuid4().hex
         self.item_updates_key = f"{self.worker_id}/{self.incarnation}".encode()
         """Key of this process's ``item-updates`` messages: its own are skipped without decoding them, an earlier
@@ -464,11 +408,6 @@ class Worker:
         self._gap_consumer: Any = None
         self.next_offset: dict[int, int] = {}
         """Per events partition, the offset after the last event this worker processed: lag = highwater − it."""
-        # OpenMP's thread count is per calling thread: the core thread needs its own limit, or FAISS spins two
-        self._core = ThreadPoolExecutor(
-            1, thread_name_prefix="streamrec-core", initializer=limit_threads, initargs=(settings.torch_threads,)
-        )
-        """One thread for the core: batches stay strictly ordered, and the loop stays free to fetch."""
 
     async def _send_raw(self, topic: str, key: bytes, value: bytes | None) -> None:
         await self.app.producer.send(topic, key, value, partition=None, timestamp=None, headers=None)
@@ -498,21 +437,20 @@ class Worker:
             valid.append(event)
             positions.append((msg.partition, msg.offset))
         if valid:
-            loop = asyncio.get_running_loop()
-            # the core runs in a thread: meanwhile the loop keeps fetching, so the next batch is ready
-            result, payloads, shared = await loop.run_in_executor(self._core, self._process, valid, store, positions)
-            forgotten = result.forgotten
-            store.flush()
+            raw = store.raw_for(store.source_event)
+            # the core runs elsewhere: meanwhile the loop keeps fetching, so the next batch is ready
+            result: CoreBatch = await self.core.call("process", valid, positions, raw)
+            store.write(result.profiles)
             topic = self.settings.topic("recommendations")
-            for user_id in forgotten:  # tombstones first: lists made after a forget (fresh profile) must win
+            for user_id in result.forgotten:  # tombstones first: lists made after a forget (fresh profile) must win
                 await self._send_raw(topic, user_id.encode(), None)
-            for key, value in payloads:
+            for key, value in result.recommendations:
                 await self._send_raw(topic, key, value)
-            for value in shared:
+            for value in result.item_updates:
                 await self._send_raw(self.settings.topic("item-updates"), self.item_updates_key, value)
-            if forgotten:
-                self.stats.forgotten += len(forgotten)
-                log.info("forgot %d user(s) on request", len(forgotten))  # never the ids: they are personal data
+            if result.forgotten:
+                self.stats.forgotten += len(result.forgotten)
+                log.info("forgot %d user(s) on request", len(result.forgotten))  # never the ids: personal data
             self.stats.events += result.applied
             self.stats.duplicates += result.duplicates
             self.stats.recommendations += len(result.recommendations)
@@ -587,18 +525,6 @@ class Worker:
             log.error("partition %d: could not fetch offsets %d..%d", partition, out[-1].message.offset + 1, stop - 1)
         return out
 
-    def _process(
-        self, events: list[Event], store: TableProfileStore, positions: list[tuple[int, int] | None]
-    ) -> tuple[BatchResult, list[tuple[bytes, bytes]], list[bytes]]:
-        """The core's share of a batch (runs in the core thread): learn, forget, recommend, serialise; plus the
-        item updates the batch made, for the peers (from the users' recent items before it)."""
-        result = self.recommender.process(events, store, positions)
-        shared = encode_updates(result.item_updates, ITEM_UPDATES_PER_MESSAGE)
-        payloads = [(rec.user_id.encode(), dumps(rec.to_dict())) for rec in result.recommendations]
-        if len(events) >= TRIM_AFTER_EVENTS:
-            release_free_memory()
-        return result, payloads, shared
-
     # --- telemetry ----------------------------------------------------------------------------------
     def _assigned(self) -> list[Any]:
         """The ``events`` partitions (TopicPartitions) this worker holds now; empty while between generations."""
@@ -615,19 +541,21 @@ class Worker:
 
     def stats_dict(self, table: Any = None) -> dict[str, Any]:
         """Everything ``/stats`` shows: counters, plus who this worker is, what it holds and its model."""
+        state = self.core.state
         return self.stats.as_dict(
-            self.recommender,
+            self.core,
             self.dead_letters.count,
             table,
             worker_id=self.worker_id,
             assigned_partitions=self.assigned_partitions(),
             next_offsets={str(p): o for p, o in sorted(self.next_offset.items())},
             model_ready=self.model_ready.is_set(),
-            model_steps=self.recommender.ranker.steps,
-            model_own_steps=self.shared.own_steps,
+            model_steps=state.model_steps,
+            model_own_steps=state.own_steps,
             model_restored_steps=self.restored_steps,
             model_restored_own_steps=self.restored_own_steps,
-            model_peers=sorted(self.shared.peers),
+            model_peers=list(state.peers),
+            core_pid=self.core.pid,
         )
 
     def consumer_lag(self) -> dict[int, int]:
@@ -680,9 +608,9 @@ class Worker:
                 histogram=self.latency,
             ),
             Metric(
-                "streamrec_model_steps", "gauge", "SGD steps taken by the fusion ranker.", self.recommender.ranker.steps
+                "streamrec_model_steps", "gauge", "SGD steps taken by the fusion ranker.", self.core.state.model_steps
             ),
-            Metric("streamrec_items_indexed", "gauge", "Items in the FAISS index.", self.recommender.catalog.n_indexed),
+            Metric("streamrec_items_indexed", "gauge", "Items in the FAISS index.", self.core.state.items_indexed),
             Metric(
                 "streamrec_users",
                 "gauge",
@@ -692,50 +620,35 @@ class Worker:
         ]
 
     # --- catalogue ----------------------------------------------------------------------------------
-    def _apply_item_record(self, record: ConsumerRecord) -> str | None:
-        """Upsert one ``item-embeddings`` record; returns the rejection reason for a bad one."""
-        try:
-            emb = parse_item_embedding(record.value)
-        except InvalidMessage as exc:
-            return str(exc)
-        if emb.vector.shape[0] != self.settings.embedding_dim:
-            return f"embedding has {emb.vector.shape[0]} dimensions, this deployment uses {self.settings.embedding_dim}"
-        if self.recommender.upsert_item(emb):
-            self.stats.items_indexed += 1
-            if self.catalog_ready.is_set():
-                self.stats.item_visible_ms.append((time.time() - emb.item.ts) * 1000.0)
-        return None
+    async def _apply_items(self, records: list[ConsumerRecord]) -> None:
+        """Upsert a run of ``item-embeddings`` records on the core (never under a running batch); bad ones go to
+        dead-letters."""
+        live = self.catalog_ready.is_set()
+        done: CatalogUpdate = await self.core.call("upsert_items", [r.value for r in records], live)
+        self.stats.items_indexed += done.upserted
+        self.stats.item_visible_ms.extend(done.visible_ms)
+        for i, reason in done.rejected:
+            r = records[i]
+            await self.dead_letters.reject(r.topic, r.value, reason, r.key, r.partition, r.offset)
 
     async def follow_catalog(self) -> None:
         """Load every item embedding, mark the catalogue ready, then keep applying new ones."""
         topic = self.settings.topic("item-embeddings")
         consumer = make_consumer(self.settings, fetch_max_wait_ms=self.settings.follow_fetch_wait_ms)
         await consumer.start()
-        rejected: list[tuple[ConsumerRecord, str]] = []
-
-        def apply(record: ConsumerRecord) -> None:
-            reason = self._apply_item_record(record)
-            if reason is not None:
-                rejected.append((record, reason))
-
         try:
-            n = await read_to_end(self.settings, topic, apply, consumer=consumer)
-            log.info("catalogue loaded: %d records, %d items indexed", n, self.recommender.catalog.n_indexed)
+            n = await read_to_end(self.settings, topic, consumer=consumer, on_records=self._apply_items)
+            await self.core.call("trim")  # the baseline, like every big batch, without the loading's freed buffers
+            release_free_memory()
+            log.info("catalogue loaded: %d records, %d items indexed", n, self.core.state.items_indexed)
             self.stats.catalog_ready_at = time.time()
-            release_free_memory()  # the baseline, like every big batch, without the loading's freed buffers
-            self.stats.rss_ready_bytes = rss_bytes()
+            self.stats.rss_ready_bytes = rss_bytes() + self.core.rss_bytes()
             self.catalog_ready.set()
             while True:
-                for record, reason in rejected:
-                    await self.dead_letters.reject(
-                        topic, record.value, reason, record.key, record.partition, record.offset
-                    )
-                rejected.clear()
                 batch = await consumer.getmany(timeout_ms=FOLLOW_POLL_MS)
                 records = [r for part in batch.values() for r in part]
                 if records:
-                    # on the core thread: FAISS and the catalogue arrays must not change under a running batch
-                    await asyncio.get_running_loop().run_in_executor(self._core, _apply_all, apply, records)
+                    await self._apply_items(records)
         finally:
             await consumer.stop()
 
@@ -756,7 +669,6 @@ class Worker:
                 return
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
-            loop = asyncio.get_running_loop()
             while True:
                 batch = await consumer.getmany(timeout_ms=FOLLOW_POLL_MS)
                 updates: list[ItemUpdate] = []
@@ -769,8 +681,7 @@ class Worker:
                         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as exc:
                             log.warning("ignoring an unreadable item-updates record: %r", exc)
                 if updates:
-                    n = await loop.run_in_executor(self._core, self.recommender.apply_item_updates, updates)
-                    self.stats.item_updates_applied += n
+                    self.stats.item_updates_applied += await self.core.call("apply_item_updates", updates)
         finally:
             await consumer.stop()
 
@@ -794,41 +705,33 @@ class Worker:
             await read_to_end(self.settings, topic, lambda r: self._keep_snapshot(latest, r), consumer=consumer)
             shared = {k: v for k, v in latest.items() if k.startswith(SNAPSHOT_KEY_PREFIX.encode())}
             try:
-                if not self.shared.restore(shared) and MODEL_SNAPSHOT_KEY in latest:
-                    self.recommender.ranker.restore(latest[MODEL_SNAPSHOT_KEY])
-            except (ValueError, KeyError) as exc:
-                log.warning("ignoring incompatible model snapshot: %s", exc)
-            ranker = self.recommender.ranker
-            self.restored_steps = ranker.steps
-            self.restored_own_steps = self.shared.own_steps
-            own, peers = self.shared.own_steps, sorted(self.shared.peers)
-            log.info("ranker %s resumed (own steps %d, peers %s)", ranker.version, own, peers)
-            self._published_own_steps = self.shared.own_steps
+                await self.core.call("restore_model", shared, latest.get(MODEL_SNAPSHOT_KEY))
+            except CoreError as exc:
+                log.warning("ignoring incompatible model snapshot: %s", exc.__cause__ or exc)
+            state = self.core.state
+            self.restored_steps = state.model_steps
+            self.restored_own_steps = state.own_steps
+            log.info("ranker %s resumed (own steps %d, peers %s)", state.model_version, state.own_steps, state.peers)
+            self._published_own_steps = state.own_steps
             self.model_ready.set()
             while True:
                 batch = await consumer.getmany(timeout_ms=FOLLOW_POLL_MS)
                 for records in batch.values():
                     for record in records:
-                        if record.key != self.shared.key:
+                        if record.key != self.snapshot_key:
                             self._keep_snapshot(self._peer_snapshots, record)
         finally:
             await consumer.stop()
-
-    def _merge_and_snapshot(self, pending: dict[bytes, dict[str, Any]]) -> dict[str, Any]:
-        """On the core thread (never mid-step): add peers' newest contributions, then snapshot the result."""
-        for snap in pending.values():
-            self.shared.merge(snap)
-        return self.shared.contribution()
 
     async def sync_model(self) -> None:
         """Merge peers' contributions received since the last sync; publish ours if this worker learned."""
         if not self.model_ready.is_set():
             return
         pending, self._peer_snapshots = self._peer_snapshots, {}
-        snap = await asyncio.get_running_loop().run_in_executor(self._core, self._merge_and_snapshot, pending)
+        snap = await self.core.call("merge_and_snapshot", pending)
         if snap["contribution"]["steps"] == self._published_own_steps:
             return
-        await self._send_raw(self.settings.topic("model-snapshots"), self.shared.key, dumps(snap))
+        await self._send_raw(self.settings.topic("model-snapshots"), self.snapshot_key, dumps(snap))
         self._published_own_steps = snap["contribution"]["steps"]
 
 
@@ -867,13 +770,7 @@ def create_app(settings: Settings | None = None, with_query_encoder: bool = True
         producer_max_batch_size=PRODUCER_BATCH_BYTES,
         producer_max_request_size=PRODUCER_REQUEST_BYTES,
     )
-    encode_queries = None
-    if with_query_encoder:
-        from .encoder import TextEncoder
-
-        encoder = TextEncoder(settings)
-        encode_queries = encoder.encode
-    worker = Worker(settings, app, encode_queries)
+    worker = Worker(settings, app, with_query_encoder)
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     events_topic = app.topic(settings.topic("events"), **raw)
     table = app.tables.add(

@@ -8,7 +8,7 @@ trust ``end_offsets`` alone, because the local broker reports them short — the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -98,11 +98,14 @@ async def true_end_offsets(settings: Settings, reported: Mapping[Any, int]) -> d
 async def read_to_end(
     settings: Settings,
     topic: str,
-    on_record: Callable[[ConsumerRecord], None],
+    on_record: Callable[[ConsumerRecord], None] | None = None,
     consumer: AIOKafkaConsumer | None = None,
     partitions: list[TopicPartition] | None = None,
+    on_records: Callable[[list[ConsumerRecord]], Awaitable[None]] | None = None,
 ) -> int:
     """Read ``partitions`` (default: all) of ``topic`` from the beginning until idle; returns records read.
+
+    Each record goes to ``on_record``, or each fetched run of records to the coroutine ``on_records``.
 
     Stops only when each partition's position has passed its reported end offset *and* a poll comes
     back empty — the local broker under-reports end offsets, so the second condition is what counts.
@@ -121,10 +124,13 @@ async def read_to_end(
         count = 0
         while True:
             batch = await consumer.getmany(timeout_ms=IDLE_POLL_MS)
-            for records in batch.values():
-                for record in records:
+            fetched = [record for records in batch.values() for record in records]
+            count += len(fetched)
+            if on_record is not None:
+                for record in fetched:
                     on_record(record)
-                    count += 1
+            if on_records is not None and fetched:
+                await on_records(fetched)
             if not batch and all([await consumer.position(tp) >= ends[tp] for tp in tps]):
                 return count
     finally:

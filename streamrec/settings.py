@@ -53,6 +53,9 @@ class Settings:
     ssl_keyfile: str = ""
     fetch_max_wait_ms: int = 10
     """How long a fetch waits for data; Faust's default of 1,500 ms makes idle-to-busy wake-ups slow."""
+    core_process: bool = True
+    """Run the recommender core in a child process of the worker (its own interpreter lock; see
+    :mod:`streamrec.core`); off, it runs in a thread of the worker's process."""
     follow_fetch_wait_ms: int = 200
     """Fetch wait of the worker's follower consumers (catalogue, peers' item updates, model snapshots). The local
     broker answers a fetch only when its wait is up, so every consumer at 10 ms polls 100 times a second: an idle
