@@ -339,6 +339,8 @@ class WorkerStats:
     """Item timestamp → indexed here, for items that arrive after the catalogue was loaded."""
     catalog_ready_at: float | None = None
     rss_ready_bytes: int = 0
+    """Resident memory when the catalogue was loaded, the core process's included."""
+    core_rss_ready_bytes: int = 0
     first_batch_at: float | None = None
     last_batch_at: float | None = None
 
@@ -369,6 +371,7 @@ class WorkerStats:
             "last_batch_at": self.last_batch_at,
             "rss_bytes": rss_bytes() + core.rss_bytes(),
             "rss_ready_bytes": self.rss_ready_bytes,
+            "core_rss_ready_bytes": self.core_rss_ready_bytes,
             "profiles": len(table) if table is not None else 0,
             "profile_bytes": sum(len(v) for v in table.values()) if table is not None else 0,
             **extra,
@@ -556,6 +559,7 @@ class Worker:
             model_restored_own_steps=self.restored_own_steps,
             model_peers=list(state.peers),
             core_pid=self.core.pid,
+            core_rss_bytes=self.core.rss_bytes(),
         )
 
     def consumer_lag(self) -> dict[int, int]:
@@ -643,6 +647,7 @@ class Worker:
             log.info("catalogue loaded: %d records, %d items indexed", n, self.core.state.items_indexed)
             self.stats.catalog_ready_at = time.time()
             self.stats.rss_ready_bytes = rss_bytes() + self.core.rss_bytes()
+            self.stats.core_rss_ready_bytes = self.core.rss_bytes()
             self.catalog_ready.set()
             while True:
                 batch = await consumer.getmany(timeout_ms=FOLLOW_POLL_MS)
