@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import multiprocessing
 import os
 import platform
 import tempfile
@@ -64,6 +65,9 @@ class BenchOptions:
     latency_rate: float = 500.0
     latency_s: float = 20.0
     encoder_texts: int = 1_024
+    encoder_processes: int = field(default_factory=lambda: os.cpu_count() or 1)
+    """Encoder processes timed together (one per core by default; ``streamrec encoder`` runs them as
+    ``encoder_processes``)."""
     new_items: int = 100
     new_item_rate: float = 10.0
     taobao: Path | None = None
@@ -265,16 +269,41 @@ async def steady_latency(
     }
 
 
-def encoder_throughput(settings: Settings, texts: Sequence[str]) -> dict[str, Any]:
-    """Items/s of the text encoder on catalogue texts (after a warm-up batch), and the device it ran on."""
+def _encode_timed(settings: Settings, texts: Sequence[str], ready: Any = None) -> tuple[float, str]:
+    """Load the encoder, warm it up, wait for the others (``ready``: a barrier), then time one ``encode``."""
     from .encoder import TextEncoder
 
+    limit_threads(settings.torch_threads)
     encoder = TextEncoder(settings)
     encoder.encode(list(texts[:WARMUP_TEXTS]))
+    if ready is not None:
+        ready.wait()
     t0 = time.perf_counter()
     encoder.encode(list(texts))
-    rate = len(texts) / (time.perf_counter() - t0)
-    return {"encoder_items_per_s": rate, "encoder_device": str(encoder.device), "encoder_texts": len(texts)}
+    return time.perf_counter() - t0, str(encoder.device)
+
+
+def _encode_shard(args: tuple[Settings, Sequence[str], Any]) -> tuple[float, str]:
+    return _encode_timed(*args)
+
+
+def encoder_throughput(settings: Settings, texts: Sequence[str], processes: int) -> dict[str, Any]:
+    """Items/s of the text encoder on catalogue texts (after a warm-up batch): one process alone, then
+    ``processes`` processes encoding a share each at once, as ``streamrec encoder`` runs them (CPU only)."""
+    seconds, device = _encode_timed(settings, texts)
+    out: dict[str, Any] = {
+        "encoder_device": device,
+        "encoder_texts": len(texts),
+        "encoder_items_per_s_one_process": len(texts) / seconds,
+    }
+    if processes <= 1 or device.startswith("cuda"):
+        return {**out, "encoder_items_per_s": len(texts) / seconds, "encoder_processes": 1}
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager, ctx.Pool(processes) as pool:
+        ready = manager.Barrier(processes)
+        timed = pool.map(_encode_shard, [(settings, texts[i::processes], ready) for i in range(processes)])
+    slowest = max(seconds for seconds, _ in timed)
+    return {**out, "encoder_items_per_s": len(texts) / slowest, "encoder_processes": processes}
 
 
 async def new_items_visible(
@@ -366,8 +395,12 @@ async def _run(settings: Settings, opts: BenchOptions, workdir: Path) -> BenchRe
         f"({time.perf_counter() - t0:.1f}s)"
     )
     texts = [item_text(i) for i in shop.items[: opts.encoder_texts]]
-    figures.update(encoder_throughput(settings, texts))
-    print(f"encoder: {figures['encoder_items_per_s']:,.0f} items/s on {figures['encoder_device']}")
+    figures.update(encoder_throughput(settings, texts, opts.encoder_processes))
+    print(
+        f"encoder: {figures['encoder_items_per_s']:,.0f} items/s on {figures['encoder_device']} with "
+        f"{figures['encoder_processes']} process(es); one process alone "
+        f"{figures['encoder_items_per_s_one_process']:,.0f}"
+    )
     embeddings = fallback_embeddings(shop.items, settings)
     drained, worker, watcher = await drain_backlog(settings, embeddings, events, workdir, "synthetic", True)
     figures.update(drained)

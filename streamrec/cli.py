@@ -371,6 +371,12 @@ def taobao_option(flag: str, help_text: str) -> Any:
 @click.option("--latency-seconds", type=float, default=20.0, show_default=True, help="Length of the latency phase.")
 @taobao_option("--taobao", "Taobao sample to drain as well (skipped when absent).")
 @click.option("--taobao-limit", type=int, default=200_000, show_default=True, help="Rows of the Taobao sample.")
+@click.option(
+    "--encoder-processes",
+    type=int,
+    default=None,
+    help="Encoder processes timed together (default: one per core, as STREAMREC_ENCODER_PROCESSES would run).",
+)
 @click.pass_context
 def bench(
     ctx: click.Context,
@@ -382,6 +388,7 @@ def bench(
     latency_seconds: float,
     taobao: Path,
     taobao_limit: int,
+    encoder_processes: int | None,
 ) -> None:
     """Throughput, latency, encoder speed, item freshness and memory on the local broker (see README)."""
     from .bench import BenchOptions, run_bench
@@ -396,6 +403,7 @@ def bench(
         latency_s=latency_seconds,
         taobao=taobao if taobao.exists() else None,
         taobao_limit=taobao_limit,
+        **({"encoder_processes": encoder_processes} if encoder_processes else {}),
     )
     run_bench(_settings(ctx), opts, json_out)
 

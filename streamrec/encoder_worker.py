@@ -1,15 +1,20 @@
 """The encoder worker: consumes ``items``, embeds them in micro-batches, publishes ``item-embeddings``.
 
-A consumer group (``<app_id>-encoder``), so several encoder processes share the partitions. Each poll takes
-up to ``encoder_batch_size`` items or what arrived within ``encoder_max_wait_s``; only the newest version of
-an item in a batch is embedded. The model runs in a thread so heartbeats keep flowing during inference.
+A consumer group (``<app_id>-encoder``), so several encoder processes share the partitions (``streamrec
+encoder`` runs ``encoder_processes`` of them: one single-threaded process per core is fastest on CPU). Each
+poll takes up to ``encoder_batch_size`` items or what arrived within ``encoder_max_wait_s``; only the newest
+version of an item in a batch is embedded. The model runs in a thread so heartbeats keep flowing during inference.
 Offsets are committed after the embeddings are acknowledged by the broker (at-least-once).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
+import multiprocessing
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -20,6 +25,9 @@ from .kafka import DeadLetters, make_consumer, make_producer
 from .settings import Settings
 
 log = logging.getLogger("streamrec.encoder")
+
+PR_SET_PDEATHSIG = 1
+CHILD_STOP_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -93,10 +101,34 @@ async def run_encoder(
 
 
 def main(settings: Settings | None = None) -> None:
-    """CLI entry: run the encoder worker until SIGINT/SIGTERM."""
+    """CLI entry: run the encoder worker until SIGINT/SIGTERM, in ``encoder_processes`` processes.
+
+    The extra processes are spawned children running this same worker (one consumer group): they stop when
+    this process stops them, or — on Linux — when it dies (parent-death signal).
+    """
     settings = settings or Settings.from_env()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    ctx = multiprocessing.get_context("spawn")
+    one = settings.replace(encoder_processes=1)
+    children = [
+        ctx.Process(target=_child, args=(one,), name=f"streamrec-encoder-{i}", daemon=True)
+        for i in range(1, settings.encoder_processes)
+    ]
+    for child in children:
+        child.start()
+    try:
+        _serve(one)
+    finally:
+        for child in children:
+            if child.is_alive() and child.pid is not None:
+                os.kill(child.pid, signal.SIGTERM)
+        for child in children:
+            child.join(CHILD_STOP_TIMEOUT_S)
+            if child.is_alive():
+                child.kill()
 
+
+def _serve(settings: Settings) -> None:
     async def _run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -106,3 +138,11 @@ def main(settings: Settings | None = None) -> None:
         log.info("encoder stopped: %d items in %d batches, %d rejected", stats.items, stats.batches, stats.rejected)
 
     asyncio.run(_run())
+
+
+def _child(settings: Settings) -> None:
+    """An extra encoder process: dies with its parent (Linux ``PR_SET_PDEATHSIG``), then serves like it."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux/glibc: the parent's stop still reaches it
+        ctypes.CDLL("libc.so.6").prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _serve(settings)

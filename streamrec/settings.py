@@ -165,6 +165,10 @@ class Settings:
     encoder_max_length: int = 128
     encoder_max_wait_s: float = 0.05
     """Encoder micro-batch: flush after this long even if the batch is not full."""
+    encoder_processes: int = 1
+    """Processes ``streamrec encoder`` runs, one consumer group (each embeds with ``torch_threads`` threads). On
+    CPU one single-threaded process per core is the fastest use of the cores: measured here, 2 processes
+    embed 209 texts/s where one embeds 112 (and one process with 2 threads is slower than with one)."""
     torch_threads: int = 1
     """Intra-op threads; on small machines one thread per process is fastest (OpenMP spin-waits)."""
 
@@ -186,7 +190,14 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     def __post_init__(self) -> None:
-        positive = ("top_k", "batch_size", "recent_items", "encoder_batch_size", "max_message_bytes")
+        positive = (
+            "top_k",
+            "batch_size",
+            "recent_items",
+            "encoder_batch_size",
+            "encoder_processes",
+            "max_message_bytes",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be > 0, got {getattr(self, name)!r}")

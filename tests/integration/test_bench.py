@@ -22,6 +22,8 @@ FIGURES = (
     "latency_ms_p50",
     "latency_ms_p99",
     "encoder_items_per_s",
+    "encoder_items_per_s_one_process",
+    "encoder_processes",
     "encoder_device",
     "new_item_visible_ms_p99",
     "rss_bytes_per_user",
@@ -39,6 +41,7 @@ def test_bench_measures_every_figure(tmp_path: Path) -> None:
         latency_rate=100.0,
         latency_s=2.0,
         encoder_texts=64,
+        encoder_processes=2,
         new_items=5,
         new_item_rate=20.0,
         taobao=taobao,
@@ -55,6 +58,7 @@ def test_bench_measures_every_figure(tmp_path: Path) -> None:
     assert 0 < data["latency_ms_p50"] <= data["latency_ms_p99"]
     assert 0 < data["new_item_visible_ms_p50"] <= data["new_item_visible_ms_p99"]
     assert data["encoder_device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert data["encoder_processes"] == (1 if torch.cuda.is_available() else 2)
     assert data["eval_events_per_s"] > 0 and data["machine"]["cores"] == os.cpu_count()
     if taobao is None:
         assert data["taobao"] is None

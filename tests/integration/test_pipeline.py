@@ -84,6 +84,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Setting
             web_port=free_port(),
             data_dir=str(workdir / "data"),
             snapshot_interval_s=1.0,
+            encoder_processes=2,
         )
         run(apply_topics(settings))
         services = [
@@ -93,8 +94,27 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Setting
         try:
             yield settings, services
         finally:
+            helpers = {s.name: spawned_children(s.process.pid) for s in services}
             codes = {s.name: s.stop() for s in services}
             assert codes == {"encoder": 0, "worker": 0}, codes
+            # the encoder's second process and the worker's core process stop with them
+            assert [len(pids) for pids in helpers.values()] == [1, 1], helpers
+            time.sleep(1.0)
+            assert [pid for pids in helpers.values() for pid in pids if Path(f"/proc/{pid}").exists()] == []
+
+
+def spawned_children(parent: int) -> list[int]:
+    """Pids of the multiprocessing children (``spawn_main``) of a process."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and b"spawn_main" in cmdline:
+            out.append(int(stat.parent.name))
+    return out
 
 
 def test_end_to_end(pipeline: tuple[Settings, list[Service]]) -> None:
