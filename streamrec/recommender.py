@@ -196,10 +196,30 @@ class Recommender:
         ``snapshot``: copy the state that later events change in place, so features can be computed after them.
         """
         seeds = self._rows(profile.recent)
+        return self._context(profile, seeds, self.covis.score_arrays(seeds, now), query_vector, snapshot)
+
+    def user_contexts(
+        self, profiles: Sequence[UserProfile], now: float, query_vectors: Sequence[np.ndarray | None]
+    ) -> list[UserContext]:
+        """:meth:`user_context` for many users, their co-visitation scores in one pass."""
+        seeds = [self._rows(p.recent) for p in profiles]
+        covis = self.covis.score_arrays_many(seeds, now)
+        return [
+            self._context(p, s, c, qv) for p, s, c, qv in zip(profiles, seeds, covis, query_vectors, strict=True)
+        ]
+
+    def _context(
+        self,
+        profile: UserProfile,
+        seeds: list[int],
+        covis: CovisScores,
+        query_vector: np.ndarray | None,
+        snapshot: bool = False,
+    ) -> UserContext:
         return UserContext(
             profile,
             seeds,
-            self.covis.score_arrays(seeds, now),
+            covis,
             np.stack([unit(profile.long_term), unit(profile.intent)]),
             dict(profile.categories) if snapshot else profile.categories,
             query_vector,
@@ -456,7 +476,7 @@ class Recommender:
         now = self.clock if now is None else now
         n_cand = self.settings.candidates_per_source
         qvs = list(query_vectors) if query_vectors is not None else [None] * len(profiles)
-        users = [self.user_context(p, now, qv) for p, qv in zip(profiles, qvs, strict=True)]
+        users = self.user_contexts(profiles, now, qvs)
         retrieval = np.zeros((len(profiles), self.settings.embedding_dim), np.float32)
         blend = self.settings.search_query_weight
         for i, (user, qv) in enumerate(zip(users, qvs, strict=True)):

@@ -326,6 +326,9 @@ class CoVisitation:
         self.max_neighbours = settings.cooc_max_neighbours
         self.clock = DecayClock(settings.popularity_half_life_s)
         self.neighbours: dict[int, dict[int, float]] = {}
+        self._arrays: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        """Each read item's neighbours as (rows, counts) arrays, dropped when the item's neighbours change:
+        the many users who share a hot recent item read it as arrays once per batch, not once each."""
 
     def add(self, previous_rows: Sequence[int], row: int, weight: float, ts: float) -> None:
         """``row`` was visited after ``previous_rows`` (most recent last): strengthen both directions."""
@@ -334,6 +337,7 @@ class CoVisitation:
             for nbrs in self.neighbours.values():
                 for key in nbrs:
                     nbrs[key] *= factor
+            self._arrays.clear()
         g = self.clock.growth(ts)
         recent = [r for r in previous_rows[-self.window :] if r != row]
         for distance, prev in enumerate(reversed(recent), start=1):
@@ -342,6 +346,7 @@ class CoVisitation:
             self._bump(row, prev, w)
 
     def _bump(self, a: int, b: int, w: float) -> None:
+        self._arrays.pop(a, None)
         nbrs = self.neighbours.setdefault(a, {})
         nbrs[b] = nbrs.get(b, 0.0) + w
         if len(nbrs) > 2 * self.max_neighbours:
@@ -353,33 +358,67 @@ class CoVisitation:
         found = self.score_arrays(seed_rows, ts)
         return dict(zip(found.rows.tolist(), found.scores.tolist(), strict=True))
 
-    def score_arrays(self, seed_rows: Sequence[int], ts: float) -> CovisScores:
-        """:meth:`scores` as arrays, neighbours in order of first appearance (most recent seed first).
+    def _neighbour_arrays(self, row: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """``row``'s neighbours and counts as arrays, in the dict's order (None: no neighbours)."""
+        got = self._arrays.get(row)
+        if got is None:
+            nbrs = self.neighbours.get(row)
+            if not nbrs:
+                return None
+            got = self._arrays[row] = (
+                np.fromiter(nbrs.keys(), np.int64, len(nbrs)),
+                np.fromiter(nbrs.values(), np.float64, len(nbrs)),
+            )
+        return got
 
-        The neighbour dicts are read with ``np.fromiter`` and summed with ``np.bincount``: the same float64
-        additions in the same order as a dict walk, at a fraction of the interpreter work.
+    def score_arrays(self, seed_rows: Sequence[int], ts: float) -> CovisScores:
+        """:meth:`scores` as arrays, neighbours in order of first appearance (most recent seed first)."""
+        return self.score_arrays_many([seed_rows], ts)[0]
+
+    def score_arrays_many(self, seed_lists: Sequence[Sequence[int]], ts: float) -> list[CovisScores]:
+        """:meth:`score_arrays` for many users in one pass: their seeds' neighbour arrays are concatenated,
+        keyed by (user, row), summed with one ``np.bincount`` and ordered with one ``np.lexsort``.
+
+        The same float64 additions happen in the same order as one user at a time (each key's terms in order
+        of appearance, most recent seed first), and ties keep first-appearance order, so the results are the
+        same to the bit.
         """
+        out = [CovisScores.empty() for _ in seed_lists]
         if self.clock.t0 is None:
-            return CovisScores.empty()
+            return out
         g = self.clock.growth(ts)
         keys: list[np.ndarray] = []
         vals: list[np.ndarray] = []
-        seeds = list(seed_rows[-self.window :])
-        for distance, seed in enumerate(reversed(seeds), start=1):
-            nbrs = self.neighbours.get(seed)
-            if not nbrs:
-                continue
-            keys.append(np.fromiter(nbrs.keys(), np.int64, len(nbrs)))
-            vals.append(np.fromiter(nbrs.values(), np.float64, len(nbrs)) * (1.0 / (distance * g)))
+        owners: list[int] = []
+        factors: list[float] = []
+        for user, seed_rows in enumerate(seed_lists):
+            seeds = list(seed_rows[-self.window :])
+            for distance, seed in enumerate(reversed(seeds), start=1):
+                found = self._neighbour_arrays(seed)
+                if found is not None:
+                    keys.append(found[0])
+                    vals.append(found[1])
+                    owners.append(user)
+                    factors.append(1.0 / (distance * g))
         if not keys:
-            return CovisScores.empty()
-        if len(keys) == 1:
-            return CovisScores(keys[0], vals[0])
+            return out
+        lens = np.fromiter(map(len, keys), np.int64, len(keys))
         all_keys = np.concatenate(keys)
-        uniq, first, inverse = np.unique(all_keys, return_index=True, return_inverse=True)
-        sums = np.bincount(inverse, weights=np.concatenate(vals), minlength=len(uniq))
-        order = np.argsort(first)
-        return CovisScores(uniq[order], sums[order])
+        all_vals = np.concatenate(vals) * np.repeat(np.asarray(factors, np.float64), lens)
+        width = int(all_keys.max()) + 1
+        combined = np.repeat(np.asarray(owners, np.int64), lens) * width + all_keys
+        uniq, first, inverse = np.unique(combined, return_index=True, return_inverse=True)
+        sums = np.bincount(inverse, weights=all_vals, minlength=len(uniq))
+        appearance = np.argsort(first)  # users' blocks in order, each in first-appearance order
+        uniq, sums = uniq[appearance], sums[appearance]
+        users = uniq // width
+        rows = uniq - users * width
+        ranked = np.lexsort((np.arange(len(uniq)), -sums, users))  # per user: best first, ties by appearance
+        bounds = np.searchsorted(users, np.arange(len(seed_lists) + 1))
+        for user in np.unique(users).tolist():
+            start, end = int(bounds[user]), int(bounds[user + 1])
+            out[user] = CovisScores(rows[start:end], sums[start:end], ranked[start:end] - start)
+        return out
 
     def top(self, seed_rows: Sequence[int], ts: float, n: int, exclude: Iterable[int] = ()) -> dict[int, float]:
         scores = self.scores(seed_rows, ts)

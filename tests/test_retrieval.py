@@ -67,25 +67,50 @@ def test_most_popular_set_follows_every_update_like_a_full_sort() -> None:
     assert cat.pop_clock.t0 > 0.0  # the counters were rescaled on the way
 
 
-def test_covisitation_arrays_match_a_dict_walk_exactly() -> None:
+def dict_walk(cv: CoVisitation, seeds: list[int], ts: float) -> dict[int, float]:
+    """Co-visitation scores the plain way: walk the seeds' neighbour dicts, most recent seed first."""
+    g = cv.clock.growth(ts)
+    expected: dict[int, float] = {}
+    for distance, seed in enumerate(reversed(seeds[-cv.window :]), start=1):
+        for other, w in cv.neighbours.get(seed, {}).items():
+            expected[other] = expected.get(other, 0.0) + w * (1.0 / (distance * g))
+    return expected
+
+
+def random_covisitation(steps: int, seed: int = 5) -> tuple[CoVisitation, list[int]]:
     cv = CoVisitation(Settings(cooc_window=4, cooc_max_neighbours=6, popularity_half_life_s=7.0))
-    rng = np.random.default_rng(5)
+    rng = np.random.default_rng(seed)
     history: list[int] = []
-    for step in range(400):
+    for step in range(steps):
         row = int(rng.integers(0, 30))
         cv.add(history, row, float(rng.integers(1, 4)), step * 0.5)
         history = [*history, row][-4:]
-    g = cv.clock.growth(200.0)
-    expected: dict[int, float] = {}
-    for distance, seed in enumerate(reversed(history), start=1):
-        for other, w in cv.neighbours.get(seed, {}).items():
-            expected[other] = expected.get(other, 0.0) + w * (1.0 / (distance * g))
+    return cv, history
+
+
+def test_covisitation_arrays_match_a_dict_walk_exactly() -> None:
+    cv, history = random_covisitation(400)
+    expected = dict_walk(cv, history, 200.0)
     found = cv.score_arrays(history, 200.0)
     assert found.rows.tolist() == list(expected) and found.scores.tolist() == list(expected.values())
     ranked = sorted(expected, key=expected.__getitem__, reverse=True)
     assert found.top(5).tolist() == ranked[:5]
     value = dict(zip(found.rows.tolist(), found.rank_values().tolist(), strict=True))
     assert [value[ranked[0]], value[ranked[3]]] == pytest.approx([1.0, 1 / np.log2(5.0)])
+
+
+def test_many_users_covisitation_scores_in_one_pass_are_each_users_own_to_the_bit() -> None:
+    cv, _ = random_covisitation(300)
+    rng = np.random.default_rng(9)
+    seed_lists = [[], [99], [3], [3, 3], *[rng.integers(0, 32, size=rng.integers(1, 7)).tolist() for _ in range(40)]]
+    for _ in range(2):  # the second round reads neighbour arrays cached by the first, after more co-visits
+        for seeds, found in zip(seed_lists, cv.score_arrays_many(seed_lists, 150.0), strict=True):
+            expected = dict_walk(cv, seeds, 150.0)
+            assert found.rows.tolist() == list(expected) and found.scores.tolist() == list(expected.values())
+            ranked = sorted(expected, key=lambda r: -expected[r])  # stable: ties keep first appearance
+            assert found.top(len(expected)).tolist() == ranked
+        for step in range(50):
+            cv.add([int(rng.integers(0, 30))], int(rng.integers(0, 30)), 1.0, 150.0 + step)
 
 
 def test_decay_clock_rescale_keeps_ratios() -> None:
