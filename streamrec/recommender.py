@@ -204,9 +204,7 @@ class Recommender:
         """:meth:`user_context` for many users, their co-visitation scores in one pass."""
         seeds = [self._rows(p.recent) for p in profiles]
         covis = self.covis.score_arrays_many(seeds, now)
-        return [
-            self._context(p, s, c, qv) for p, s, c, qv in zip(profiles, seeds, covis, query_vectors, strict=True)
-        ]
+        return [self._context(p, s, c, qv) for p, s, c, qv in zip(profiles, seeds, covis, query_vectors, strict=True)]
 
     def _context(
         self,
