@@ -299,9 +299,14 @@ def encoder_throughput(settings: Settings, texts: Sequence[str], processes: int)
     if processes <= 1 or device.startswith("cuda"):
         return {**out, "encoder_items_per_s": len(texts) / seconds, "encoder_processes": 1}
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Manager() as manager, ctx.Pool(processes) as pool:
+    with ctx.Manager() as manager:
         ready = manager.Barrier(processes)
-        timed = pool.map(_encode_shard, [(settings, texts[i::processes], ready) for i in range(processes)])
+        pool = ctx.Pool(processes)
+        try:
+            timed = pool.map(_encode_shard, [(settings, texts[i::processes], ready) for i in range(processes)])
+        finally:
+            pool.close()
+            pool.join()
     slowest = max(seconds for seconds, _ in timed)
     return {**out, "encoder_items_per_s": len(texts) / slowest, "encoder_processes": processes}
 
