@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import socket
 import time
 import uuid
@@ -412,6 +414,17 @@ class Worker:
         self.next_offset: dict[int, int] = {}
         """Per events partition, the offset after the last event this worker processed: lag = highwater − it."""
 
+    async def _call_core(self, method: str, *args: Any) -> Any:
+        """A call on the core; if its process is gone, this worker stops (its partitions go to the group, and
+        nothing unprocessed was acknowledged) instead of holding partitions it can no longer serve."""
+        try:
+            return await self.core.call(method, *args)
+        except CoreError:
+            if not self.core.alive:
+                log.critical("the core process is gone: stopping this worker")
+                os.kill(os.getpid(), signal.SIGTERM)
+            raise
+
     async def _send_raw(self, topic: str, key: bytes, value: bytes | None) -> None:
         await self.app.producer.send(topic, key, value, partition=None, timestamp=None, headers=None)
 
@@ -442,7 +455,7 @@ class Worker:
         if valid:
             raw = store.raw_for(store.source_event)
             # the core runs elsewhere: meanwhile the loop keeps fetching, so the next batch is ready
-            result: CoreBatch = await self.core.call("process", valid, positions, raw)
+            result: CoreBatch = await self._call_core("process", valid, positions, raw)
             store.write(result.profiles)
             topic = self.settings.topic("recommendations")
             for user_id in result.forgotten:  # tombstones first: lists made after a forget (fresh profile) must win
@@ -628,7 +641,7 @@ class Worker:
         """Upsert a run of ``item-embeddings`` records on the core (never under a running batch); bad ones go to
         dead-letters."""
         live = self.catalog_ready.is_set()
-        done: CatalogUpdate = await self.core.call("upsert_items", [r.value for r in records], live)
+        done: CatalogUpdate = await self._call_core("upsert_items", [r.value for r in records], live)
         self.stats.items_indexed += done.upserted
         self.stats.item_visible_ms.extend(done.visible_ms)
         for i, reason in done.rejected:
@@ -642,7 +655,7 @@ class Worker:
         await consumer.start()
         try:
             n = await read_to_end(self.settings, topic, consumer=consumer, on_records=self._apply_items)
-            await self.core.call("trim")  # the baseline, like every big batch, without the loading's freed buffers
+            await self._call_core("trim")  # the baseline, like every big batch, without the loading's freed buffers
             release_free_memory()
             log.info("catalogue loaded: %d records, %d items indexed", n, self.core.state.items_indexed)
             self.stats.catalog_ready_at = time.time()
@@ -686,7 +699,7 @@ class Worker:
                         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as exc:
                             log.warning("ignoring an unreadable item-updates record: %r", exc)
                 if updates:
-                    self.stats.item_updates_applied += await self.core.call("apply_item_updates", updates)
+                    self.stats.item_updates_applied += await self._call_core("apply_item_updates", updates)
         finally:
             await consumer.stop()
 
@@ -710,7 +723,7 @@ class Worker:
             await read_to_end(self.settings, topic, lambda r: self._keep_snapshot(latest, r), consumer=consumer)
             shared = {k: v for k, v in latest.items() if k.startswith(SNAPSHOT_KEY_PREFIX.encode())}
             try:
-                await self.core.call("restore_model", shared, latest.get(MODEL_SNAPSHOT_KEY))
+                await self._call_core("restore_model", shared, latest.get(MODEL_SNAPSHOT_KEY))
             except CoreError as exc:
                 log.warning("ignoring incompatible model snapshot: %s", exc.__cause__ or exc)
             state = self.core.state
@@ -733,7 +746,7 @@ class Worker:
         if not self.model_ready.is_set():
             return
         pending, self._peer_snapshots = self._peer_snapshots, {}
-        snap = await self.core.call("merge_and_snapshot", pending)
+        snap = await self._call_core("merge_and_snapshot", pending)
         if snap["contribution"]["steps"] == self._published_own_steps:
             return
         await self._send_raw(self.settings.topic("model-snapshots"), self.snapshot_key, dumps(snap))

@@ -262,12 +262,16 @@ class CoreClient:
         try:
             ok, result, state = self._conn.recv()
         except (EOFError, OSError) as exc:
-            code = self._process.exitcode if self._process is not None else None
-            raise CoreError(f"the core process exited (code {code})") from exc
+            raise CoreError(f"the core process exited (code {self._exitcode()})") from exc
         self.state = state
         if not ok:
             raise CoreError(f"the core failed: {result!r}") from result
         return result
+
+    @property
+    def alive(self) -> bool:
+        """False once the core process has exited (it never restarts: the worker must stop)."""
+        return self._process is None or self._process.is_alive()
 
     def _call(self, method: str, args: tuple[Any, ...]) -> Any:
         if self._service is None and self._conn is None:
@@ -280,8 +284,17 @@ class CoreClient:
             finally:
                 self.state = self._service.state()
         assert self._conn is not None
-        self._conn.send((method, args))
+        try:
+            self._conn.send((method, args))
+        except OSError as exc:  # the pipe broke: the process is gone
+            raise CoreError(f"the core process exited (code {self._exitcode()})") from exc
         return self._receive()
+
+    def _exitcode(self) -> int | None:
+        if self._process is not None:
+            self._process.join(0.5)
+            return self._process.exitcode
+        return None
 
     async def call(self, method: str, *args: Any) -> Any:
         """Run ``CoreService.<method>(*args)`` on the core, after every call made before it."""

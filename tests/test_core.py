@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from typing import Any
 
 import numpy as np
@@ -85,3 +87,21 @@ def test_the_core_gives_the_same_results_in_its_own_process_as_in_a_thread() -> 
         return [[(k, orjson.loads(v)["items"]) for k, v in b.recommendations] for b in bs]
 
     assert lists(t_batches) == lists(batches)
+
+
+def test_a_dead_core_process_fails_every_call_at_once() -> None:
+    client = CoreClient(Settings(embedding_dim=DIM, core_process=True), "w1", with_query_encoder=False)
+
+    async def run() -> None:
+        await client.call("trim")
+        assert client.alive and client.pid is not None
+        os.kill(client.pid, signal.SIGKILL)
+        for _ in range(2):
+            with pytest.raises(CoreError, match="exited"):
+                await client.call("trim")
+        assert not client.alive
+
+    try:
+        asyncio.run(run())
+    finally:
+        client.close()
