@@ -38,7 +38,7 @@ from faust.streams import _current_event
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.services import WaitResults
 
-from .core import CatalogUpdate, CoreBatch, CoreClient, CoreError
+from .core import TRIM_AFTER_EVENTS, CatalogUpdate, CoreBatch, CoreClient, CoreError
 from .events import Event, InvalidMessage, dumps, event_from_dict, loads_message
 from .itemstats import ItemUpdate, decode_updates
 from .kafka import DeadLetters, make_consumer, partitions_of, read_to_end, true_end_offsets
@@ -470,6 +470,8 @@ class Worker:
             self.stats.events += result.applied
             self.stats.duplicates += result.duplicates
             self.stats.recommendations += len(result.recommendations)
+            if len(valid) >= TRIM_AFTER_EVENTS:  # this process's share: the batch's messages and the reply
+                release_free_memory()
         now = time.time()
         for stamp in stamps:
             self.latency.observe((now - stamp) * 1000.0)

@@ -39,6 +39,7 @@ ITEM_UPDATES_PER_MESSAGE = 256
 TRIM_AFTER_EVENTS = 256
 """Batches at least this large return their freed temporary memory to the system (see release_free_memory)."""
 STOP_TIMEOUT_S = 10.0
+WARM_UP_QUERY = "warm-up"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +119,7 @@ class CoreService:
             from .encoder import TextEncoder
 
             encode_queries = TextEncoder(settings).encode
+            encode_queries([WARM_UP_QUERY])  # the model's first call allocates its working memory: not per user
         self.settings = settings
         self.recommender = Recommender(settings, encode_queries)
         self.shared = SharedModel(self.recommender.ranker, worker_id)
