@@ -236,11 +236,6 @@ class CoreClient:
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
 
-    @property
-    def in_process(self) -> CoreService | None:
-        """The service itself when it runs in this process (tests look inside); None in process mode."""
-        return self._service
-
     def _start(self) -> None:
         if self.settings.core_process:
             ctx = multiprocessing.get_context("spawn")  # never fork a process that runs Faust's threads
