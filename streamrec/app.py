@@ -399,7 +399,7 @@ class Worker:
         self.restored_own_steps = 0
         """This worker's own steps taken back from its last snapshot at start-up (0 on a first start)."""
         self._peer_snapshots: dict[bytes, dict[str, Any]] = {}
-        """Peers' newest snapshots not merged yet (merged on the core thread at the next sync)."""
+        """Peers' newest snapshots not merged yet (merged by the core, between batches, at the next sync)."""
         self.stats = WorkerStats()
         self.catalog_ready = asyncio.Event()
         self.model_ready = asyncio.Event()

@@ -29,7 +29,7 @@ _MALLOC_TRIM = _libc_malloc_trim()
 def release_free_memory() -> None:
     """Give the pages freed by a batch's temporary arrays back to the system (glibc ``malloc_trim``).
 
-    A large batch allocates tens of megabytes of short-lived arrays in the core thread's malloc arena; glibc
+    A large batch allocates tens of megabytes of short-lived arrays in the core's malloc arena; glibc
     keeps freed arena memory resident, so the worker's RSS would track its largest batch, not its state.
     """
     if _MALLOC_TRIM is not None:
