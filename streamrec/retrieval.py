@@ -287,21 +287,15 @@ class CovisScores:
 
     rows: np.ndarray
     scores: np.ndarray
-    _order: np.ndarray | None = None
+    order: np.ndarray
+    """Positions from the highest score down (stable: equal scores keep first-appearance order)."""
 
     @classmethod
     def empty(cls) -> CovisScores:
-        return cls(np.zeros(0, np.int64), np.zeros(0, np.float64))
+        return cls(np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.int64))
 
     def __len__(self) -> int:
         return len(self.rows)
-
-    @property
-    def order(self) -> np.ndarray:
-        """Positions from the highest score down (stable: equal scores keep first-appearance order)."""
-        if self._order is None:
-            self._order = np.argsort(-self.scores, kind="stable")
-        return self._order
 
     def top(self, n: int) -> np.ndarray:
         """Rows of the ``n`` best co-visited items, best first."""
