@@ -151,7 +151,7 @@ class CoreService:
             encode_updates(result.item_updates, ITEM_UPDATES_PER_MESSAGE),
         )
         if len(events) >= TRIM_AFTER_EVENTS:
-            release_free_memory()
+            self.trim()
         return batch
 
     def upsert_items(self, values: Sequence[bytes | None], live: bool) -> CatalogUpdate:
@@ -188,7 +188,9 @@ class CoreService:
         return self.shared.contribution()
 
     def trim(self) -> None:
-        release_free_memory()
+        """Hand freed heap back to the system, in the core's own process (in the worker's, the worker trims)."""
+        if self.own_process:
+            release_free_memory()
 
 
 def _serve(conn: Connection, settings: Settings, worker_id: str, with_query_encoder: bool) -> None:
