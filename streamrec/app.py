@@ -335,7 +335,6 @@ class WorkerStats:
     forgotten: int = 0
     """``forget_user`` requests carried out (profile and state deleted, tombstones published)."""
     batches: int = 0
-    items_indexed: int = 0
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     item_visible_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     """Item timestamp → indexed here, for items that arrive after the catalogue was loaded."""
@@ -644,7 +643,6 @@ class Worker:
         dead-letters."""
         live = self.catalog_ready.is_set()
         done: CatalogUpdate = await self._call_core("upsert_items", [r.value for r in records], live)
-        self.stats.items_indexed += done.upserted
         self.stats.item_visible_ms.extend(done.visible_ms)
         for i, reason in done.rejected:
             r = records[i]
