@@ -26,7 +26,7 @@ import math
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
@@ -100,30 +100,26 @@ class UserProfile:
         start = HEADER.size
         long_term = np.frombuffer(raw, STATE_DTYPE, dim, start).astype(np.float32)
         intent = np.frombuffer(raw, STATE_DTYPE, dim, start + width).astype(np.float32)
-        d = orjson.loads(memoryview(raw)[start + 2 * width :])
+        lists = orjson.loads(memoryview(raw)[start + 2 * width :])
+        return cls._with_lists(lists, long_term, intent, last_ts, events)
+
+    @classmethod
+    def _from_json(cls, raw: bytes) -> UserProfile:
+        """Format 1 (all JSON, vectors in base64), still read from changelogs written before format 2."""
+        d = orjson.loads(raw)
+        return cls._with_lists(d, _unpack_b64(d["l"]), _unpack_b64(d["i"]), d["t"], d["n"])
+
+    @classmethod
+    def _with_lists(
+        cls, d: dict[str, Any], long_term: np.ndarray, intent: np.ndarray, last_ts: float, events: int
+    ) -> UserProfile:
+        """A profile from its vectors and counters plus the JSON part both formats share (id and lists)."""
         return cls(
             user_id=d["u"],
             long_term=long_term,
             intent=intent,
             last_ts=last_ts,
             events=events,
-            recent=d["r"],
-            categories=d["c"],
-            purchased=d["p"],
-            shown=d["s"],
-            offsets={int(k): v for k, v in d["o"].items()},
-        )
-
-    @classmethod
-    def _from_json(cls, raw: bytes) -> UserProfile:
-        """Format 1 (all JSON, vectors in base64), still read from changelogs written before format 2."""
-        d = orjson.loads(raw)
-        return cls(
-            user_id=d["u"],
-            long_term=_unpack_b64(d["l"]),
-            intent=_unpack_b64(d["i"]),
-            last_ts=d["t"],
-            events=d["n"],
             recent=d["r"],
             categories=d["c"],
             purchased=d["p"],
