@@ -107,7 +107,6 @@ def main(settings: Settings | None = None) -> None:
     this process stops them, or — on Linux — when it dies (parent-death signal).
     """
     settings = settings or Settings.from_env()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     ctx = multiprocessing.get_context("spawn")
     one = settings.replace(encoder_processes=1)
     children = [
@@ -129,6 +128,9 @@ def main(settings: Settings | None = None) -> None:
 
 
 def _serve(settings: Settings) -> None:
+    """One encoder worker in this process, until SIGINT/SIGTERM."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
     async def _run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -144,5 +146,4 @@ def _child(settings: Settings) -> None:
     """An extra encoder process: dies with its parent (Linux ``PR_SET_PDEATHSIG``), then serves like it."""
     with contextlib.suppress(OSError, AttributeError):  # not Linux/glibc: the parent's stop still reaches it
         ctypes.CDLL("libc.so.6").prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     _serve(settings)
