@@ -3,9 +3,9 @@
 Plain Python, no Kafka: the Faust agents, the evaluation harness and the tests all drive this one class.
 Per batch it (1) embeds search queries in one call, (2) walks the events in order — so each user's events
 apply in sequence — turning every labelled event into a training example scored against the user's state
-*before* the event, then folding the event into the profile, co-visitation and popularity, (3) takes one
-SGD step on the fusion ranker for the whole batch, and (4) retrieves and ranks candidates for all touched
-users with one FAISS call.
+*before* the event, then folding the event into the profile and popularity, (3) takes one SGD step on the
+fusion ranker for the whole batch, (4) folds the batch into the item-to-item statistics (co-visitation,
+co-embeddings), and (5) retrieves and ranks candidates for all touched users with one FAISS call.
 """
 
 from __future__ import annotations
@@ -150,10 +150,17 @@ class ItemState:
 
 @dataclass(slots=True)
 class _Example:
-    user: UserContext
+    """A labelled event's training example, as captured when the event came (featurised with the batch's)."""
+
+    profile: UserProfile
+    seeds: list[int]
+    taste: np.ndarray
+    categories: dict[str, float]
     rows: np.ndarray
+    """The taken item first, then the negatives."""
     ts: float
-    items: ItemState
+    popularity: np.ndarray
+    codes: np.ndarray
     weight: float
 
 
@@ -188,15 +195,10 @@ class Recommender:
         return self.catalog.upsert(emb)
 
     # --- features -----------------------------------------------------------------------------------
-    def user_context(
-        self, profile: UserProfile, now: float, query_vector: np.ndarray | None = None, snapshot: bool = False
-    ) -> UserContext:
-        """What features need about a user besides the candidates, computed once per ranking.
-
-        ``snapshot``: copy the state that later events change in place, so features can be computed after them.
-        """
+    def user_context(self, profile: UserProfile, now: float, query_vector: np.ndarray | None = None) -> UserContext:
+        """What features need about a user besides the candidates, computed once per ranking."""
         seeds = self._rows(profile.recent)
-        return self._context(profile, seeds, self.covis.score_arrays(seeds, now), query_vector, snapshot)
+        return self._context(profile, seeds, self.covis.score_arrays(seeds, now), query_vector)
 
     def user_contexts(
         self, profiles: Sequence[UserProfile], now: float, query_vectors: Sequence[np.ndarray | None]
@@ -207,22 +209,15 @@ class Recommender:
         return [self._context(p, s, c, qv) for p, s, c, qv in zip(profiles, seeds, covis, query_vectors, strict=True)]
 
     def _context(
-        self,
-        profile: UserProfile,
-        seeds: list[int],
-        covis: CovisScores,
-        query_vector: np.ndarray | None,
-        snapshot: bool = False,
+        self, profile: UserProfile, seeds: list[int], covis: CovisScores, query_vector: np.ndarray | None
     ) -> UserContext:
         return UserContext(
-            profile,
-            seeds,
-            covis,
-            np.stack([unit(profile.long_term), unit(profile.intent)]),
-            dict(profile.categories) if snapshot else profile.categories,
-            query_vector,
-            self.coemb.user_vector(seeds),
+            profile, seeds, covis, self._taste(profile), profile.categories, query_vector, self.coemb.user_vector(seeds)
         )
+
+    @staticmethod
+    def _taste(profile: UserProfile) -> np.ndarray:
+        return np.stack([unit(profile.long_term), unit(profile.intent)])
 
     def features(
         self, profile: UserProfile, rows: np.ndarray, now: float, query_vector: np.ndarray | None = None
@@ -324,11 +319,15 @@ class Recommender:
 
     # --- item statistics ----------------------------------------------------------------------------
     def fold_item_event(self, previous: list[int], row: int, weight: float, ts: float, visits: list[Any]) -> None:
-        """Item-level statistics learn from one item event: co-visitation and popularity now, co-embeddings
-        (``visits``) in one step for the whole batch (:meth:`CoEmbedding.add_many`)."""
-        self.covis.add(previous, row, weight, ts)
+        """Item-level statistics learn from one item event: popularity now, co-visitation and co-embeddings
+        once the batch's events are all in (``visits``, see :meth:`fold_visits`)."""
         self.catalog.add_popularity(row, weight, ts)
-        visits.append((previous, row))
+        visits.append((previous, row, weight, ts))
+
+    def fold_visits(self, visits: Sequence[tuple[list[int], int, float, float]]) -> None:
+        """The batch's item-to-item statistics: co-visitation counts in stream order, one co-embedding step."""
+        self.covis.add_many(visits)
+        self.coemb.add_many([(previous, row) for previous, row, _, _ in visits])
 
     def apply_item_updates(self, updates: Sequence[ItemUpdate]) -> int:
         """Fold peers' item updates in, as :meth:`learn` folds this worker's own events; items not in the
@@ -339,7 +338,7 @@ class Recommender:
             previous = [ensure(i) for i in update.previous]
             self.fold_item_event(previous, ensure(update.item_id), update.weight, update.ts, visits)
             self.clock = max(self.clock, update.ts)
-        self.coemb.add_many(visits)
+        self.fold_visits(visits)
         return len(updates)
 
     # --- learning -----------------------------------------------------------------------------------
@@ -369,29 +368,41 @@ class Recommender:
     def _example(self, profile: UserProfile, rows: np.ndarray, event: Event) -> _Example:
         """A training example (taken item first, then negatives) against the state *before* ``event``.
 
-        Its features are computed with the whole batch's at the end (one vectorised pass); what later events
-        of the batch change — the user's state, popularity, co-embeddings, categories — is captured now.
+        Its features are computed with the whole batch's (:meth:`_step`, one vectorised pass): what later events
+        of the batch change in place — the user's profile, popularity, categories — is captured now; the
+        item-to-item statistics are folded in only after the step, so they are as of the batch start.
         """
-        user = self.user_context(profile, event.ts, snapshot=True)
         cat = self.catalog
-        items = ItemState(
+        return _Example(
+            profile,
+            self._rows(profile.recent),
+            self._taste(profile),
+            dict(profile.categories),
+            rows,
+            event.ts,
             cat.relative_popularity(rows, event.ts),
-            self.coemb.similarity_many([user.coemb_vector], rows, np.zeros(len(rows), np.int64)),
             cat.category[rows],
+            self.settings.event_weight(event.type),
         )
-        return _Example(user, rows, event.ts, items, self.settings.event_weight(event.type))
 
     def _step(self, examples: Sequence[_Example]) -> float:
         """Features of every example of the batch in one pass, then one ranker step; returns the loss."""
         lens = np.array([len(e.rows) for e in examples], np.int64)
+        seeds = [e.seeds for e in examples]
+        covis = self.covis.score_arrays_many(seeds, [e.ts for e in examples])
+        users = [
+            UserContext(e.profile, s, c, e.taste, e.categories, None, self.coemb.user_vector(s))
+            for e, s, c in zip(examples, seeds, covis, strict=True)
+        ]
+        all_rows = np.concatenate([e.rows for e in examples])
         items = ItemState(
-            np.concatenate([e.items.popularity for e in examples]),
-            np.concatenate([e.items.coemb for e in examples]),
-            np.concatenate([e.items.codes for e in examples]),
+            np.concatenate([e.popularity for e in examples]),
+            self.coemb.similarity_many(
+                [u.coemb_vector for u in users], all_rows, np.repeat(np.arange(len(examples), dtype=np.int64), lens)
+            ),
+            np.concatenate([e.codes for e in examples]),
         )
-        x = self.features_many(
-            [e.user for e in examples], [e.rows for e in examples], np.repeat([e.ts for e in examples], lens), items
-        )
+        x = self.features_many(users, [e.rows for e in examples], np.repeat([e.ts for e in examples], lens), items)
         starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
         n_neg = lens - 1
         neg = np.zeros((len(examples), int(n_neg.max()), len(FEATURES)), np.float32)
@@ -450,7 +461,7 @@ class Recommender:
             result.applied += 1
         if examples:
             result.loss = self._step(examples)
-        self.coemb.add_many(visits)
+        self.fold_visits(visits)
         for profile in profiles.values():
             store.put(profile)
         return result, behaviour, searches

@@ -324,6 +324,11 @@ class CoVisitation:
         """Each read item's neighbours as (rows, counts) arrays, dropped when the item's neighbours change:
         the many users who share a hot recent item read it as arrays once per batch, not once each."""
 
+    def add_many(self, visits: Sequence[tuple[Sequence[int], int, float, float]]) -> None:
+        """:meth:`add` for each ``(previous_rows, row, weight, ts)``, in order."""
+        for previous_rows, row, weight, ts in visits:
+            self.add(previous_rows, row, weight, ts)
+
     def add(self, previous_rows: Sequence[int], row: int, weight: float, ts: float) -> None:
         """``row`` was visited after ``previous_rows`` (most recent last): strengthen both directions."""
         if self.clock.needs_rescale(ts):
@@ -369,23 +374,27 @@ class CoVisitation:
         """:meth:`scores` as arrays, neighbours in order of first appearance (most recent seed first)."""
         return self.score_arrays_many([seed_rows], ts)[0]
 
-    def score_arrays_many(self, seed_lists: Sequence[Sequence[int]], ts: float) -> list[CovisScores]:
+    def score_arrays_many(self, seed_lists: Sequence[Sequence[int]], ts: float | Sequence[float]) -> list[CovisScores]:
         """:meth:`score_arrays` for many users in one pass: their seeds' neighbour arrays are concatenated,
         keyed by (user, row), summed with one ``np.bincount`` and ordered with one ``np.lexsort``.
 
-        The same float64 additions happen in the same order as one user at a time (each key's terms in order
-        of appearance, most recent seed first), and ties keep first-appearance order, so the results are the
-        same to the bit.
+        ``ts``: one time for all, or one per seed list. The same float64 additions happen in the same order as
+        one user at a time (each key's terms in order of appearance, most recent seed first), and ties keep
+        first-appearance order, so the results are the same to the bit.
         """
         out = [CovisScores.empty() for _ in seed_lists]
         if self.clock.t0 is None:
             return out
-        g = self.clock.growth(ts)
+        times = [ts] * len(seed_lists) if isinstance(ts, float | int) else ts
+        growth: dict[float, float] = {}
         keys: list[np.ndarray] = []
         vals: list[np.ndarray] = []
         owners: list[int] = []
         factors: list[float] = []
-        for user, seed_rows in enumerate(seed_lists):
+        for user, (seed_rows, t) in enumerate(zip(seed_lists, times, strict=True)):
+            g = growth.get(t)
+            if g is None:
+                g = growth[t] = self.clock.growth(t)
             seeds = list(seed_rows[-self.window :])
             for distance, seed in enumerate(reversed(seeds), start=1):
                 found = self._neighbour_arrays(seed)

@@ -5,6 +5,7 @@ import pytest
 
 from streamrec.events import Event, Item, ItemEmbedding
 from streamrec.profiles import DictProfileStore
+from streamrec.ranker import FEATURES
 from streamrec.recommender import Recommender
 from streamrec.settings import Settings
 
@@ -178,23 +179,35 @@ def test_repeated_queries_are_encoded_once_and_the_cache_is_bounded() -> None:
 
 
 def test_training_examples_are_featurised_as_of_their_event_even_when_computed_after_the_batch() -> None:
-    """Examples are featurised in one pass at the end of a batch; what later events change must not leak in."""
+    """Examples are featurised in one pass after the batch's events; what later events change must not leak in."""
     rec = build()
     store = DictProfileStore()
-    rec.process([Event("u", "view", 1.0, item_id="books-0"), Event("v", "view", 1.0, item_id="shoes-0")], store)
+    first = rec.process([Event("u", "view", 1.0, item_id="books-0"), Event("v", "view", 1.0, item_id="shoes-0")], store)
+    shown = first.recommendations[0].items.item_ids
     profile = store.get("u")
-    assert profile is not None
-    rows = np.array([rec.catalog.row_of[i] for i in ("books-1", "shoes-2", "coffee-3")], np.int64)
-    taken = Event("u", "click", 2.0, item_id="books-1")
-    expected = rec.features(profile, rows, taken.ts)
-    example = rec._example(profile, rows, taken)
-    # the rest of the batch: the user's profile, the candidates' popularity and co-embeddings all change
-    rec.learn(
-        [taken, Event("v", "purchase", 3.0, item_id="shoes-2"), Event("u", "purchase", 4.0, item_id="coffee-3")], store
-    )
+    assert profile is not None and first.recommendations[0].user_id == "u"
+    taken = Event("u", "click", 2.0, item_id=shown[0])  # offered, so it is a labelled example
+    every_row = np.arange(len(rec.catalog), dtype=np.int64)
+    expected = rec.features(profile, every_row, taken.ts)  # the whole state just before the event
+    examples: list[np.ndarray] = []
+    make_example = rec._example
+    rec._example = lambda p, rows, e: examples.append(rows) or make_example(p, rows, e)  # type: ignore[method-assign]
     seen: dict[str, np.ndarray] = {}
     rec.ranker.step = lambda pos, neg, n_neg, w: seen.update(pos=pos, neg=neg) or 0.0  # type: ignore[method-assign]
-    rec._step([example])
-    np.testing.assert_array_equal(seen["pos"][0], expected[0])
-    np.testing.assert_array_equal(seen["neg"][0], expected[1:])
-    assert not np.array_equal(rec.features(store.get("u"), rows, 4.0), expected)  # the state did move on
+    # the rest of the batch moves the user's profile, popularity, categories and co-visitation on
+    rec.learn(
+        [
+            taken,
+            Event("v", "purchase", 3.0, item_id=shown[1]),
+            Event("u", "purchase", 4.0, item_id="coffee-3"),
+            Event("u", "view", 5.0, item_id=shown[1]),
+        ],
+        store,
+    )
+    rows = examples[0]  # the taken event's; u's later events are examples too
+    assert rows[0] == rec.catalog.row_of[taken.item_id] and len(rows) > 1
+    np.testing.assert_array_equal(seen["pos"][0], expected[rows[0]])
+    np.testing.assert_array_equal(seen["neg"][0, : len(rows) - 1], expected[rows[1:]])
+    moved = rec.features(store.get("u"), every_row, 5.0)
+    covisit = FEATURES.index("covisit")
+    assert not np.array_equal(moved[:, covisit], expected[:, covisit])  # co-visitation moved on, after the step

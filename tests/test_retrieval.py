@@ -109,6 +109,10 @@ def test_many_users_covisitation_scores_in_one_pass_are_each_users_own_to_the_bi
             assert found.rows.tolist() == list(expected) and found.scores.tolist() == list(expected.values())
             ranked = sorted(expected, key=lambda r: -expected[r])  # stable: ties keep first appearance
             assert found.top(len(expected)).tolist() == ranked
+        times = [150.0 + i % 7 for i in range(len(seed_lists))]  # one time per user, as training examples have
+        for seeds, t, found in zip(seed_lists, times, cv.score_arrays_many(seed_lists, times), strict=True):
+            expected = dict_walk(cv, seeds, t)
+            assert found.rows.tolist() == list(expected) and found.scores.tolist() == list(expected.values())
         for step in range(50):
             cv.add([int(rng.integers(0, 30))], int(rng.integers(0, 30)), 1.0, 150.0 + step)
 
