@@ -8,7 +8,8 @@ produces, watches and times. Figures go to a JSON file (and a short table on std
 * ``ceiling_events_per_s`` — a bare aiokafka consumer reading the same event backlog (the transport's limit);
 * ``worker_events_per_s`` — the worker draining the pre-filled backlog, from its first batch until the broker
   holds the recommendation that reflects every user's last event (checked user by user);
-* ``latency_ms_p50/p99`` — event published → recommendation for that user received, at a steady offered load;
+* ``latency_ms_p50/p99`` — event published → recommendation for that user received, at a steady offered load,
+  with ``latency_cpu_cores``: the CPU each process used meanwhile (worker, its core, broker, this load generator);
 * ``encoder_items_per_s`` — the text encoder on catalogue texts; ``new_item_visible_ms_p99`` — an item
   upsert published → indexed by the worker (through the encoder process);
 * ``rss_bytes_per_user`` — the worker's resident memory growth from catalogue-loaded to backlog-drained,
@@ -41,7 +42,7 @@ from .broker import LocalBroker, free_port
 from .consumer import RecommendationWatcher
 from .events import Event, Item, ItemEmbedding, dumps
 from .kafka import make_consumer, make_producer, partitions_of
-from .processes import Service, wait_for_services, worker_stats
+from .processes import CpuMeter, Service, wait_for_services, worker_stats
 from .settings import Settings, limit_threads
 from .synthetic import make_events, make_shop
 from .topics import apply_topics
@@ -234,10 +235,19 @@ async def steady_latency(
     events: Sequence[Event],
     rate: float,
     services: Sequence[Service],
-) -> dict[str, float]:
-    """Send events at ``rate``/s stamped with the send time; latency = recommendation received − event ts."""
+    broker_pid: int | None = None,
+) -> dict[str, Any]:
+    """Send events at ``rate``/s stamped with the send time; latency = recommendation received − event ts.
+
+    The CPU each process uses meanwhile is measured too: broker, load generator and worker share the cores here.
+    """
     producer = make_producer(settings, linger_ms=0)
     await producer.start()
+    stats = await worker_stats(settings) or {}
+    worker_pid = services[0].process.pid if services and services[0].process else None
+    meter = CpuMeter(
+        {"worker": worker_pid, "core": stats.get("core_pid"), "broker": broker_pid, "bench": os.getpid()}
+    ).start()
     watcher.latencies_ms.clear()
     watcher.measure_latency = True
     interval = 1.0 / rate
@@ -266,6 +276,7 @@ async def steady_latency(
         "latency_events": len(events),
         "latency_ms_p50": float(np.percentile(lat, 50)),
         "latency_ms_p99": float(np.percentile(lat, 99)),
+        "latency_cpu_cores": {name: round(cores, 3) for name, cores in meter.cores().items()},
     }
 
 
@@ -385,7 +396,7 @@ async def taobao_phase(settings: Settings, records: Sequence[Any], workdir: Path
     return figures
 
 
-async def _run(settings: Settings, opts: BenchOptions, workdir: Path) -> BenchResult:
+async def _run(settings: Settings, opts: BenchOptions, workdir: Path, broker_pid: int | None = None) -> BenchResult:
     from .encoder import fallback_embeddings, item_text
 
     result = BenchResult(machine=machine(), options={k: str(v) for k, v in asdict(opts).items()})
@@ -410,10 +421,11 @@ async def _run(settings: Settings, opts: BenchOptions, workdir: Path) -> BenchRe
     drained, worker, watcher = await drain_backlog(settings, embeddings, events, workdir, "synthetic", True)
     figures.update(drained)
     try:
-        figures.update(await steady_latency(settings, watcher, live, opts.latency_rate, [worker]))
+        figures.update(await steady_latency(settings, watcher, live, opts.latency_rate, [worker], broker_pid))
+        cpu = ", ".join(f"{name} {cores:.2f}" for name, cores in figures["latency_cpu_cores"].items())
         print(
             f"latency at {opts.latency_rate:,.0f}/s: p50 {figures['latency_ms_p50']:.1f} ms, "
-            f"p99 {figures['latency_ms_p99']:.1f} ms"
+            f"p99 {figures['latency_ms_p99']:.1f} ms; CPU cores used meanwhile: {cpu}"
         )
         fresh = [
             Item(f"new-{i}", item.title, 0.0, item.description, item.category, item.brand, item.price)
@@ -478,7 +490,7 @@ def run_bench(settings: Settings, opts: BenchOptions, json_out: Path | None = No
     with LocalBroker(log_path=workdir / "broker.log") as broker:
         settings = settings.replace(broker=broker.url, web_port=free_port(), data_dir=str(workdir / "data"))
         print(f"local broker on {broker.url}; logs in {workdir}")
-        result = asyncio.run(_run(settings, opts, workdir))
+        result = asyncio.run(_run(settings, opts, workdir, broker.process.pid if broker.process else None))
     print(format_table(result))
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)

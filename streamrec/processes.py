@@ -36,6 +36,38 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time a process has used so far (Linux ``/proc``; None where unavailable)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class CpuMeter:
+    """CPU cores each named process used between :meth:`start` and :meth:`cores` (where the machine's time went)."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self.pids = {name: pid for name, pid in pids.items() if pid is not None}
+        self._start: dict[str, float | None] = {}
+        self._t0 = 0.0
+
+    def start(self) -> CpuMeter:
+        self._start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._t0 = time.perf_counter()
+        return self
+
+    def cores(self) -> dict[str, float]:
+        wall = max(time.perf_counter() - self._t0, 1e-9)
+        out: dict[str, float] = {}
+        for name, pid in self.pids.items():
+            now, then = cpu_seconds(pid), self._start.get(name)
+            if now is not None and then is not None:
+                out[name] = (now - then) / wall
+        return out
+
+
 class Service:
     """One streamrec worker process."""
 

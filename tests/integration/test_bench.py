@@ -56,6 +56,8 @@ def test_bench_measures_every_figure(tmp_path: Path) -> None:
     assert data["recommendations"] >= data["users"] > 0
     assert data["worker_over_ceiling"] == pytest.approx(data["worker_events_per_s"] / data["ceiling_events_per_s"])
     assert 0 < data["latency_ms_p50"] <= data["latency_ms_p99"]
+    cpu = data["latency_cpu_cores"]  # where the cores went while the latency was measured
+    assert sorted(cpu) == ["bench", "broker", "core", "worker"] and all(0.0 < c < os.cpu_count() for c in cpu.values())
     assert 0 < data["new_item_visible_ms_p50"] <= data["new_item_visible_ms_p99"]
     assert data["encoder_device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     assert data["encoder_processes"] == (1 if torch.cuda.is_available() else 2)
