@@ -217,6 +217,7 @@ class Recommender:
 
     @staticmethod
     def _taste(profile: UserProfile) -> np.ndarray:
+        """(2, D): the user's unit long-term and intent vectors (a copy: later events change the profile's)."""
         return np.stack([unit(profile.long_term), unit(profile.intent)])
 
     def features(
