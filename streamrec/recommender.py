@@ -141,10 +141,10 @@ class UserContext:
 
 @dataclass(slots=True)
 class ItemState:
-    """Item-side features that change within a batch, captured when a training example was taken."""
+    """Item-side features that later events of a batch change in place, captured when a training example was
+    taken (co-embeddings change only after the batch's step, so they are read when featurising)."""
 
     popularity: np.ndarray
-    coemb: np.ndarray
     codes: np.ndarray
 
 
@@ -247,13 +247,9 @@ class Recommender:
         seg = np.repeat(np.arange(n_users, dtype=np.int64), lens)
         x = np.zeros((len(all_rows), len(FEATURES)), np.float32)
         if items is None:
-            items = ItemState(
-                cat.relative_popularity(all_rows, float(now)),
-                self.coemb.similarity_many([u.coemb_vector for u in users], all_rows, seg),
-                cat.category[all_rows],
-            )
+            items = ItemState(cat.relative_popularity(all_rows, float(now)), cat.category[all_rows])
         x[:, F_INDEX["popularity"]] = items.popularity
-        x[:, F_INDEX["coemb"]] = items.coemb
+        x[:, F_INDEX["coemb"]] = self.coemb.similarity_many([u.coemb_vector for u in users], all_rows, seg)
         x[:, F_INDEX["price"]] = cat.price_feature[all_rows]
         item_ts = cat.item_ts[all_rows]
         x[:, F_INDEX["freshness"]] = freshness(item_ts, now, self.settings.freshness_half_life_s) * (item_ts > 0)
@@ -395,14 +391,7 @@ class Recommender:
             UserContext(e.profile, s, c, e.taste, e.categories, None, self.coemb.user_vector(s))
             for e, s, c in zip(examples, seeds, covis, strict=True)
         ]
-        all_rows = np.concatenate([e.rows for e in examples])
-        items = ItemState(
-            np.concatenate([e.popularity for e in examples]),
-            self.coemb.similarity_many(
-                [u.coemb_vector for u in users], all_rows, np.repeat(np.arange(len(examples), dtype=np.int64), lens)
-            ),
-            np.concatenate([e.codes for e in examples]),
-        )
+        items = ItemState(np.concatenate([e.popularity for e in examples]), np.concatenate([e.codes for e in examples]))
         x = self.features_many(users, [e.rows for e in examples], np.repeat([e.ts for e in examples], lens), items)
         starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
         n_neg = lens - 1
