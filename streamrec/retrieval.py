@@ -313,62 +313,68 @@ class CovisScores:
 
 
 class CoVisitation:
-    """Decayed item-to-item co-visitation counts from users' consecutive interactions (bounded)."""
+    """Decayed item-to-item co-visitation counts from users' consecutive interactions (bounded).
+
+    Each item's neighbours are kept as two arrays (rows as int32, counts as float64, in insertion order): about
+    12 bytes a neighbour where a dict of Python floats took ~100, and already in the form scoring reads. A batch
+    of visits opens the items it touches as dicts, applies every visit in stream order, and packs them back.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.window = settings.cooc_window
         self.max_neighbours = settings.cooc_max_neighbours
         self.clock = DecayClock(settings.popularity_half_life_s)
-        self.neighbours: dict[int, dict[int, float]] = {}
-        self._arrays: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        """Each read item's neighbours as (rows, counts) arrays, dropped when the item's neighbours change:
-        the many users who share a hot recent item read it as arrays once per batch, not once each."""
+        self._neighbours: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def add_many(self, visits: Sequence[tuple[Sequence[int], int, float, float]]) -> None:
-        """:meth:`add` for each ``(previous_rows, row, weight, ts)``, in order."""
-        for previous_rows, row, weight, ts in visits:
-            self.add(previous_rows, row, weight, ts)
+    def __len__(self) -> int:
+        """Items with at least one neighbour."""
+        return len(self._neighbours)
+
+    def neighbours(self, row: int) -> dict[int, float]:
+        """``row``'s neighbours and their counts (on the clock's current scale), in insertion order."""
+        found = self._neighbours.get(row)
+        return {} if found is None else dict(zip(found[0].tolist(), found[1].tolist(), strict=True))
 
     def add(self, previous_rows: Sequence[int], row: int, weight: float, ts: float) -> None:
         """``row`` was visited after ``previous_rows`` (most recent last): strengthen both directions."""
-        if self.clock.needs_rescale(ts):
-            factor = self.clock.rebase(ts)
-            for nbrs in self.neighbours.values():
-                for key in nbrs:
-                    nbrs[key] *= factor
-            self._arrays.clear()
-        g = self.clock.growth(ts)
-        recent = [r for r in previous_rows[-self.window :] if r != row]
-        for distance, prev in enumerate(reversed(recent), start=1):
-            w = weight * g / distance
-            self._bump(prev, row, w)
-            self._bump(row, prev, w)
+        self.add_many([(previous_rows, row, weight, ts)])
 
-    def _bump(self, a: int, b: int, w: float) -> None:
-        self._arrays.pop(a, None)
-        nbrs = self.neighbours.setdefault(a, {})
+    def add_many(self, visits: Sequence[tuple[Sequence[int], int, float, float]]) -> None:
+        """:meth:`add` for each ``(previous_rows, row, weight, ts)``, in order."""
+        opened: dict[int, dict[int, float]] = {}
+        for previous_rows, row, weight, ts in visits:
+            if self.clock.needs_rescale(ts):
+                factor = self.clock.rebase(ts)
+                for _, counts in self._neighbours.values():
+                    counts *= factor
+                for nbrs in opened.values():
+                    for key in nbrs:
+                        nbrs[key] *= factor
+            g = self.clock.growth(ts)
+            recent = [r for r in previous_rows[-self.window :] if r != row]
+            for distance, prev in enumerate(reversed(recent), start=1):
+                w = weight * g / distance
+                self._bump(opened, prev, row, w)
+                self._bump(opened, row, prev, w)
+        for row, nbrs in opened.items():
+            self._neighbours[row] = (
+                np.fromiter(nbrs.keys(), np.int32, len(nbrs)),
+                np.fromiter(nbrs.values(), np.float64, len(nbrs)),
+            )
+
+    def _bump(self, opened: dict[int, dict[int, float]], a: int, b: int, w: float) -> None:
+        nbrs = opened.get(a)
+        if nbrs is None:
+            nbrs = opened[a] = self.neighbours(a)
         nbrs[b] = nbrs.get(b, 0.0) + w
         if len(nbrs) > 2 * self.max_neighbours:
             keep = sorted(nbrs.items(), key=lambda kv: kv[1], reverse=True)[: self.max_neighbours]
-            self.neighbours[a] = dict(keep)
+            opened[a] = dict(keep)
 
     def scores(self, seed_rows: Sequence[int], ts: float) -> dict[int, float]:
         """Co-visitation score of every neighbour of the seeds (most recent seed weighs most), decayed to ts."""
         found = self.score_arrays(seed_rows, ts)
         return dict(zip(found.rows.tolist(), found.scores.tolist(), strict=True))
-
-    def _neighbour_arrays(self, row: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """``row``'s neighbours and counts as arrays, in the dict's order (None: no neighbours)."""
-        got = self._arrays.get(row)
-        if got is None:
-            nbrs = self.neighbours.get(row)
-            if not nbrs:
-                return None
-            got = self._arrays[row] = (
-                np.fromiter(nbrs.keys(), np.int64, len(nbrs)),
-                np.fromiter(nbrs.values(), np.float64, len(nbrs)),
-            )
-        return got
 
     def score_arrays(self, seed_rows: Sequence[int], ts: float) -> CovisScores:
         """:meth:`scores` as arrays, neighbours in order of first appearance (most recent seed first)."""
@@ -397,7 +403,7 @@ class CoVisitation:
                 g = growth[t] = self.clock.growth(t)
             seeds = list(seed_rows[-self.window :])
             for distance, seed in enumerate(reversed(seeds), start=1):
-                found = self._neighbour_arrays(seed)
+                found = self._neighbours.get(seed)
                 if found is not None:
                     keys.append(found[0])
                     vals.append(found[1])

@@ -72,7 +72,7 @@ def dict_walk(cv: CoVisitation, seeds: list[int], ts: float) -> dict[int, float]
     g = cv.clock.growth(ts)
     expected: dict[int, float] = {}
     for distance, seed in enumerate(reversed(seeds[-cv.window :]), start=1):
-        for other, w in cv.neighbours.get(seed, {}).items():
+        for other, w in cv.neighbours(seed).items():
             expected[other] = expected.get(other, 0.0) + w * (1.0 / (distance * g))
     return expected
 
@@ -135,7 +135,7 @@ def test_covisitation_is_symmetric_recency_weighted_and_bounded() -> None:
     assert cv.top([1, 2], 0.0, n=1, exclude=[1, 2]) == pytest.approx({3: 1.0 + 0.5 * 0.5})
     for other in range(10, 20):
         cv.add([5], other, float(other), 0.0)
-    assert len(cv.neighbours[5]) <= 2 * 2
+    assert len(cv.neighbours(5)) <= 2 * 2
 
 
 def test_a_batched_coembedding_step_takes_every_gradient_at_the_vectors_before_the_batch() -> None:
