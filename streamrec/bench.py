@@ -219,6 +219,7 @@ async def drain_backlog(
         "batch_ms_p99": stats["processing_ms_p99"],
         "rss_bytes": stats["rss_bytes"],
         "rss_bytes_per_user": (stats["rss_bytes"] - stats["rss_ready_bytes"]) / max(users, 1),
+        "rss_core_bytes_per_user": (stats["core_rss_bytes"] - stats["core_rss_ready_bytes"]) / max(users, 1),
         "profile_bytes_per_user": stats["profile_bytes"] / max(stats["profiles"], 1),
     }
     figures["worker_over_ceiling"] = figures["worker_events_per_s"] / max(ceiling_rate, 1e-9)
