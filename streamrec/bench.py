@@ -470,6 +470,7 @@ TABLE_ROWS: tuple[tuple[str, str, str], ...] = (
     ("encoder_items_per_s", "encoder (items/s)", "{:,.0f}"),
     ("new_item_visible_ms_p99", "new item visible p99 (ms)", "{:,.0f}"),
     ("rss_bytes_per_user", "RSS growth per user (bytes)", "{:,.0f}"),
+    ("rss_core_bytes_per_user", "  of which the core process", "{:,.0f}"),
     ("profile_bytes_per_user", "stored profile per user (bytes)", "{:,.0f}"),
     ("eval_events_per_s", "prequential eval (events/s)", "{:,.0f}"),
 )

@@ -27,6 +27,7 @@ FIGURES = (
     "encoder_device",
     "new_item_visible_ms_p99",
     "rss_bytes_per_user",
+    "rss_core_bytes_per_user",
     "eval_events_per_s",
 )
 
