@@ -655,6 +655,7 @@ class Worker:
         await consumer.start()
         try:
             n = await read_to_end(self.settings, topic, consumer=consumer, on_records=self._apply_items)
+            await self._call_core("warm_up", self.settings.batch_size)  # one-time working memory, before the baseline
             await self._call_core("trim")  # the baseline, like every big batch, without the loading's freed buffers
             release_free_memory()
             log.info("catalogue loaded: %d records, %d items indexed", n, self.core.state.items_indexed)

@@ -14,11 +14,13 @@ same :class:`CoreService` runs in a thread when ``core_process`` is off: one imp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
+import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -40,6 +42,8 @@ TRIM_AFTER_EVENTS = 256
 """Batches at least this large return their freed temporary memory to the system (see release_free_memory)."""
 STOP_TIMEOUT_S = 10.0
 WARM_UP_QUERY = "warm-up"
+WARM_UP_USER = "streamrec-warm-up"
+"""Id prefix of the made-up users :meth:`CoreService.warm_up` ranks for (never stored or published)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +177,25 @@ class CoreService:
                     out.visible_ms.append((time.time() - emb.item.ts) * 1000.0)
         return out
 
+    def warm_up(self, users: int) -> None:
+        """Rank once for ``users`` made-up users (each with a catalogue item's vector as taste), changing nothing.
+
+        The first rankings take the libraries' working memory (BLAS and FAISS buffers, code pages, a heap
+        sized for a full batch's temporaries): ~17 MB on the bench, that would otherwise show as memory per
+        user, and a first batch slower than the rest. Nothing is learned, remembered or published.
+        """
+        rec = self.recommender
+        n = rec.catalog.n_indexed
+        if n == 0 or users <= 0:
+            return
+        profiles = []
+        for i in range(users):
+            profile = UserProfile.new(f"{WARM_UP_USER}-{i}", self.settings.embedding_dim)
+            profile.long_term[:] = rec.catalog.vectors[i * len(rec.catalog) // users]
+            profiles.append(profile)
+        rec.recommend(profiles, now=rec.clock, remember=False)
+        self.trim()
+
     def apply_item_updates(self, updates: Sequence[ItemUpdate]) -> int:
         return self.recommender.apply_item_updates(updates)
 
@@ -219,6 +242,22 @@ def _serve(conn: Connection, settings: Settings, worker_id: str, with_query_enco
             return
 
 
+@contextlib.contextmanager
+def _child_environment(**values: str) -> Iterator[None]:
+    """Environment variables set for the processes started inside the block (a spawned child copies the
+    environment at start), restored after it."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 class CoreError(RuntimeError):
     """The core process failed or is gone: the worker stops rather than carry on without its state."""
 
@@ -248,7 +287,8 @@ class CoreClient:
                 name="streamrec-core",
                 daemon=True,
             )
-            self._process.start()
+            with _child_environment(PYTHONMALLOC=self.settings.core_allocator):
+                self._process.start()
             theirs.close()
             self._conn = ours
             self._receive()

@@ -30,13 +30,14 @@ def item_values() -> list[bytes | None]:
     return values
 
 
-def drive(core_process: bool) -> tuple[Any, ...]:
+def drive(core_process: bool, warm_up: int = 0) -> tuple[Any, ...]:
     """Load a catalogue, run two batches (the second reads the profiles the first wrote) and a forget."""
     settings = Settings(embedding_dim=DIM, top_k=5, seed=3, core_process=core_process)
     client = CoreClient(settings, "w1", with_query_encoder=False)
 
     async def run() -> tuple[Any, ...]:
         loaded = await client.call("upsert_items", item_values(), False)
+        await client.call("warm_up", warm_up)
         table: dict[str, bytes] = {}
         batches: list[CoreBatch] = []
         for n, events in enumerate(
@@ -87,6 +88,32 @@ def test_the_core_gives_the_same_results_in_its_own_process_as_in_a_thread() -> 
         return [[(k, orjson.loads(v)["items"]) for k, v in b.recommendations] for b in bs]
 
     assert lists(t_batches) == lists(batches)
+
+
+def test_warming_the_core_up_changes_no_result() -> None:
+    """The start-up ranking for made-up users learns, remembers and stores nothing."""
+    cold, warm = drive(True), drive(True, warm_up=50)
+    assert warm[2] == cold[2]  # profiles to the byte
+    assert warm[3].model_steps == cold[3].model_steps and warm[3].model_version == cold[3].model_version
+
+    def lists(bs: list[CoreBatch]) -> list[Any]:
+        return [[(k, orjson.loads(v)["items"]) for k, v in b.recommendations] for b in bs]
+
+    assert lists(warm[1]) == lists(cold[1])
+
+
+def test_the_core_process_runs_with_the_configured_allocator() -> None:
+    before = os.environ.get("PYTHONMALLOC")
+    for allocator in ("malloc", "pymalloc"):
+        client = CoreClient(Settings(embedding_dim=DIM, core_allocator=allocator), "w1", with_query_encoder=False)
+        try:
+            asyncio.run(client.call("trim"))
+            with open(f"/proc/{client.pid}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+            assert f"PYTHONMALLOC={allocator}".encode() in environ
+        finally:
+            client.close()
+        assert os.environ.get("PYTHONMALLOC") == before  # the worker's own environment is left as it was
 
 
 def test_a_dead_core_process_fails_every_call_at_once() -> None:
