@@ -22,7 +22,6 @@ from typing import Any, Literal, get_args, get_origin
 Device = Literal["auto", "cpu", "cuda"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 Optimizer = Literal["sgd", "rmsprop"]
-Allocator = Literal["pymalloc", "malloc"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 ENV_PREFIX = "STREAMREC_"
@@ -57,12 +56,6 @@ class Settings:
     core_process: bool = True
     """Run the recommender core in a child process of the worker (its own interpreter lock; see
     :mod:`streamrec.core`); off, it runs in a thread of the worker's process."""
-    core_allocator: Allocator = "malloc"
-    """Small-object allocator of the core's process (``PYTHONMALLOC``). The core keeps ~100,000 small long-lived
-    objects (co-visitation arrays, cached pools) among each batch's temporaries; CPython's own allocator
-    (``pymalloc``) returns an arena only when all of it is free, so they pinned part-empty arenas: measured on
-    the bench, the core's RSS growth per user was 2,862 bytes with ``pymalloc`` and 2,677 with ``malloc``, at the
-    same speed."""
     follow_fetch_wait_ms: int = 200
     """Fetch wait of the worker's follower consumers (catalogue, peers' item updates, model snapshots). The local
     broker answers a fetch only when its wait is up, so every consumer at 10 ms polls 100 times a second: an idle

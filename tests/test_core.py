@@ -102,20 +102,6 @@ def test_warming_the_core_up_changes_no_result() -> None:
     assert lists(warm[1]) == lists(cold[1])
 
 
-def test_the_core_process_runs_with_the_configured_allocator() -> None:
-    before = os.environ.get("PYTHONMALLOC")
-    for allocator in ("malloc", "pymalloc"):
-        client = CoreClient(Settings(embedding_dim=DIM, core_allocator=allocator), "w1", with_query_encoder=False)
-        try:
-            asyncio.run(client.call("trim"))
-            with open(f"/proc/{client.pid}/environ", "rb") as f:
-                environ = f.read().split(b"\0")
-            assert f"PYTHONMALLOC={allocator}".encode() in environ
-        finally:
-            client.close()
-        assert os.environ.get("PYTHONMALLOC") == before  # the worker's own environment is left as it was
-
-
 def test_a_dead_core_process_fails_every_call_at_once() -> None:
     client = CoreClient(Settings(embedding_dim=DIM, core_process=True), "w1", with_query_encoder=False)
 
