@@ -330,10 +330,6 @@ class CoVisitation:
         self.clock = DecayClock(settings.popularity_half_life_s)
         self._neighbours: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def __len__(self) -> int:
-        """Items with at least one neighbour."""
-        return len(self._neighbours)
-
     def neighbours(self, row: int) -> dict[int, float]:
         """``row``'s neighbours and their counts (on the clock's current scale), in insertion order."""
         found = self._neighbours.get(row)
