@@ -180,7 +180,8 @@ class CoreService:
 
         The first rankings take the libraries' working memory (BLAS and FAISS buffers, code pages, a heap
         sized for a full batch's temporaries), which would otherwise be counted as memory per user (the core
-        alone, 100k synthetic events: 3,301 → 2,862 bytes per user). Nothing is learned, remembered or published.
+        alone, 100k synthetic events: 3,301 → 2,862 bytes per user). Nothing is learned, remembered or published;
+        the caller trims the freed temporaries (the worker does before it records its memory baseline).
         """
         rec = self.recommender
         if rec.catalog.n_indexed == 0 or users <= 0:
@@ -191,7 +192,6 @@ class CoreService:
             profile.long_term[:] = rec.catalog.vectors[i * len(rec.catalog) // users]
             profiles.append(profile)
         rec.recommend(profiles, now=rec.clock, remember=False)
-        self.trim()
 
     def apply_item_updates(self, updates: Sequence[ItemUpdate]) -> int:
         return self.recommender.apply_item_updates(updates)
