@@ -11,6 +11,7 @@ from streamrec.events import Event
 from streamrec.profiles import (
     HEADER,
     MAGIC,
+    ProfileFormatError,
     UserProfile,
     applied_count,
     apply_event,
@@ -164,6 +165,17 @@ def test_format_2_float16_profiles_from_older_changelogs_still_load() -> None:
     )
     assert applied_count(old) == 3
     _same_profile_with_float16_vectors(UserProfile.from_bytes(old), p)
+
+
+def test_a_profile_in_a_format_from_a_newer_version_is_refused_not_misread() -> None:
+    raw = bytearray(_busy_profile().to_bytes())
+    raw[1] = 4  # the version byte: a layout this version does not know
+    with pytest.raises(ProfileFormatError, match="profile format 4 is not one this streamrec reads"):
+        UserProfile.from_bytes(bytes(raw))
+    with pytest.raises(ProfileFormatError, match="not a stored profile"):
+        UserProfile.from_bytes(b"\x00" + bytes(raw[1:]))
+    with pytest.raises(ProfileFormatError, match="not a stored profile"):
+        UserProfile.from_bytes(MAGIC + b"\x03")  # shorter than a header
 
 
 def test_format_1_json_profiles_from_older_changelogs_still_load() -> None:
