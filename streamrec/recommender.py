@@ -31,11 +31,42 @@ SEARCH_KIND = "search"
 BEHAVIOUR_KIND = "behaviour"
 
 
-def member(rows: np.ndarray, few: Sequence[int]) -> np.ndarray:
-    """``np.isin(rows, few)`` for the short lists used here (recent, purchased), without isin's sorting."""
-    if not len(few):
-        return np.zeros(len(rows), bool)
-    return (rows[:, None] == np.asarray(few, rows.dtype)[None, :]).any(axis=1)
+def candidate_pools(
+    semantic: np.ndarray, covisited: Sequence[np.ndarray], popular: np.ndarray, excluded: Sequence[Sequence[int]]
+) -> list[np.ndarray]:
+    """Each user's candidate rows: the sorted union of their semantic hits (``-1``: none), co-visited rows and
+    the popular rows, less their excluded rows — for a whole batch in a few array operations, not per user.
+
+    >>> pools = candidate_pools(np.array([[5, 1], [2, -1]]), [np.array([1, 7]), np.array([], np.int64)],
+    ...                         np.array([9]), [[7], []])
+    >>> [p.tolist() for p in pools]
+    [[1, 5, 9], [2, 9]]
+    """
+    n = len(covisited)
+    if n == 0:
+        return []
+    cov_lens = np.fromiter(map(len, covisited), np.int64, n)
+    cov = np.full((n, int(cov_lens.max(initial=0))), -1, np.int64)
+    cov[np.arange(cov.shape[1])[None, :] < cov_lens[:, None]] = np.concatenate([np.zeros(0, np.int64), *covisited])
+    pooled = np.concatenate(
+        [semantic.astype(np.int64).reshape(n, -1), cov, np.broadcast_to(popular.astype(np.int64), (n, len(popular)))],
+        axis=1,
+    )
+    pooled.sort(axis=1)
+    keep = pooled >= 0
+    keep[:, 1:] &= pooled[:, 1:] != pooled[:, :-1]
+    owner = np.broadcast_to(np.arange(n, dtype=np.int64)[:, None], pooled.shape)[keep]
+    rows = pooled[keep]
+    ex_lens = np.fromiter(map(len, excluded), np.int64, n)
+    if ex_lens.any():
+        ex_rows = np.fromiter((r for rs in excluded for r in rs), np.int64, int(ex_lens.sum()))
+        width = int(max(rows.max(initial=0), ex_rows.max())) + 1
+        banned = np.unique(np.repeat(np.arange(n, dtype=np.int64), ex_lens) * width + ex_rows)
+        keys = owner * width + rows
+        at = np.minimum(np.searchsorted(banned, keys), len(banned) - 1)
+        allowed = banned[at] != keys
+        rows, owner = rows[allowed], owner[allowed]
+    return np.split(rows, np.cumsum(np.bincount(owner, minlength=n))[:-1])
 
 
 def keyed_lookup(tables: Sequence[tuple[np.ndarray, np.ndarray | float]], keys: np.ndarray) -> np.ndarray:
@@ -352,10 +383,11 @@ class Recommender:
             chosen += [int(r) for r in dict.fromkeys(draws.tolist()) if r != positive and r not in chosen]
         return chosen
 
-    def _remember(self, profile: UserProfile, cands: np.ndarray, order: np.ndarray, k: int) -> None:
-        """Keep the published list on the profile and the candidate pool in a bounded in-memory cache."""
+    def _remember(self, profile: UserProfile, cands: np.ndarray, best: np.ndarray) -> None:
+        """Keep the published list (``best``: positions in ``cands``) on the profile and the candidate pool in a
+        bounded in-memory cache."""
         item_id = self.catalog.item_id
-        profile.shown = [item_id(int(cands[j])) for j in order[:k]]
+        profile.shown = [item_id(int(cands[j])) for j in best]
         cache = self._pools
         cache[profile.user_id] = cands.astype(np.int32)
         cache.move_to_end(profile.user_id)
@@ -483,26 +515,23 @@ class Recommender:
             retrieval[i] = unit(blend * qv + (1.0 - blend) * taste) if qv is not None else taste
         _, sem_rows = self.catalog.search(retrieval, n_cand)
         popular = self.catalog.top_popular(n_cand)
-        pools: list[np.ndarray] = []
-        for i, (profile, user) in enumerate(zip(profiles, users, strict=True)):
-            semantic = sem_rows[i][sem_rows[i] >= 0] if len(sem_rows) else np.zeros(0, np.int64)
-            cands = np.unique(np.concatenate([semantic, user.covis.top(n_cand), popular]).astype(np.int64))
-            excluded = self._rows(profile.purchased) if self.settings.exclude_purchased else []
-            if self.settings.exclude_seen and qvs[i] is None:
-                excluded += user.seeds
-            if excluded:
-                cands = cands[~member(cands, excluded)]
-            pools.append(cands)
+        excluded: list[list[int]] = []
+        for profile, user, qv in zip(profiles, users, qvs, strict=True):
+            rows = self._rows(profile.purchased) if self.settings.exclude_purchased else []
+            if self.settings.exclude_seen and qv is None:
+                rows += user.seeds
+            excluded.append(rows)
+        pools = candidate_pools(sem_rows, [user.covis.top(n_cand) for user in users], popular, excluded)
         x = self.features_many(users, pools, now)
         scores = self.ranker.score(x)
         tops: list[np.ndarray] = []
         start = 0
         for user, cands in zip(users, pools, strict=True):
             end = start + len(cands)
-            order = np.argsort(-scores[start:end], kind="stable")
+            best = np.argsort(-scores[start:end], kind="stable")[:k]
             if remember and len(cands):
-                self._remember(user.profile, cands, order, k)
-            tops.append(start + order[:k])
+                self._remember(user.profile, cands, best)
+            tops.append(start + best)
             start = end
         picked = np.concatenate(tops) if tops else np.zeros(0, np.int64)
         why = self.ranker.reasons_many(x[picked]) if reasons else [()] * len(picked)

@@ -6,7 +6,7 @@ import pytest
 from streamrec.events import Event, Item, ItemEmbedding
 from streamrec.profiles import DictProfileStore
 from streamrec.ranker import FEATURES
-from streamrec.recommender import Recommender
+from streamrec.recommender import Recommender, candidate_pools
 from streamrec.settings import Settings
 
 DIM = 8
@@ -211,3 +211,20 @@ def test_training_examples_are_featurised_as_of_their_event_even_when_computed_a
     moved = rec.features(store.get("u"), every_row, 5.0)
     covisit = FEATURES.index("covisit")
     assert not np.array_equal(moved[:, covisit], expected[:, covisit])  # co-visitation moved on, after the step
+
+
+def test_candidate_pools_are_each_users_sorted_union_less_their_exclusions() -> None:
+    """The batched union equals the per-user definition: sorted, unique, no -1, nothing excluded, no user mixed up."""
+    rng = np.random.default_rng(3)
+    n, items = 50, 40  # few items: many duplicates within and across sources, and exclusions that hit
+    semantic = rng.integers(-1, items, (n, 12))
+    covisited = [rng.integers(0, items, rng.integers(0, 15)) for _ in range(n)]
+    popular = rng.choice(items, 6, replace=False)
+    excluded = [rng.integers(0, items, rng.integers(0, 5)).tolist() for _ in range(n)]
+    pools = candidate_pools(semantic, covisited, popular, excluded)
+    assert len(pools) == n
+    for i in range(n):
+        union = set(semantic[i][semantic[i] >= 0].tolist()) | set(covisited[i].tolist()) | set(popular.tolist())
+        assert pools[i].tolist() == sorted(union - set(excluded[i]))
+    assert sum(len(p) for p in pools) < n * (12 + 6)  # the duplicates were really there
+    assert candidate_pools(np.zeros((0, 12), np.int64), [], popular, []) == []
