@@ -74,8 +74,6 @@ class UserProfile:
     recent: list[str] = field(default_factory=list)
     categories: dict[str, float] = field(default_factory=dict)
     purchased: list[str] = field(default_factory=list)
-    shown: list[str] = field(default_factory=list)
-    """Items in the last list published to this user; not taken ⇒ negatives for the ranker."""
     offsets: dict[int, int] = field(default_factory=dict)
     """Highest applied source offset per partition: makes re-delivered events no-ops."""
 
@@ -97,7 +95,6 @@ class UserProfile:
                 "r": self.recent,
                 "c": self.categories,
                 "p": self.purchased,
-                "s": self.shown,
                 "o": {str(k): v for k, v in self.offsets.items()},
             }
         )
@@ -147,7 +144,10 @@ class UserProfile:
     def _with_lists(
         cls, d: dict[str, Any], long_term: np.ndarray, intent: np.ndarray, last_ts: float, events: int
     ) -> UserProfile:
-        """A profile from its vectors and counters plus the JSON part both formats share (id and lists)."""
+        """A profile from its vectors and counters plus the JSON part both formats share (id and lists).
+
+        Records written before the last offered list moved out of the profile still carry it (``"s"``): ignored.
+        """
         return cls(
             user_id=d["u"],
             long_term=long_term,
@@ -157,7 +157,6 @@ class UserProfile:
             recent=d["r"],
             categories=d["c"],
             purchased=d["p"],
-            shown=d["s"],
             offsets={int(k): v for k, v in d["o"].items()},
         )
 
@@ -233,8 +232,6 @@ def apply_event(
         _push_bounded(profile.recent, event.item_id, settings.recent_items)
         if event.type == "purchase":
             _push_bounded(profile.purchased, event.item_id, settings.max_purchased)
-        if event.item_id in profile.shown:
-            profile.shown.remove(event.item_id)
     if category is not None:
         cats = profile.categories
         for key in cats:

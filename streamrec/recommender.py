@@ -203,6 +203,19 @@ class _Request:
     query_vector: np.ndarray | None = None
 
 
+@dataclass(slots=True)
+class _Offer:
+    """What a user was last offered, kept in memory (bounded) to learn against when their next labelled event
+    comes: the candidate pool the list was ranked from and the listed items not taken since (rows, int32).
+
+    Not part of the durable profile: learning needs the pool too, which is never stored, so after a restart
+    or a rebalance the first new list starts the next offer either way.
+    """
+
+    pool: np.ndarray
+    shown: np.ndarray
+
+
 class Recommender:
     """Catalogue + co-visitation + popularity + fusion ranker, updated online."""
 
@@ -216,8 +229,8 @@ class Recommender:
         self.rng = np.random.default_rng(settings.seed)
         self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         """Embeddings of recent distinct queries: search traffic repeats its head queries all the time."""
-        self._pools: OrderedDict[str, np.ndarray] = OrderedDict()
-        """Each recent user's last candidate pool: learning happens against what retrieval offered."""
+        self._offers: OrderedDict[str, _Offer] = OrderedDict()
+        """Each recent user's last offer: learning happens against what retrieval and the list offered."""
         self.clock = 0.0
         """Latest event time seen: 'now' for popularity and freshness, so replays are reproducible."""
 
@@ -370,10 +383,11 @@ class Recommender:
         return len(updates)
 
     # --- learning -----------------------------------------------------------------------------------
-    def _negatives(self, profile: UserProfile, positive: int, pool: np.ndarray) -> list[int]:
+    def _negatives(self, offer: _Offer, positive: int) -> list[int]:
         """Shown-not-taken + candidate-pool + uniform negatives for one labelled event (no duplicates)."""
         s = self.settings
-        chosen = [r for r in self._rows(profile.shown) if r != positive][: s.negatives_shown]
+        pool = offer.pool
+        chosen = [r for r in offer.shown.tolist() if r != positive][: s.negatives_shown]
         if len(pool):
             draws = self.rng.choice(pool, min(len(pool), s.negatives_pool + len(chosen) + 1), replace=False)
             chosen += [int(r) for r in draws if r != positive and r not in chosen][: s.negatives_pool]
@@ -383,14 +397,16 @@ class Recommender:
             chosen += [int(r) for r in dict.fromkeys(draws.tolist()) if r != positive and r not in chosen]
         return chosen
 
-    def _remember(self, profile: UserProfile, cands: np.ndarray, best: np.ndarray) -> None:
-        """Keep the published list (``best``: positions in ``cands``) on the profile and the candidate pool in a
-        bounded in-memory cache."""
-        item_id = self.catalog.item_id
-        profile.shown = [item_id(int(cands[j])) for j in best]
-        cache = self._pools
-        cache[profile.user_id] = cands.astype(np.int32)
-        cache.move_to_end(profile.user_id)
+    def last_offered(self, user_id: str) -> list[str]:
+        """Items of the last list published to ``user_id`` that they have not taken since (empty if none is kept)."""
+        offer = self._offers.get(user_id)
+        return [] if offer is None else [self.catalog.item_id(r) for r in offer.shown.tolist()]
+
+    def _remember(self, user_id: str, cands: np.ndarray, best: np.ndarray) -> None:
+        """Keep the published list (``best``: positions in ``cands``) and its pool as the user's offer (bounded)."""
+        cache = self._offers
+        cache[user_id] = _Offer(cands.astype(np.int32), cands[best].astype(np.int32))
+        cache.move_to_end(user_id)
         while len(cache) > self.settings.candidate_cache_users:
             cache.popitem(last=False)
 
@@ -460,11 +476,11 @@ class Recommender:
                 row = self.catalog.ensure(event.item_id)
                 if event.context and isinstance(event.context.get("category"), str):
                     self.catalog.set_category(row, event.context["category"])
-                pool = self._pools.get(event.user_id)
+                offer = self._offers.get(event.user_id)
                 # Learn only from choices the ranker could have made: the taken item was among the candidates
                 # it ranked. Items retrieval never offered would teach it to distrust its own sources.
-                learnable = self.settings.learn and pool is not None and row in pool
-                negs = self._negatives(profile, row, pool) if learnable else []
+                learnable = self.settings.learn and offer is not None and row in offer.pool
+                negs = self._negatives(offer, row) if learnable and offer is not None else []
                 if negs:
                     examples.append(self._example(profile, np.array([row, *negs], np.int64), event))
                 previous = self._rows(profile.recent)
@@ -474,6 +490,8 @@ class Recommender:
                     result.item_updates.append(ItemUpdate(event.item_id, recent, weight, event.ts))
                 vector = self.catalog.vectors[row] if self.catalog.has_vector[row] else None
                 apply_event(profile, event, vector, self.catalog.category_of(row), self.settings, part, off)
+                if offer is not None:  # taken: no longer a shown-not-taken negative
+                    offer.shown = offer.shown[offer.shown != row]
                 self.fold_item_event(previous, row, weight, event.ts, visits)
                 behaviour[event.user_id] = _Request(profile, event.ts)
             else:  # search: update intent with the query, answer with query-aware results
@@ -530,7 +548,7 @@ class Recommender:
             end = start + len(cands)
             best = np.argsort(-scores[start:end], kind="stable")[:k]
             if remember and len(cands):
-                self._remember(user.profile, cands, best)
+                self._remember(user.profile.user_id, cands, best)
             tops.append(start + best)
             start = end
         picked = np.concatenate(tops) if tops else np.zeros(0, np.int64)
@@ -571,13 +589,13 @@ class Recommender:
         return result
 
     def forget(self, user_id: str, store: ProfileStore) -> None:
-        """Delete everything kept about a user (privacy requests): the profile and the in-memory candidate pool.
+        """Delete everything kept about a user (privacy requests): the profile and the in-memory last offer.
 
         Aggregates the user's events contributed to (co-visitation, popularity, co-embeddings, the ranker's
         weights) are not per-user and stay; a later event for the user starts a fresh profile.
         """
         store.delete(user_id)
-        self._pools.pop(user_id, None)
+        self._offers.pop(user_id, None)
 
     def process(
         self,

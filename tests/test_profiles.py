@@ -50,13 +50,11 @@ def test_bounded_state() -> None:
     assert len(p.categories) == 2
 
 
-def test_revisit_moves_item_to_front_and_counts_shown() -> None:
+def test_revisit_moves_item_to_front() -> None:
     p = UserProfile.new("u", 3)
-    p.shown = ["b", "c"]
     for item in ["a", "b", "a"]:
         apply_event(p, Event("u", "click", 1.0, item_id=item), E1, None, S)
     assert p.recent == ["b", "a"]
-    assert p.shown == ["c"]  # b was taken
 
 
 def test_redelivered_offsets_are_noops() -> None:
@@ -110,7 +108,6 @@ def _busy_profile() -> UserProfile:
             partition=part,
             offset=100 + i,
         )
-    p.shown = ["x", "y"]
     return p
 
 
@@ -118,11 +115,10 @@ def test_binary_format_round_trips_and_its_header_gives_the_applied_count() -> N
     p = _busy_profile()
     raw = p.to_bytes()
     q = UserProfile.from_bytes(raw)
-    assert (q.user_id, q.recent, q.purchased, q.shown, q.offsets, q.events, q.last_ts) == (
+    assert (q.user_id, q.recent, q.purchased, q.offsets, q.events, q.last_ts) == (
         "user-7",
         ["i0", "i1", "i2"],
         ["i1"],
-        ["x", "y"],
         {0: 102, 1: 101},
         3,
         12.0,
@@ -137,11 +133,10 @@ def test_binary_format_round_trips_and_its_header_gives_the_applied_count() -> N
 
 
 def _same_profile_with_float16_vectors(q: UserProfile, p: UserProfile) -> None:
-    assert (q.user_id, q.recent, q.purchased, q.shown, q.offsets, q.events, q.last_ts) == (
+    assert (q.user_id, q.recent, q.purchased, q.offsets, q.events, q.last_ts) == (
         p.user_id,
         p.recent,
         p.purchased,
-        p.shown,
         p.offsets,
         p.events,
         p.last_ts,
@@ -153,7 +148,7 @@ def _same_profile_with_float16_vectors(q: UserProfile, p: UserProfile) -> None:
 
 def test_format_2_float16_profiles_from_older_changelogs_still_load() -> None:
     p = _busy_profile()
-    lists = {"u": p.user_id, "r": p.recent, "c": p.categories, "p": p.purchased, "s": p.shown}
+    lists = {"u": p.user_id, "r": p.recent, "c": p.categories, "p": p.purchased, "s": ["x", "y"]}
     head = HEADER.pack(MAGIC, 2, p.events, p.last_ts, len(p.long_term))
     old = b"".join(
         (
@@ -192,7 +187,7 @@ def test_format_1_json_profiles_from_older_changelogs_still_load() -> None:
             "r": p.recent,
             "c": p.categories,
             "p": p.purchased,
-            "s": p.shown,
+            "s": ["x", "y"],
             "o": {str(k): v for k, v in p.offsets.items()},
         }
     )

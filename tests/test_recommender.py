@@ -42,7 +42,8 @@ def test_user_gets_their_category_and_purchases_are_excluded() -> None:
     ids = [i.item_id for i in out.items]
     assert len(ids) == 5 and {cat_of(i) for i in ids} == {"coffee"}
     assert not {"coffee-0", "coffee-1", "coffee-2"} & set(ids)  # just seen / purchased
-    assert store.get("u").shown == ids  # remembered for negatives
+    assert rec.last_offered("u") == ids  # remembered for negatives, in memory
+    assert b'"s"' not in store.get("u").to_bytes()  # not in the stored profile
     assert out.model_version == "fusion@0"  # nothing was offered before: nothing to learn against yet
     taken = ids[2]
     [again] = rec.process([Event("u", "click", 3.0, item_id=taken)], store).recommendations
@@ -72,11 +73,11 @@ def test_learns_only_when_the_taken_item_was_a_candidate() -> None:
     rec = build(Settings(embedding_dim=DIM, top_k=5, seed=1, candidates_per_source=6))
     store = DictProfileStore()
     rec.process([Event("u", "click", 1.0, item_id="shoes-1")], store)
-    pool = {rec.catalog.item_id(int(r)) for r in rec._pools["u"]}
+    pool = {rec.catalog.item_id(int(r)) for r in rec._offers["u"].pool}
     outside = next(f"{c}-{j}" for c in CATS for j in range(10) if f"{c}-{j}" not in pool | {"shoes-1"})
     rec.process([Event("u", "click", 2.0, item_id=outside)], store)
     assert rec.ranker.steps == 0
-    inside = store.get("u").shown[0]
+    inside = rec.last_offered("u")[0]
     rec.process([Event("u", "click", 3.0, item_id=inside)], store)
     assert rec.ranker.steps == 1
 
@@ -119,8 +120,8 @@ def test_learning_moves_the_ranker_toward_what_users_take() -> None:
     for t in range(300):
         user = f"u{rng.integers(20)}"
         item = hot[t % 3]
-        pool = rec._pools.get(user)
-        expected_steps += pool is not None and rec.catalog.row_of[item] in pool
+        offer = rec._offers.get(user)
+        expected_steps += offer is not None and rec.catalog.row_of[item] in offer.pool
         rec.process([Event(user, "click", float(t), item_id=item)], store)
     assert expected_steps >= 30
     assert rec.ranker.steps == expected_steps
@@ -146,7 +147,7 @@ def test_learn_disabled_freezes_parameters() -> None:
     w = rec.ranker.weights.copy()
     store = DictProfileStore()
     rec.process([Event("u", "click", 1.0, item_id="shoes-1")], store)
-    rec.process([Event("u", "purchase", 2.0, item_id=store.get("u").shown[0])], store)
+    rec.process([Event("u", "purchase", 2.0, item_id=rec.last_offered("u")[0])], store)
     np.testing.assert_array_equal(rec.ranker.weights, w)
     assert rec.ranker.version == "fusion@0"
 
