@@ -10,6 +10,7 @@ co-embeddings), and (5) retrieves and ranks candidates for all touched users wit
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -72,7 +73,11 @@ def candidate_pools(
 def keyed_lookup(tables: Sequence[tuple[np.ndarray, np.ndarray | float]], keys: np.ndarray) -> np.ndarray:
     """Value of each of ``keys`` in the union of (keys, values) tables, 0 where absent (keys unique)."""
     out = np.zeros(len(keys), np.float32)
-    parts = [(k, np.broadcast_to(np.asarray(v, np.float32), k.shape)) for k, v in tables if len(k)]
+    parts = [
+        (k, v.astype(np.float32, copy=False) if isinstance(v, np.ndarray) else np.full(len(k), v, np.float32))
+        for k, v in tables
+        if len(k)
+    ]
     if not parts or not len(keys):
         return out
     table_keys = np.concatenate([k for k, _ in parts])
@@ -311,8 +316,10 @@ class Recommender:
         x[:, F_INDEX["covisit"]] = keyed_lookup(
             [(u * width + user.covis.rows, user.covis.rank_values()) for u, user in enumerate(users)], keys
         )
+        seed_lens = np.fromiter((len(user.seeds) for user in users), np.int64, n_users)
+        seen = np.fromiter(itertools.chain.from_iterable(user.seeds for user in users), np.int64, int(seed_lens.sum()))
         x[:, F_INDEX["seen"]] = keyed_lookup(
-            [(u * width + np.asarray(user.seeds, np.int64), 1.0) for u, user in enumerate(users)], keys
+            [(np.repeat(np.arange(n_users, dtype=np.int64), seed_lens) * width + seen, 1.0)], keys
         )
         x[:, F_INDEX["category"]] = self._category_share(users, seg, items.codes)
         return x

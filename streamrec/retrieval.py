@@ -285,7 +285,7 @@ class Catalog:
         return scores, rows
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class CovisScores:
     """A user's co-visited items and their decayed scores, in order of first appearance (ties keep it)."""
 
@@ -296,7 +296,8 @@ class CovisScores:
 
     @classmethod
     def empty(cls) -> CovisScores:
-        return cls(np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.int64))
+        """No co-visited items: one shared, immutable instance, so the users without any cost no allocations."""
+        return _NO_COVIS
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -314,6 +315,16 @@ class CovisScores:
         rank = np.empty(len(self.rows), np.int64)
         rank[self.order] = np.arange(len(self.rows))
         return (1.0 / np.log2(rank + 2.0)).astype(np.float32)
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
+
+
+_NO_COVIS = CovisScores(
+    _read_only(np.zeros(0, np.int64)), _read_only(np.zeros(0, np.float64)), _read_only(np.zeros(0, np.int64))
+)
 
 
 class CoVisitation:
@@ -388,7 +399,7 @@ class CoVisitation:
         one user at a time (each key's terms in order of appearance, most recent seed first), and ties keep
         first-appearance order, so the results are the same to the bit.
         """
-        out = [CovisScores.empty() for _ in seed_lists]
+        out = [CovisScores.empty()] * len(seed_lists)
         if self.clock.t0 is None:
             return out
         times = [ts] * len(seed_lists) if isinstance(ts, float | int) else ts
