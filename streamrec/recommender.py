@@ -90,6 +90,19 @@ def keyed_lookup(tables: Sequence[tuple[np.ndarray, np.ndarray | float]], keys: 
     return out
 
 
+def covis_rank_table(covis: Sequence[CovisScores], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(user, row) keys (``user * width + row``) and :meth:`CovisScores.rank_values` of many users' co-visited
+    items, built for the batch at once rather than user by user."""
+    lens = np.fromiter(map(len, covis), np.int64, len(covis))
+    starts = np.repeat(np.cumsum(lens) - lens, lens)
+    rows = np.concatenate([np.zeros(0, np.int64), *(c.rows for c in covis)])
+    order = np.concatenate([np.zeros(0, np.int64), *(c.order for c in covis)]) + starts
+    rank = np.empty(len(rows), np.int64)
+    rank[order] = np.arange(len(rows)) - starts
+    owner = np.repeat(np.arange(len(covis), dtype=np.int64), lens)
+    return owner * width + rows, (1.0 / np.log2(rank + 2.0)).astype(np.float32)
+
+
 @dataclass(frozen=True, slots=True)
 class ScoredItem:
     item_id: str
@@ -313,9 +326,7 @@ class Recommender:
         # (user, row) keys: one sorted lookup per feature for the whole batch
         width = len(cat) + 1
         keys = seg * width + all_rows
-        x[:, F_INDEX["covisit"]] = keyed_lookup(
-            [(u * width + user.covis.rows, user.covis.rank_values()) for u, user in enumerate(users)], keys
-        )
+        x[:, F_INDEX["covisit"]] = keyed_lookup([covis_rank_table([user.covis for user in users], width)], keys)
         seed_lens = np.fromiter((len(user.seeds) for user in users), np.int64, n_users)
         seen = np.fromiter(itertools.chain.from_iterable(user.seeds for user in users), np.int64, int(seed_lens.sum()))
         x[:, F_INDEX["seen"]] = keyed_lookup(
@@ -328,17 +339,22 @@ class Recommender:
         """Each candidate's category's share of its user's (decayed) category weight."""
         cat = self.catalog
         width = len(cat.category_names) + 1  # codes shifted by one: NO_CATEGORY (-1) -> 0
-        tables = []
+        code_of = cat.category_code
+        keys: list[int] = []
+        shares: list[float] = []
         for u, user in enumerate(users):
             weights = user.categories
             total = sum(weights.values())
             if total <= 0.0:
                 continue
-            known = [(cat.category_code[name], w / total) for name, w in weights.items() if name in cat.category_code]
-            if known:
-                c, v = zip(*known, strict=True)
-                tables.append((u * width + np.asarray(c, np.int64) + 1, np.asarray(v, np.float32)))
-        return keyed_lookup(tables, seg * width + codes.astype(np.int64) + 1)
+            base = u * width + 1
+            for name, w in weights.items():
+                code = code_of.get(name)
+                if code is not None:
+                    keys.append(base + code)
+                    shares.append(w / total)
+        table = (np.array(keys, np.int64), np.array(shares, np.float32))
+        return keyed_lookup([table], seg * width + codes.astype(np.int64) + 1)
 
     def _rows(self, item_ids: Sequence[str]) -> list[int]:
         row_of = self.catalog.row_of
