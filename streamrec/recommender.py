@@ -50,24 +50,27 @@ def candidate_pools(
     cov = np.full((n, int(cov_lens.max(initial=0))), -1, np.int64)
     cov[np.arange(cov.shape[1])[None, :] < cov_lens[:, None]] = np.concatenate([np.zeros(0, np.int64), *covisited])
     pooled = np.concatenate(
-        [semantic.astype(np.int64).reshape(n, -1), cov, np.broadcast_to(popular.astype(np.int64), (n, len(popular)))],
+        [
+            semantic.astype(np.int64, copy=False).reshape(n, -1),
+            cov,
+            np.broadcast_to(popular.astype(np.int64, copy=False), (n, len(popular))),
+        ],
         axis=1,
     )
     pooled.sort(axis=1)
     keep = pooled >= 0
     keep[:, 1:] &= pooled[:, 1:] != pooled[:, :-1]
-    owner = np.broadcast_to(np.arange(n, dtype=np.int64)[:, None], pooled.shape)[keep]
-    rows = pooled[keep]
     ex_lens = np.fromiter(map(len, excluded), np.int64, n)
     if ex_lens.any():
         ex_rows = np.fromiter((r for rs in excluded for r in rs), np.int64, int(ex_lens.sum()))
-        width = int(max(rows.max(initial=0), ex_rows.max())) + 1
-        banned = np.unique(np.repeat(np.arange(n, dtype=np.int64), ex_lens) * width + ex_rows)
-        keys = owner * width + rows
+        width = int(max(pooled.max(), ex_rows.max())) + 1
+        banned = np.sort(np.repeat(np.arange(n, dtype=np.int64), ex_lens) * width + ex_rows)
+        keys = np.arange(n, dtype=np.int64)[:, None] * width + pooled
         at = np.minimum(np.searchsorted(banned, keys), len(banned) - 1)
-        allowed = banned[at] != keys
-        rows, owner = rows[allowed], owner[allowed]
-    return np.split(rows, np.cumsum(np.bincount(owner, minlength=n))[:-1])
+        keep &= banned[at] != keys
+    rows = pooled[keep]
+    bounds = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).tolist()
+    return [rows[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def keyed_lookup(tables: Sequence[tuple[np.ndarray, np.ndarray | float]], keys: np.ndarray) -> np.ndarray:
