@@ -145,7 +145,8 @@ class Settings:
     """Negatives sampled from the user's last candidate pool: the ranker's real decision set (MovieLens-100K
     Recall@20: 8 → 0.160, 16 → 0.164)."""
     candidate_cache_users: int = 4096
-    """Users whose last candidate pool is kept in memory (not persisted) for learning against it."""
+    """Users whose last offer (the list and the candidate pool it was ranked from) is kept in memory, not persisted,
+    for learning against it."""
     negatives_sampled: int = 2
     """Uniform random catalogue items as negatives."""
     learn: bool = True
