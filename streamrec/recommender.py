@@ -63,7 +63,7 @@ def candidate_pools(
     ex_lens = np.fromiter(map(len, excluded), np.int64, n)
     if ex_lens.any():
         ex_rows = np.fromiter((r for rs in excluded for r in rs), np.int64, int(ex_lens.sum()))
-        width = int(max(pooled.max(), ex_rows.max())) + 1
+        width = int(max(pooled.max(initial=-1), ex_rows.max())) + 1
         banned = np.sort(np.repeat(np.arange(n, dtype=np.int64), ex_lens) * width + ex_rows)
         keys = np.arange(n, dtype=np.int64)[:, None] * width + pooled
         at = np.minimum(np.searchsorted(banned, keys), len(banned) - 1)

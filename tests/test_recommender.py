@@ -230,6 +230,9 @@ def test_candidate_pools_are_each_users_sorted_union_less_their_exclusions() -> 
         assert pools[i].tolist() == sorted(union - set(excluded[i]))
     assert sum(len(p) for p in pools) < n * (12 + 6)  # the duplicates were really there
     assert candidate_pools(np.zeros((0, 12), np.int64), [], popular, []) == []
+    nothing = np.zeros(0, np.int64)  # no candidates at all (an empty catalogue), but something to exclude
+    empty = candidate_pools(np.zeros((2, 0), np.int64), [nothing, nothing], nothing, [[3], []])
+    assert [p.tolist() for p in empty] == [[], []]
 
 
 def test_covis_rank_table_matches_each_users_rank_values() -> None:
