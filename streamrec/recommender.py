@@ -23,7 +23,7 @@ from .events import ITEM_EVENT_TYPES, Event, ItemEmbedding
 from .itemstats import ItemUpdate
 from .profiles import ProfileStore, UserProfile, apply_event, unit
 from .ranker import FEATURES, FusionRanker
-from .retrieval import Catalog, CoEmbedding, CoVisitation, CovisScores, freshness
+from .retrieval import Catalog, CoEmbedding, CoVisitation, CovisScores, covis_rank_table, freshness, segment_owners
 from .settings import Settings
 
 QueryEncoder = Callable[[Sequence[str]], np.ndarray]
@@ -64,7 +64,7 @@ def candidate_pools(
     if ex_lens.any():
         ex_rows = np.fromiter((r for rs in excluded for r in rs), np.int64, int(ex_lens.sum()))
         width = int(max(pooled.max(initial=-1), ex_rows.max())) + 1
-        banned = np.sort(np.repeat(np.arange(n, dtype=np.int64), ex_lens) * width + ex_rows)
+        banned = np.sort(segment_owners(ex_lens) * width + ex_rows)
         keys = np.arange(n, dtype=np.int64)[:, None] * width + pooled
         at = np.minimum(np.searchsorted(banned, keys), len(banned) - 1)
         keep &= banned[at] != keys
@@ -91,19 +91,6 @@ def keyed_lookup(tables: Sequence[tuple[np.ndarray, np.ndarray | float]], keys: 
     hit = table_keys[pos] == keys
     out[hit] = table_vals[order[pos[hit]]]
     return out
-
-
-def covis_rank_table(covis: Sequence[CovisScores], width: int) -> tuple[np.ndarray, np.ndarray]:
-    """(user, row) keys (``user * width + row``) and :meth:`CovisScores.rank_values` of many users' co-visited
-    items, built for the batch at once rather than user by user."""
-    lens = np.fromiter(map(len, covis), np.int64, len(covis))
-    starts = np.repeat(np.cumsum(lens) - lens, lens)
-    rows = np.concatenate([np.zeros(0, np.int64), *(c.rows for c in covis)])
-    order = np.concatenate([np.zeros(0, np.int64), *(c.order for c in covis)]) + starts
-    rank = np.empty(len(rows), np.int64)
-    rank[order] = np.arange(len(rows)) - starts
-    owner = np.repeat(np.arange(len(covis), dtype=np.int64), lens)
-    return owner * width + rows, (1.0 / np.log2(rank + 2.0)).astype(np.float32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,7 +296,7 @@ class Recommender:
         n_users = len(users)
         lens = np.fromiter((len(r) for r in rows), np.int64, n_users)
         all_rows = np.concatenate(rows).astype(np.int64) if n_users else np.zeros(0, np.int64)
-        seg = np.repeat(np.arange(n_users, dtype=np.int64), lens)
+        seg = segment_owners(lens)
         x = np.zeros((len(all_rows), len(FEATURES)), np.float32)
         if items is None:
             items = ItemState(cat.relative_popularity(all_rows, float(now)), cat.category[all_rows])
@@ -332,9 +319,7 @@ class Recommender:
         x[:, F_INDEX["covisit"]] = keyed_lookup([covis_rank_table([user.covis for user in users], width)], keys)
         seed_lens = np.fromiter((len(user.seeds) for user in users), np.int64, n_users)
         seen = np.fromiter(itertools.chain.from_iterable(user.seeds for user in users), np.int64, int(seed_lens.sum()))
-        x[:, F_INDEX["seen"]] = keyed_lookup(
-            [(np.repeat(np.arange(n_users, dtype=np.int64), seed_lens) * width + seen, 1.0)], keys
-        )
+        x[:, F_INDEX["seen"]] = keyed_lookup([(segment_owners(seed_lens) * width + seen, 1.0)], keys)
         x[:, F_INDEX["category"]] = self._category_share(users, seg, items.codes)
         return x
 

@@ -307,14 +307,28 @@ class CovisScores:
         return self.rows[self.order[:n]]
 
     def rank_values(self) -> np.ndarray:
-        """Each item's rank here as 1/log2(rank + 2), NDCG-style (in ``rows`` order).
+        """Each item's rank value here (see :func:`covis_rank_table`), in ``rows`` order."""
+        return covis_rank_table([self], 1)[1]
 
-        Scale-free across datasets and decay settings, and any co-visited item scores above every item
-        that was never co-visited (0).
-        """
-        rank = np.empty(len(self.rows), np.int64)
-        rank[self.order] = np.arange(len(self.rows))
-        return (1.0 / np.log2(rank + 2.0)).astype(np.float32)
+
+def segment_owners(lens: np.ndarray) -> np.ndarray:
+    """For segments of these lengths laid end to end (one per user of a batch), each element's segment index."""
+    return np.repeat(np.arange(len(lens), dtype=np.int64), lens)
+
+
+def covis_rank_table(covis: Sequence[CovisScores], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keys ``user * width + row`` and rank values of many users' co-visited items, for a batch in one pass.
+
+    An item's rank value is 1/log2(rank + 2), NDCG-style: scale-free across datasets and decay settings, and
+    any co-visited item scores above every item that was never co-visited (0).
+    """
+    lens = np.fromiter(map(len, covis), np.int64, len(covis))
+    starts = np.repeat(np.cumsum(lens) - lens, lens)
+    rows = np.concatenate([np.zeros(0, np.int64), *(c.rows for c in covis)])
+    order = np.concatenate([np.zeros(0, np.int64), *(c.order for c in covis)]) + starts
+    rank = np.empty(len(rows), np.int64)
+    rank[order] = np.arange(len(rows)) - starts
+    return segment_owners(lens) * width + rows, (1.0 / np.log2(rank + 2.0)).astype(np.float32)
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:

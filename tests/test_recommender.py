@@ -6,8 +6,7 @@ import pytest
 from streamrec.events import Event, Item, ItemEmbedding
 from streamrec.profiles import DictProfileStore
 from streamrec.ranker import FEATURES
-from streamrec.recommender import Recommender, candidate_pools, covis_rank_table
-from streamrec.retrieval import CovisScores
+from streamrec.recommender import Recommender, candidate_pools
 from streamrec.settings import Settings
 
 DIM = 8
@@ -233,16 +232,3 @@ def test_candidate_pools_are_each_users_sorted_union_less_their_exclusions() -> 
     nothing = np.zeros(0, np.int64)  # no candidates at all (an empty catalogue), but something to exclude
     empty = candidate_pools(np.zeros((2, 0), np.int64), [nothing, nothing], nothing, [[3], []])
     assert [p.tolist() for p in empty] == [[], []]
-
-
-def test_covis_rank_table_matches_each_users_rank_values() -> None:
-    rng = np.random.default_rng(4)
-    covis = [CovisScores.empty()]
-    for n in (1, 5, 9):
-        scores = rng.integers(0, 3, n).astype(np.float64)  # ties: rank keeps first appearance
-        covis.append(CovisScores(rng.permutation(40)[:n], scores, np.lexsort((np.arange(n), -scores))))
-    covis.append(CovisScores.empty())
-    keys, values = covis_rank_table(covis, 41)
-    expected = [(u * 41 + r, v) for u, c in enumerate(covis) for r, v in zip(c.rows, c.rank_values(), strict=True)]
-    assert keys.tolist() == [k for k, _ in expected]
-    assert values.tolist() == [v for _, v in expected] and values.dtype == np.float32

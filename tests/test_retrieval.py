@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from streamrec.events import Item, ItemEmbedding
-from streamrec.retrieval import Catalog, CoEmbedding, CoVisitation, DecayClock, freshness
+from streamrec.retrieval import Catalog, CoEmbedding, CoVisitation, CovisScores, DecayClock, covis_rank_table, freshness
 from streamrec.settings import Settings
 
 S = Settings(embedding_dim=4, popularity_half_life_s=10.0, cooc_window=2)
@@ -236,3 +236,22 @@ def test_relative_popularity_is_scaled_by_the_most_popular_item_across_rescales(
     peak = cat.popularity[:3].max()
     assert cat._peak_popularity == peak and cat.popularity_at(np.array([2]), 70.0) == pytest.approx([100.0])
     assert cat.relative_popularity(rows, 70.0)[2] == pytest.approx(1.0)
+
+
+def test_covis_rank_table_keys_each_users_items_and_values_their_rank() -> None:
+    """Value 1/log2(rank + 2) for each user's item at that rank (ties already broken in ``order``), keyed by user."""
+    rng = np.random.default_rng(4)
+    covis = [CovisScores.empty()]
+    for n in (1, 5, 9):
+        scores = rng.integers(0, 3, n).astype(np.float64)
+        covis.append(CovisScores(rng.permutation(40)[:n], scores, np.lexsort((np.arange(n), -scores))))
+    covis.append(CovisScores.empty())
+    keys, values = covis_rank_table(covis, 41)
+    got = dict(zip(keys.tolist(), values.tolist(), strict=True))
+    expected = {
+        u * 41 + int(c.rows[position]): float(np.float32(1.0 / np.log2(rank + 2.0)))
+        for u, c in enumerate(covis)
+        for rank, position in enumerate(c.order)
+    }
+    assert len(keys) == 15 and got == expected and values.dtype == np.float32
+    assert covis[3].rank_values().tolist() == values[6:15].tolist()  # one user's values: the same table, in rows order
