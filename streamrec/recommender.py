@@ -21,6 +21,7 @@ import numpy as np
 
 from .events import ITEM_EVENT_TYPES, Event, ItemEmbedding
 from .itemstats import ItemUpdate
+from .offers import OfferCache
 from .profiles import ProfileStore, UserProfile, apply_event, unit
 from .ranker import FEATURES, FusionRanker
 from .retrieval import Catalog, CoEmbedding, CoVisitation, CovisScores, covis_rank_table, freshness, segment_owners
@@ -30,6 +31,8 @@ QueryEncoder = Callable[[Sequence[str]], np.ndarray]
 F_INDEX = {name: i for i, name in enumerate(FEATURES)}
 SEARCH_KIND = "search"
 BEHAVIOUR_KIND = "behaviour"
+CANDIDATE_SOURCES = 3
+"""Semantic, co-visited and popular: a pool holds at most this many times ``candidates_per_source`` rows."""
 
 
 def candidate_pools(
@@ -211,19 +214,6 @@ class _Request:
     query_vector: np.ndarray | None = None
 
 
-@dataclass(slots=True)
-class _Offer:
-    """What a user was last offered, kept in memory (bounded) to learn against when their next labelled event
-    comes: the candidate pool the list was ranked from and the listed items not taken since (rows, int32).
-
-    Not part of the durable profile: learning needs the pool too, which is never stored, so after a restart
-    or a rebalance the first new list starts the next offer either way.
-    """
-
-    pool: np.ndarray
-    shown: np.ndarray
-
-
 class Recommender:
     """Catalogue + co-visitation + popularity + fusion ranker, updated online."""
 
@@ -237,7 +227,9 @@ class Recommender:
         self.rng = np.random.default_rng(settings.seed)
         self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         """Embeddings of recent distinct queries: search traffic repeats its head queries all the time."""
-        self._offers: OrderedDict[str, _Offer] = OrderedDict()
+        self.offers = OfferCache(
+            settings.candidate_cache_users, CANDIDATE_SOURCES * settings.candidates_per_source, settings.top_k
+        )
         """Each recent user's last offer: learning happens against what retrieval and the list offered."""
         self.clock = 0.0
         """Latest event time seen: 'now' for popularity and freshness, so replays are reproducible."""
@@ -394,11 +386,10 @@ class Recommender:
         return len(updates)
 
     # --- learning -----------------------------------------------------------------------------------
-    def _negatives(self, offer: _Offer, positive: int) -> list[int]:
+    def _negatives(self, pool: np.ndarray, shown: np.ndarray, positive: int) -> list[int]:
         """Shown-not-taken + candidate-pool + uniform negatives for one labelled event (no duplicates)."""
         s = self.settings
-        pool = offer.pool
-        chosen = [r for r in offer.shown.tolist() if r != positive][: s.negatives_shown]
+        chosen = [r for r in shown.tolist() if r != positive][: s.negatives_shown]
         if len(pool):
             draws = self.rng.choice(pool, min(len(pool), s.negatives_pool + len(chosen) + 1), replace=False)
             chosen += [int(r) for r in draws if r != positive and r not in chosen][: s.negatives_pool]
@@ -410,16 +401,7 @@ class Recommender:
 
     def last_offered(self, user_id: str) -> list[str]:
         """Items of the last list published to ``user_id`` that they have not taken since (empty if none is kept)."""
-        offer = self._offers.get(user_id)
-        return [] if offer is None else [self.catalog.item_id(r) for r in offer.shown.tolist()]
-
-    def _remember(self, user_id: str, cands: np.ndarray, best: np.ndarray) -> None:
-        """Keep the published list (``best``: positions in ``cands``) and its pool as the user's offer (bounded)."""
-        cache = self._offers
-        cache[user_id] = _Offer(cands.astype(np.int32), cands[best].astype(np.int32))
-        cache.move_to_end(user_id)
-        while len(cache) > self.settings.candidate_cache_users:
-            cache.popitem(last=False)
+        return [self.catalog.item_id(r) for r in self.offers.shown(user_id).tolist()]
 
     def _example(self, profile: UserProfile, rows: np.ndarray, event: Event) -> _Example:
         """A training example (taken item first, then negatives) against the state *before* ``event``.
@@ -487,11 +469,12 @@ class Recommender:
                 row = self.catalog.ensure(event.item_id)
                 if event.context and isinstance(event.context.get("category"), str):
                     self.catalog.set_category(row, event.context["category"])
-                offer = self._offers.get(event.user_id)
+                pool = self.offers.pool(event.user_id)
                 # Learn only from choices the ranker could have made: the taken item was among the candidates
                 # it ranked. Items retrieval never offered would teach it to distrust its own sources.
-                learnable = self.settings.learn and offer is not None and row in offer.pool
-                negs = self._negatives(offer, row) if learnable and offer is not None else []
+                negs: list[int] = []
+                if self.settings.learn and pool is not None and row in pool:
+                    negs = self._negatives(pool, self.offers.shown(event.user_id), row)
                 if negs:
                     examples.append(self._example(profile, np.array([row, *negs], np.int64), event))
                 previous = self._rows(profile.recent)
@@ -501,8 +484,7 @@ class Recommender:
                     result.item_updates.append(ItemUpdate(event.item_id, recent, weight, event.ts))
                 vector = self.catalog.vectors[row] if self.catalog.has_vector[row] else None
                 apply_event(profile, event, vector, self.catalog.category_of(row), self.settings, part, off)
-                if offer is not None:  # taken: no longer a shown-not-taken negative
-                    offer.shown = offer.shown[offer.shown != row]
+                self.offers.taken(event.user_id, row)  # no longer a shown-not-taken negative
                 self.fold_item_event(previous, row, weight, event.ts, visits)
                 behaviour[event.user_id] = _Request(profile, event.ts)
             else:  # search: update intent with the query, answer with query-aware results
@@ -529,8 +511,8 @@ class Recommender:
     ) -> list[RankedList]:
         """Top-k for each profile (one FAISS call for all); query vectors make it a search.
 
-        ``remember`` stores the list and a sample of the remaining candidates on each profile: what the
-        ranker learns against when the user's next labelled event arrives.
+        ``remember`` keeps each list and the pool it was ranked from as the user's offer (:class:`OfferCache`):
+        what the ranker learns against when the user's next labelled event arrives.
         """
         k = k or self.settings.top_k
         now = self.clock if now is None else now
@@ -559,7 +541,7 @@ class Recommender:
             end = start + len(cands)
             best = np.argsort(-scores[start:end], kind="stable")[:k]
             if remember and len(cands):
-                self._remember(user.profile.user_id, cands, best)
+                self.offers.remember(user.profile.user_id, cands, cands[best])
             tops.append(start + best)
             start = end
         picked = np.concatenate(tops) if tops else np.zeros(0, np.int64)
@@ -606,7 +588,7 @@ class Recommender:
         weights) are not per-user and stay; a later event for the user starts a fresh profile.
         """
         store.delete(user_id)
-        self._offers.pop(user_id, None)
+        self.offers.forget(user_id)
 
     def process(
         self,

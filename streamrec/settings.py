@@ -193,6 +193,8 @@ class Settings:
     def __post_init__(self) -> None:
         positive = (
             "top_k",
+            "candidates_per_source",
+            "candidate_cache_users",
             "batch_size",
             "recent_items",
             "encoder_batch_size",

@@ -20,11 +20,11 @@ def test_forget_deletes_profile_and_candidate_pool() -> None:
     rec = build()
     store = DictProfileStore()
     rec.process([Event("u", "click", 1.0, item_id="coffee-1"), Event("v", "click", 1.0, item_id="shoes-1")], store)
-    assert store.get("u") is not None and "u" in rec._offers
+    assert store.get("u") is not None and "u" in rec.offers
     result = rec.process([forget("u")], store)
     assert result.forgotten == ["u"] and result.applied == 0 and result.recommendations == []
-    assert store.get("u") is None and "u" not in rec._offers
-    assert store.get("v") is not None and "v" in rec._offers  # nobody else is touched
+    assert store.get("u") is None and "u" not in rec.offers
+    assert store.get("v") is not None and "v" in rec.offers  # nobody else is touched
 
 
 def test_forget_in_the_middle_of_a_batch_keeps_stream_order() -> None:

@@ -73,7 +73,7 @@ def test_learns_only_when_the_taken_item_was_a_candidate() -> None:
     rec = build(Settings(embedding_dim=DIM, top_k=5, seed=1, candidates_per_source=6))
     store = DictProfileStore()
     rec.process([Event("u", "click", 1.0, item_id="shoes-1")], store)
-    pool = {rec.catalog.item_id(int(r)) for r in rec._offers["u"].pool}
+    pool = {rec.catalog.item_id(int(r)) for r in rec.offers.pool("u")}
     outside = next(f"{c}-{j}" for c in CATS for j in range(10) if f"{c}-{j}" not in pool | {"shoes-1"})
     rec.process([Event("u", "click", 2.0, item_id=outside)], store)
     assert rec.ranker.steps == 0
@@ -120,8 +120,8 @@ def test_learning_moves_the_ranker_toward_what_users_take() -> None:
     for t in range(300):
         user = f"u{rng.integers(20)}"
         item = hot[t % 3]
-        offer = rec._offers.get(user)
-        expected_steps += offer is not None and rec.catalog.row_of[item] in offer.pool
+        pool = rec.offers.pool(user)
+        expected_steps += pool is not None and rec.catalog.row_of[item] in pool
         rec.process([Event(user, "click", float(t), item_id=item)], store)
     assert expected_steps >= 30
     assert rec.ranker.steps == expected_steps

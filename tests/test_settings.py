@@ -19,6 +19,8 @@ def test_env_overrides_and_types() -> None:
         ({"STREAMREC_TOP_K": "many"}, "not a valid int"),
         ({"STREAMREC_DEVICE": "tpu"}, "expected one of"),
         ({"STREAMREC_TOP_K": "0"}, "top_k must be > 0"),
+        ({"STREAMREC_CANDIDATE_CACHE_USERS": "0"}, "candidate_cache_users must be > 0"),
+        ({"STREAMREC_CANDIDATES_PER_SOURCE": "-1"}, "candidates_per_source must be > 0"),
         ({"STREAMREC_LEARN": "maybe"}, "not a valid bool"),
     ],
 )

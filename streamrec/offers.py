@@ -1,0 +1,117 @@
+"""What each recent user was last offered, kept in memory to learn against: bounded, reserved up front."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+EMPTY_ROWS = np.zeros(0, np.int32)
+EMPTY_ROWS.flags.writeable = False
+"""The shown list of a user with no offer kept (shared, read-only)."""
+
+
+class OfferCache:
+    """Each recent user's last offer: the candidate pool a list was ranked from and the listed rows not taken since.
+
+    Learning needs both when the user's next labelled event comes — the pool to tell whether the ranker could
+    have made the choice and to draw negatives, the list for shown-not-taken negatives. They are not part of the
+    durable profile (after a restart or a rebalance the first new list starts the next offer either way). All
+    offers live in two row-per-slot arrays reserved and touched at start: memory is fixed by ``users``, whatever
+    the number of users, and an offer costs no per-user arrays (a pool and a list each used to be two numpy
+    arrays with their headers, scattered over the heap). The least recently offered user makes room.
+
+    >>> offers = OfferCache(users=2, pool_width=4, list_width=2)
+    >>> offers.remember("a", np.array([7, 3, 9]), np.array([9, 3]))
+    >>> offers.pool("a").tolist(), offers.shown("a").tolist()
+    ([7, 3, 9], [9, 3])
+    >>> offers.taken("a", 9)
+    >>> offers.shown("a").tolist()
+    [3]
+    >>> offers.remember("b", np.array([1]), np.array([1]))
+    >>> offers.remember("c", np.array([2]), np.array([2]))
+    >>> "a" in offers, offers.pool("a"), len(offers)
+    (False, None, 2)
+    """
+
+    def __init__(self, users: int, pool_width: int, list_width: int) -> None:
+        if users < 1 or pool_width < 1 or list_width < 1:
+            raise ValueError(
+                f"an offer cache needs room for a user, a pool and a list, got {users=}, {pool_width=}, {list_width=}"
+            )
+        self.capacity = users
+        self._slot: OrderedDict[str, int] = OrderedDict()
+        """User → slot, least recently offered first."""
+        self._free = list(range(users - 1, -1, -1))
+        self._pools = np.full((users, pool_width), -1, np.int32)  # full, not empty: the pages are taken now
+        self._lists = np.full((users, list_width), -1, np.int32)
+        self._pool_len = np.zeros(users, np.int32)
+        self._list_len = np.zeros(users, np.int32)
+
+    def __len__(self) -> int:
+        return len(self._slot)
+
+    def __contains__(self, user_id: object) -> bool:
+        return user_id in self._slot
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the offers' arrays (fixed, whatever the number of users)."""
+        return sum(a.nbytes for a in (self._pools, self._lists, self._pool_len, self._list_len))
+
+    def pool(self, user_id: str) -> np.ndarray | None:
+        """Rows of the pool ``user_id``'s last list was ranked from (a read-only view), or None if none is kept."""
+        slot = self._slot.get(user_id)
+        return None if slot is None else self._view(self._pools, slot, self._pool_len)
+
+    def shown(self, user_id: str) -> np.ndarray:
+        """Rows of ``user_id``'s last list not taken since (a read-only view; empty if no offer is kept)."""
+        slot = self._slot.get(user_id)
+        return EMPTY_ROWS if slot is None else self._view(self._lists, slot, self._list_len)
+
+    @staticmethod
+    def _view(rows: np.ndarray, slot: int, lengths: np.ndarray) -> np.ndarray:
+        view = rows[slot, : lengths[slot]]
+        view.flags.writeable = False
+        return view
+
+    def remember(self, user_id: str, pool: np.ndarray, shown: np.ndarray) -> None:
+        """Keep ``pool`` and the published list ``shown`` (rows) as ``user_id``'s offer, replacing any earlier one."""
+        slot = self._slot.get(user_id)
+        if slot is None:
+            slot = self._free.pop() if self._free else self._slot.popitem(last=False)[1]
+            self._slot[user_id] = slot
+        else:
+            self._slot.move_to_end(user_id)
+        self._pools = self._fit(self._pools, len(pool))
+        self._lists = self._fit(self._lists, len(shown))
+        self._pools[slot, : len(pool)] = pool
+        self._pool_len[slot] = len(pool)
+        self._lists[slot, : len(shown)] = shown
+        self._list_len[slot] = len(shown)
+
+    @staticmethod
+    def _fit(rows: np.ndarray, width: int) -> np.ndarray:
+        """``rows`` widened if an offer needs more columns than reserved (pools are bounded by the settings
+        that size them, so this is a safety net, never a truncation)."""
+        if width <= rows.shape[1]:
+            return rows
+        return np.pad(rows, ((0, 0), (0, width - rows.shape[1])), constant_values=-1)
+
+    def taken(self, user_id: str, row: int) -> None:
+        """``user_id`` took ``row``: it is no longer a shown-not-taken item of their offer."""
+        slot = self._slot.get(user_id)
+        if slot is None:
+            return
+        n = int(self._list_len[slot])
+        listed = self._lists[slot, :n]
+        kept = listed[listed != row]
+        listed[: len(kept)] = kept
+        self._list_len[slot] = len(kept)
+
+    def forget(self, user_id: str) -> None:
+        """Drop ``user_id``'s offer (privacy requests); its slot is free for the next user."""
+        slot = self._slot.pop(user_id, None)
+        if slot is not None:
+            self._pool_len[slot] = self._list_len[slot] = 0
+            self._free.append(slot)
