@@ -38,6 +38,8 @@ ANN_REBUILD_GROWTH = 2.0
 """Retrain the IVF index each time the catalogue has doubled since the last training."""
 ANN_TRAIN_POINTS_PER_LIST = 40
 """k-means training sample per IVF list (FAISS asks for at least 39)."""
+NEIGHBOUR = np.dtype([("row", np.int32), ("count", np.float64)])
+"""One co-visitation neighbour, packed (12 bytes)."""
 COEMB_INIT_SCALE = 0.1
 """Co-embeddings start as small random vectors (norm ≈ this), so the first co-visits decide their direction."""
 COEMB_GROWTH = 1.125
@@ -344,21 +346,23 @@ _NO_COVIS = CovisScores(
 class CoVisitation:
     """Decayed item-to-item co-visitation counts from users' consecutive interactions (bounded).
 
-    Each item's neighbours are kept as two arrays (rows as int32, counts as float64, in insertion order): about
-    12 bytes a neighbour where a dict of Python floats took ~100, and already in the form scoring reads. A batch
-    of visits opens the items it touches as dicts, applies every visit in stream order, and packs them back.
+    Each item's neighbours are kept as one packed array of (row int32, count float64) records in insertion
+    order: 12 bytes a neighbour where a dict of Python floats took ~100, one heap object per item (two arrays and
+    a tuple took ~200 bytes more each), and fields scoring reads as they are. A batch of visits opens the items
+    it touches as dicts, applies every visit in stream order, and packs them back.
     """
 
     def __init__(self, settings: Settings) -> None:
         self.window = settings.cooc_window
         self.max_neighbours = settings.cooc_max_neighbours
         self.clock = DecayClock(settings.popularity_half_life_s)
-        self._neighbours: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._neighbours: dict[int, np.ndarray] = {}
+        """Item row → its neighbours (a :data:`NEIGHBOUR` array)."""
 
     def neighbours(self, row: int) -> dict[int, float]:
         """``row``'s neighbours and their counts (on the clock's current scale), in insertion order."""
         found = self._neighbours.get(row)
-        return {} if found is None else dict(zip(found[0].tolist(), found[1].tolist(), strict=True))
+        return {} if found is None else dict(zip(found["row"].tolist(), found["count"].tolist(), strict=True))
 
     def add(self, previous_rows: Sequence[int], row: int, weight: float, ts: float) -> None:
         """``row`` was visited after ``previous_rows`` (most recent last): strengthen both directions."""
@@ -370,8 +374,8 @@ class CoVisitation:
         for previous_rows, row, weight, ts in visits:
             if self.clock.needs_rescale(ts):
                 factor = self.clock.rebase(ts)
-                for _, counts in self._neighbours.values():
-                    counts *= factor
+                for packed in self._neighbours.values():
+                    packed["count"] *= factor
                 for nbrs in opened.values():
                     for key in nbrs:
                         nbrs[key] *= factor
@@ -382,10 +386,10 @@ class CoVisitation:
                 self._bump(opened, prev, row, w)
                 self._bump(opened, row, prev, w)
         for row, nbrs in opened.items():
-            self._neighbours[row] = (
-                np.fromiter(nbrs.keys(), np.int32, len(nbrs)),
-                np.fromiter(nbrs.values(), np.float64, len(nbrs)),
-            )
+            packed = np.empty(len(nbrs), NEIGHBOUR)
+            packed["row"] = np.fromiter(nbrs.keys(), np.int32, len(nbrs))
+            packed["count"] = np.fromiter(nbrs.values(), np.float64, len(nbrs))
+            self._neighbours[row] = packed
 
     def _bump(self, opened: dict[int, dict[int, float]], a: int, b: int, w: float) -> None:
         nbrs = opened.get(a)
@@ -430,8 +434,8 @@ class CoVisitation:
             for distance, seed in enumerate(reversed(seeds), start=1):
                 found = self._neighbours.get(seed)
                 if found is not None:
-                    keys.append(found[0])
-                    vals.append(found[1])
+                    keys.append(found["row"])
+                    vals.append(found["count"])
                     owners.append(user)
                     factors.append(1.0 / (distance * g))
         if not keys:
