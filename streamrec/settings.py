@@ -146,7 +146,8 @@ class Settings:
     Recall@20: 8 → 0.160, 16 → 0.164)."""
     candidate_cache_users: int = 4096
     """Users whose last offer (the list and the candidate pool it was ranked from) is kept in memory, not persisted,
-    for learning against it: arrays reserved at start, ~1.2 KB per user of capacity (4,096: ~5 MB)."""
+    for learning against it: arrays reserved at start, (3·``candidates_per_source`` + ``top_k``) int32 per user of
+    capacity (defaults: ~1.2 KB each, ~5 MB in all)."""
     negatives_sampled: int = 2
     """Uniform random catalogue items as negatives."""
     learn: bool = True
