@@ -39,7 +39,6 @@ class OfferCache:
             raise ValueError(
                 f"an offer cache needs room for a user, a pool and a list, got {users=}, {pool_width=}, {list_width=}"
             )
-        self.capacity = users
         self._slot: OrderedDict[str, int] = OrderedDict()
         """User → slot, least recently offered first."""
         self._free = list(range(users - 1, -1, -1))
