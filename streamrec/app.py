@@ -41,7 +41,7 @@ from mode.services import WaitResults
 from .core import TRIM_AFTER_EVENTS, CatalogUpdate, CoreBatch, CoreClient, CoreError
 from .events import Event, InvalidMessage, dumps, event_from_dict, loads_message
 from .itemstats import ItemUpdate, decode_updates
-from .kafka import DeadLetters, make_consumer, partitions_of, read_to_end, true_end_offsets
+from .kafka import DeadLetters, OutMessage, make_consumer, partitions_of, read_to_end, send_batched, true_end_offsets
 from .memory import release_free_memory, rss_bytes
 from .profiles import applied_count
 from .ranker import SNAPSHOT_KEY_PREFIX, snapshot_key
@@ -208,39 +208,38 @@ class TableProfileStore:
     """The worker's profiles: a Faust table of serialised profiles, keyed by UTF-8 user id.
 
     The core gets a batch's profiles as bytes (:meth:`raw_for`) and hands back the changed ones, one value per
-    user per batch; :meth:`write` puts them in the table on the event loop, each to its user's changelog
-    partition (the partition of the event that changed it).
+    user per batch; :meth:`write` puts them in the table and returns the changelog records, each for its user's
+    changelog partition (the partition of the event that changed it), for the worker to send with the batch's
+    other output (:func:`~streamrec.kafka.send_batched`). That is what a Faust table assignment does, less a
+    buffered send and a future per user.
     """
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, changelog: str) -> None:
         self.table = table
+        self.changelog = changelog
         self.source_event: dict[str, Any] = {}
 
     def raw_for(self, user_ids: Iterable[str]) -> dict[str, bytes | None]:
         get = self.table.get
         return {u: get(u.encode()) for u in user_ids}
 
-    def _tombstone(self, user_id: str) -> None:
-        """Remove a user from the table and write a tombstone to the changelog, even for a key not held here.
+    def write(self, changes: dict[str, bytes | None]) -> list[OutMessage]:
+        """Put a batch's changed profiles in the table (None: delete) and return their changelog records.
 
-        The tombstone goes out unconditionally: the changelog may hold state this worker never had in its table
-        (a record recovery stopped short of), and compaction only erases a key's values behind a tombstone.
+        A deletion's tombstone goes out even for a key not held here: the changelog may hold state this worker
+        never had in its table (a record recovery stopped short of), and compaction only erases a key's values
+        behind a tombstone.
         """
-        key = user_id.encode()
-        if key in self.table:
-            del self.table[key]  # Faust sends the changelog tombstone
-        else:
-            self.table.on_key_del(key)
-
-    def write(self, changes: dict[str, bytes | None]) -> int:
-        """Put a batch's changed profiles in the table (None: delete); returns how many."""
+        data = self.table.data
+        records: list[OutMessage] = []
         for user_id, raw in changes.items():
-            with _as_current(self.source_event[user_id]):
-                if raw is None:
-                    self._tombstone(user_id)
-                else:
-                    self.table[user_id.encode()] = raw
-        return len(changes)
+            key = user_id.encode()
+            if raw is None:
+                data.pop(key, None)
+            else:
+                data[key] = raw
+            records.append((self.changelog, self.source_event[user_id].message.partition, key, raw))
+        return records
 
 
 _END = object()
@@ -412,6 +411,8 @@ class Worker:
         self._gap_consumer: Any = None
         self.next_offset: dict[int, int] = {}
         """Per events partition, the offset after the last event this worker processed: lag = highwater − it."""
+        self._in_flight: list[asyncio.Future[Any]] = []
+        """Delivery of the last batch's output (:meth:`_publish`)."""
 
     async def _call_core(self, method: str, *args: Any) -> Any:
         """A call on the core; if its process is gone, this worker stops (its partitions go to the group, and
@@ -426,6 +427,17 @@ class Worker:
 
     async def _send_raw(self, topic: str, key: bytes, value: bytes | None) -> None:
         await self.app.producer.send(topic, key, value, partition=None, timestamp=None, headers=None)
+
+    async def _publish(self, messages: list[OutMessage]) -> None:
+        """Send a batch's output through Faust's producer, one record batch per partition.
+
+        Faust flushes this producer before it commits offsets, so a batch's events are committed only after its
+        output is delivered. The previous batch's deliveries are awaited first (done by now): a failed one
+        stops the worker rather than passing unnoticed.
+        """
+        for delivered in self._in_flight:
+            await delivered
+        self._in_flight = await send_batched(self.app.producer._ensure_producer(), messages)
 
     # --- events -------------------------------------------------------------------------------------
     async def handle_batch(self, batch: Sequence[Any], store: TableProfileStore) -> None:
@@ -455,14 +467,15 @@ class Worker:
             raw = store.raw_for(store.source_event)
             # the core runs elsewhere: meanwhile the loop keeps fetching, so the next batch is ready
             result: CoreBatch = await self._call_core("process", valid, positions, raw)
-            store.write(result.profiles)
             topic = self.settings.topic("recommendations")
-            for user_id in result.forgotten:  # tombstones first: lists made after a forget (fresh profile) must win
-                await self._send_raw(topic, user_id.encode(), None)
-            for key, value in result.recommendations:
-                await self._send_raw(topic, key, value)
-            for value in result.item_updates:
-                await self._send_raw(self.settings.topic("item-updates"), self.item_updates_key, value)
+            updates = self.settings.topic("item-updates")
+            # tombstones first: lists made after a forget (fresh profile) must win
+            await self._publish(
+                store.write(result.profiles)
+                + [(topic, None, user_id.encode(), None) for user_id in result.forgotten]
+                + [(topic, None, key, value) for key, value in result.recommendations]
+                + [(updates, None, self.item_updates_key, value) for value in result.item_updates]
+            )
             if result.forgotten:
                 self.stats.forgotten += len(result.forgotten)
                 log.info("forgot %d user(s) on request", len(result.forgotten))  # never the ids: personal data
@@ -802,7 +815,7 @@ def create_app(settings: Settings | None = None, with_query_encoder: bool = True
             value_type=bytes,
         )
     )
-    store = TableProfileStore(table)
+    store = TableProfileStore(table, table.changelog_topic.get_topic_name())
 
     @app.agent(events_topic, name="events")
     async def on_events(stream: Any) -> None:

@@ -8,10 +8,11 @@ trust ``end_offsets`` alone, because the local broker reports them short — the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord
 
 from .events import dead_letter, dumps
@@ -46,6 +47,37 @@ def make_consumer(settings: Settings, *topics: str, **overrides: Any) -> AIOKafk
     }
     kwargs.update(overrides)
     return AIOKafkaConsumer(*topics, **kwargs)
+
+
+OutMessage = tuple[str, int | None, bytes, bytes | None]
+"""(topic, partition or None for the key's default partition, key, value or None for a tombstone)."""
+
+
+async def send_batched(producer: AIOKafkaProducer, messages: Sequence[OutMessage]) -> list[asyncio.Future[Any]]:
+    """Send ``messages`` as one record batch per (topic, partition); returns the batches' delivery futures.
+
+    ``producer.send`` costs a future, a metadata lookup and an accumulator append per message; a worker batch
+    publishes thousands (a list and a profile per user), so they are appended to one builder per partition
+    and each builder is handed to the producer once. Messages keep their order within a partition. A message
+    without a partition goes where ``send`` would put it: aiokafka's default partitioner (murmur2 of the key).
+    """
+    partitioner = DefaultPartitioner()
+    known: dict[str, list[int]] = {}
+    builders: dict[tuple[str, int], list[Any]] = {}
+    for topic, partition, key, value in messages:
+        if partition is None:
+            if topic not in known:
+                known[topic] = sorted(await producer.partitions_for(topic))
+            partition = partitioner(key, known[topic], known[topic])
+        chain = builders.setdefault((topic, partition), [producer.create_batch()])
+        if chain[-1].append(key=key, value=value, timestamp=None) is None:  # full; an empty one takes any message
+            chain.append(producer.create_batch())
+            chain[-1].append(key=key, value=value, timestamp=None)
+    futures = []
+    for (topic, partition), chain in builders.items():
+        for builder in chain:
+            futures.append(await producer.send_batch(builder, topic, partition=partition))
+    return futures
 
 
 async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
