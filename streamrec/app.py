@@ -2,7 +2,8 @@
 
 * ``events`` agent — takes whatever has arrived, up to ``batch_size`` events (:func:`natural_batches`), rejects
   invalid ones to ``dead-letters``, hands the rest to the core (profiles in a changelog-backed Faust table,
-  one ranker step per batch) and sends the refreshed top-k per user to ``recommendations``.
+  one ranker step per batch) and sends the refreshed top-k per user to ``recommendations`` — the batch's
+  lists and profile changelog records as one record batch per partition (:func:`~streamrec.kafka.send_batched`).
 * catalogue follower — every worker reads the whole compacted ``item-embeddings`` topic (not a consumer
   group: each worker needs every item) and upserts items into its FAISS index as they arrive.
 * one model across workers — every worker publishes its ranker contribution every ``snapshot_interval_s`` to
@@ -22,9 +23,8 @@ import signal
 import socket
 import time
 import uuid
-import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,6 @@ import numpy as np
 import orjson
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
-from faust.streams import _current_event
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.services import WaitResults
 
@@ -150,20 +149,6 @@ def faust_credentials(settings: Settings) -> Any:
     if settings.security_protocol == "SSL":
         return faust.SSLCredentials(kw["ssl_context"])
     return None
-
-
-@contextlib.contextmanager
-def _as_current(event: Any) -> Iterator[None]:
-    """Make ``event`` Faust's current event, so a table write goes to *its* changelog partition.
-
-    Inside ``take_events`` the current event is the last one of the batch, which may belong to another
-    partition; each user's state must be written where that user's events are.
-    """
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
 
 
 def changelog_topic(settings: Settings) -> str:
@@ -312,8 +297,8 @@ async def natural_batches(stream: Any, max_size: int, idle_s: float = BATCH_IDLE
 
 @dataclass(eq=False)
 class RefetchedEvent:
-    """An ``events`` record read directly to fill a gap, with the two attributes the worker (and a Faust table
-    write, through the current event) read from a Faust event: ``message`` and ``value``."""
+    """An ``events`` record read directly to fill a gap, with the two attributes the worker (and the changelog
+    partition of its user's profile) read from a Faust event: ``message`` and ``value``."""
 
     message: ConsumerRecord
     value: bytes
