@@ -69,7 +69,9 @@ async def send_batched(producer: AIOKafkaProducer, messages: Sequence[OutMessage
             if topic not in known:
                 known[topic] = sorted(await producer.partitions_for(topic))
             partition = partitioner(key, known[topic], known[topic])
-        chain = builders.setdefault((topic, partition), [producer.create_batch()])
+        chain = builders.get((topic, partition))
+        if chain is None:
+            chain = builders[(topic, partition)] = [producer.create_batch()]
         if chain[-1].append(key=key, value=value, timestamp=None) is None:  # full; an empty one takes any message
             chain.append(producer.create_batch())
             chain[-1].append(key=key, value=value, timestamp=None)
