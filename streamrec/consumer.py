@@ -15,10 +15,9 @@ from typing import Any
 import numpy as np
 import orjson
 from aiokafka import TopicPartition
-from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord
 
-from .kafka import make_consumer, partitions_of, read_to_end
+from .kafka import key_partition, make_consumer, partitions_of, read_to_end
 from .settings import Settings
 
 WATCH_POLL_MS = 100
@@ -35,8 +34,7 @@ async def latest_recommendation(settings: Settings, user_id: str) -> dict[str, A
         tps = await partitions_of(consumer, topic)
         if not tps:
             return None
-        ids = [tp.partition for tp in tps]
-        partition = DefaultPartitioner()(key, ids, ids)
+        partition = key_partition(key, [tp.partition for tp in tps])
         latest: dict[str, Any] = {}
 
         def keep(record: ConsumerRecord) -> None:

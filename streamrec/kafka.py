@@ -49,6 +49,15 @@ def make_consumer(settings: Settings, *topics: str, **overrides: Any) -> AIOKafk
     return AIOKafkaConsumer(*topics, **kwargs)
 
 
+_PARTITIONER = DefaultPartitioner()
+
+
+def key_partition(key: bytes, partitions: Sequence[int]) -> int:
+    """Where ``producer.send`` puts a message with ``key`` among ``partitions`` (sorted): aiokafka's default
+    partitioner, murmur2 of the key as in every Kafka client. Writers and readers of a user's key use this."""
+    return int(_PARTITIONER(key, partitions, partitions))
+
+
 OutMessage = tuple[str, int | None, bytes, bytes | None]
 """(topic, partition or None for the key's default partition, key, value or None for a tombstone)."""
 
@@ -61,14 +70,13 @@ async def send_batched(producer: AIOKafkaProducer, messages: Sequence[OutMessage
     and each builder is handed to the producer once. Messages keep their order within a partition. A message
     without a partition goes where ``send`` would put it: aiokafka's default partitioner (murmur2 of the key).
     """
-    partitioner = DefaultPartitioner()
     known: dict[str, list[int]] = {}
     builders: dict[tuple[str, int], list[Any]] = {}
     for topic, partition, key, value in messages:
         if partition is None:
             if topic not in known:
                 known[topic] = sorted(await producer.partitions_for(topic))
-            partition = partitioner(key, known[topic], known[topic])
+            partition = key_partition(key, known[topic])
         chain = builders.get((topic, partition))
         if chain is None:
             chain = builders[(topic, partition)] = [producer.create_batch()]
