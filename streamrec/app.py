@@ -752,17 +752,14 @@ class Worker:
         self._published_own_steps = snap["contribution"]["steps"]
 
 
-def create_app(settings: Settings | None = None, with_query_encoder: bool = True) -> tuple[faust.App, Worker]:
-    """Build the Faust app and its worker state from settings."""
-    settings = settings or Settings.from_env()
+def faust_app(settings: Settings, partitions: int) -> faust.App:
+    """The worker's Faust app, configured and patched as it runs in production, without agents or tables
+    (``benchmarks/faust_floor.py`` times this very app with an agent that does no recommender work)."""
     _patch_fetch_wait(settings.fetch_max_wait_ms)
     _patch_message_handoff()
     _patch_true_highwaters(settings)
-    limit_threads(settings.torch_threads)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-    specs = load_topics()
-    partitions = specs["events"].partitions
-    app = faust.App(
+    return faust.App(
         settings.app_id,
         broker=";".join(f"kafka://{b.strip()}" for b in settings.broker.split(",")),
         broker_credentials=faust_credentials(settings),
@@ -787,6 +784,15 @@ def create_app(settings: Settings | None = None, with_query_encoder: bool = True
         producer_max_batch_size=PRODUCER_BATCH_BYTES,
         producer_max_request_size=PRODUCER_REQUEST_BYTES,
     )
+
+
+def create_app(settings: Settings | None = None, with_query_encoder: bool = True) -> tuple[faust.App, Worker]:
+    """Build the Faust app and its worker state from settings."""
+    settings = settings or Settings.from_env()
+    limit_threads(settings.torch_threads)
+    specs = load_topics()
+    partitions = specs["events"].partitions
+    app = faust_app(settings, partitions)
     worker = Worker(settings, app, with_query_encoder)
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     events_topic = app.topic(settings.topic("events"), **raw)

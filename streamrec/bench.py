@@ -117,7 +117,7 @@ def machine() -> dict[str, Any]:
 
 
 # --- producing and watching ---------------------------------------------------------------------------------
-async def _send_all(producer: Any, topic: str, messages: Sequence[tuple[bytes, bytes]]) -> float:
+async def send_all(producer: Any, topic: str, messages: Sequence[tuple[bytes, bytes]]) -> float:
     """Send keyed messages as fast as the producer takes them; returns messages/s (acknowledged)."""
     t0 = time.perf_counter()
     pending: list[asyncio.Future[Any]] = []
@@ -131,7 +131,7 @@ async def _send_all(producer: Any, topic: str, messages: Sequence[tuple[bytes, b
     return len(messages) / max(time.perf_counter() - t0, 1e-9)
 
 
-def _event_messages(events: Sequence[Event]) -> list[tuple[bytes, bytes]]:
+def event_messages(events: Sequence[Event]) -> list[tuple[bytes, bytes]]:
     return [(e.user_id.encode(), dumps(e.to_dict())) for e in events]
 
 
@@ -178,8 +178,8 @@ async def drain_backlog(
     producer = make_producer(settings)
     await producer.start()
     try:
-        embed_rate = await _send_all(producer, settings.topic("item-embeddings"), _embedding_messages(embeddings))
-        produce_rate = await _send_all(producer, settings.topic("events"), _event_messages(events))
+        embed_rate = await send_all(producer, settings.topic("item-embeddings"), _embedding_messages(embeddings))
+        produce_rate = await send_all(producer, settings.topic("events"), event_messages(events))
     finally:
         await producer.stop()
     ceiling_rate = await ceiling(settings, len(events))
