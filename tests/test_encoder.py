@@ -24,6 +24,7 @@ from streamrec.encoder import (
 )
 from streamrec.events import Item
 from streamrec.settings import Settings
+from streamrec.synthetic import make_shop
 
 DIM = 384
 UNIT_TOL = 1e-5
@@ -31,6 +32,12 @@ SAME_TEXT_COSINE = 0.999
 SAME_CATEGORY_COSINE = 0.75
 OTHER_CATEGORY_COSINE = 0.3
 PUBLISHED_TOL = 5e-4
+CUDA_MIN_COSINE = 0.999
+"""Per text, fp16 on the GPU against fp32 on the CPU (the CUDA path's default precision)."""
+SAME_RESULT_COSINE = 0.9999
+"""fp16 results of one text in differently composed batches (padding changes the rounding, not the vector)."""
+CUDA_TEXTS = 300
+CUDA_ODD_BATCH = 7
 
 
 @pytest.fixture(scope="module")
@@ -254,6 +261,21 @@ def test_cuda_without_cuda_is_a_clear_error() -> None:
         resolve_device("cuda")
     with pytest.raises(EncoderError, match="CUDA"):
         TextEncoder(Settings(device="cuda"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
+def test_cuda_fp16_agrees_with_cpu_fp32(encoder: TextEncoder) -> None:
+    shop = make_shop(CUDA_TEXTS, 1)
+    texts = [item_text(item) for item in shop.items] + ["short", "word " * 400]  # one far over max_length
+    gpu = TextEncoder(Settings(device="cuda"))
+    assert gpu.device.type == "cuda" and next(gpu.model.parameters()).dtype == torch.float16
+    on_gpu = gpu.encode(texts)
+    assert on_gpu.dtype == np.float32 and on_gpu.shape == (len(texts), DIM)
+    np.testing.assert_allclose(np.linalg.norm(on_gpu, axis=1), 1.0, atol=UNIT_TOL)
+    assert float(np.min(np.sum(on_gpu * encoder.encode(texts), axis=1))) >= CUDA_MIN_COSINE
+    perm = np.random.default_rng(0).permutation(len(texts))
+    for again in (gpu.encode([texts[i] for i in perm]), gpu.encode(texts, batch_size=CUDA_ODD_BATCH)[perm]):
+        assert float(np.min(np.sum(again * on_gpu[perm], axis=1))) >= SAME_RESULT_COSINE
 
 
 def test_resolve_device_auto_prefers_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
