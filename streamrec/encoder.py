@@ -273,6 +273,9 @@ class TextEncoder:
         started = time.perf_counter()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            # encode() cuts each batch out of one block padded on the right (mean pooling over the mask does
+            # not care where the padding is; absolute positions of the real tokens then start at 0)
+            self.tokenizer.padding_side = "right"
             model = AutoModel.from_pretrained(path, local_files_only=True)
         except (OSError, ValueError, KeyError) as exc:
             raise EncoderError(
@@ -337,15 +340,9 @@ class TextEncoder:
         The texts are tokenised once, padded to the longest of them; a bucket takes its rows and the columns
         up to its own longest text — with padding on the right that is exactly what padding the bucket alone
         gives. Tokenising is ~2% of the time on a CPU but took 3–8× the model's forward pass on a GPU, where
-        a second pass per bucket was the larger share. A tokenizer that pads on the left gets a pass per bucket.
+        a second pass per bucket was the larger share.
         """
         tok = self.tokenizer
-        if tok.padding_side != "right":
-            lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=self.max_length)["input_ids"]]
-            for rows in length_buckets(lengths, batch_size):
-                chosen = [texts[i] for i in rows]
-                yield rows, tok(chosen, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-            return
         encoded = tok(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         lengths = encoded["attention_mask"].sum(dim=1).tolist()
         for rows in length_buckets(lengths, batch_size):

@@ -92,6 +92,28 @@ def test_order_preserved_under_length_bucketing(encoder: TextEncoder) -> None:
     assert list((batched @ alone.T).argmax(axis=1)) == list(range(len(texts)))
 
 
+def test_batches_are_what_tokenising_each_bucket_alone_gives(encoder: TextEncoder) -> None:
+    texts = ["USB-C cable, 2 m", "word " * 400, "", "naïve café — 東京", "mug", "a folding bicycle with seven gears"]
+    seen: list[int] = []
+    for rows, batch in encoder._batches(texts, batch_size=4):
+        alone = encoder.tokenizer(
+            [texts[i] for i in rows], padding=True, truncation=True, max_length=encoder.max_length, return_tensors="pt"
+        )
+        assert set(batch.keys()) == set(alone.keys())
+        for key in alone:
+            assert torch.equal(batch[key], alone[key]), key
+        seen += rows
+    assert sorted(seen) == list(range(len(texts)))
+    assert seen[0] == 1  # longest first: the truncated one
+
+
+def test_chunks_of_a_long_call_give_the_same_vectors(encoder: TextEncoder, monkeypatch: pytest.MonkeyPatch) -> None:
+    texts = [item_text(item) for item in make_shop(23, 1).items]
+    whole = encoder.encode(texts, batch_size=4)
+    monkeypatch.setattr("streamrec.encoder.TOKENIZE_CHUNK", 5)
+    np.testing.assert_allclose(encoder.encode(texts, batch_size=4), whole, atol=UNIT_TOL)
+
+
 def test_length_buckets_partition_sorted_longest_first() -> None:
     lengths = [3, 10, 1, 7, 7, 2, 9]
     buckets = length_buckets(lengths, 3)
