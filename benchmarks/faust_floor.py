@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import faust
 import numpy as np
 
 from streamrec.app import faust_app, natural_batches
@@ -79,7 +80,7 @@ def backlog(settings: Settings, n_events: int) -> tuple[list[str], list[Event]]:
 
 
 def child(phase: str, n_events: int) -> None:
-    """Run the Faust app until ``n_events`` are drained; print the phase's JSON line, then stop cleanly."""
+    """Run the Faust app until ``n_events`` are drained, write the phase's figures to the result file, stop."""
     settings = Settings.from_env()
     messages: dict[str, tuple[bytes, bytes]] = {}
     if phase == "publish":
@@ -128,8 +129,6 @@ def child(phase: str, n_events: int) -> None:
                     line["list_bytes"] = float(np.mean([len(r) for _, r in messages.values()]))
                 Path(os.environ[RESULT_ENV]).write_text(json.dumps(line))  # Faust takes over stdout
                 os.kill(os.getpid(), signal.SIGTERM)  # Faust's worker stops cleanly on SIGTERM
-
-    import faust
 
     worker = faust.Worker(app, loglevel="warning")
     worker.spinner = None
