@@ -8,7 +8,8 @@ consumer group on the local broker:
 * ``bare`` — decode each event (as the worker does), nothing else;
 * ``publish`` — also publish what the worker publishes per batch: for each user of the batch a profile to
   a changelog on the event's partition and a recommendation list keyed by user, both real-sized (a stored
-  :class:`~streamrec.profiles.UserProfile` and a ``top_k`` list), through :func:`streamrec.kafka.send_batched`.
+  :class:`~streamrec.profiles.UserProfile` and a ``top_k`` list), through the worker's own
+  :class:`streamrec.app.BatchPublisher`.
 
 Prints one JSON object: events/s and the CPU cores the Faust process and the broker used meanwhile::
 
@@ -33,11 +34,11 @@ from typing import Any
 import faust
 import numpy as np
 
-from streamrec.app import faust_app, natural_batches
+from streamrec.app import BatchPublisher, faust_app, natural_batches
 from streamrec.bench import event_messages, machine, send_all
 from streamrec.broker import LocalBroker, free_port
 from streamrec.events import Event, dumps, event_from_dict, loads_message
-from streamrec.kafka import OutMessage, make_producer, send_batched
+from streamrec.kafka import OutMessage, make_producer
 from streamrec.processes import cpu_seconds, settings_env
 from streamrec.profiles import UserProfile
 from streamrec.recommender import RankedList, Recommendation
@@ -92,7 +93,8 @@ def child(phase: str, n_events: int) -> None:
     recommendations = settings.topic("recommendations")
     changelog = settings.topic(CHANGELOG)
     broker_pid = int(os.environ[BROKER_PID_ENV])
-    state: dict[str, Any] = {"events": 0, "batches": 0, "in_flight": []}
+    publisher = BatchPublisher(app)
+    state: dict[str, Any] = {"events": 0, "batches": 0}
 
     @app.agent(events_topic, name="events")
     async def on_events(stream: Any) -> None:
@@ -107,14 +109,11 @@ def child(phase: str, n_events: int) -> None:
             if phase == "publish":
                 out: list[OutMessage] = [(changelog, p, u.encode(), messages[u][0]) for u, p in users.items()]
                 out += [(recommendations, None, u.encode(), messages[u][1]) for u in users]
-                for delivered in state["in_flight"]:
-                    await delivered
-                state["in_flight"] = await send_batched(app.producer._ensure_producer(), out)
+                await publisher.publish(out)
             state["events"] += len(batch)
             state["batches"] += 1
             if state["events"] >= n_events:
-                for delivered in state["in_flight"]:
-                    await delivered
+                await publisher.delivered()
                 wall = time.perf_counter() - state["t0"]
                 broker = cpu_seconds(broker_pid)
                 line = {

@@ -189,6 +189,29 @@ class ProfileTable(faust.Table):  # type: ignore[misc]
         super().apply_changelog_batch(fresh)
 
 
+class BatchPublisher:
+    """Sends each batch's output through a Faust app's producer, one record batch per partition (send_batched).
+
+    Faust flushes this producer before it commits offsets, so a batch's events are committed only after its
+    output is delivered. The previous batch's deliveries are awaited before the next batch is sent (done by
+    then): a failed one raises here rather than passing unnoticed.
+    """
+
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+        self._in_flight: list[asyncio.Future[Any]] = []
+
+    async def publish(self, messages: Sequence[OutMessage]) -> None:
+        await self.delivered()
+        self._in_flight = await send_batched(self.app.producer._ensure_producer(), messages)
+
+    async def delivered(self) -> None:
+        """Wait until everything published so far is delivered (raises the first failure)."""
+        for delivery in self._in_flight:
+            await delivery
+        self._in_flight = []
+
+
 class TableProfileStore:
     """The worker's profiles: a Faust table of serialised profiles, keyed by UTF-8 user id.
 
@@ -396,8 +419,7 @@ class Worker:
         self._gap_consumer: Any = None
         self.next_offset: dict[int, int] = {}
         """Per events partition, the offset after the last event this worker processed: lag = highwater − it."""
-        self._in_flight: list[asyncio.Future[Any]] = []
-        """Delivery of the last batch's output (:meth:`_publish`)."""
+        self.publisher = BatchPublisher(app)
 
     async def _call_core(self, method: str, *args: Any) -> Any:
         """A call on the core; if its process is gone, this worker stops (its partitions go to the group, and
@@ -412,17 +434,6 @@ class Worker:
 
     async def _send_raw(self, topic: str, key: bytes, value: bytes | None) -> None:
         await self.app.producer.send(topic, key, value, partition=None, timestamp=None, headers=None)
-
-    async def _publish(self, messages: list[OutMessage]) -> None:
-        """Send a batch's output through Faust's producer, one record batch per partition.
-
-        Faust flushes this producer before it commits offsets, so a batch's events are committed only after its
-        output is delivered. The previous batch's deliveries are awaited first (done by now): a failed one
-        stops the worker rather than passing unnoticed.
-        """
-        for delivered in self._in_flight:
-            await delivered
-        self._in_flight = await send_batched(self.app.producer._ensure_producer(), messages)
 
     # --- events -------------------------------------------------------------------------------------
     async def handle_batch(self, batch: Sequence[Any], store: TableProfileStore) -> None:
@@ -455,7 +466,7 @@ class Worker:
             topic = self.settings.topic("recommendations")
             updates = self.settings.topic("item-updates")
             # tombstones first: lists made after a forget (fresh profile) must win
-            await self._publish(
+            await self.publisher.publish(
                 store.write(result.profiles)
                 + [(topic, None, user_id.encode(), None) for user_id in result.forgotten]
                 + [(topic, None, key, value) for key, value in result.recommendations]
