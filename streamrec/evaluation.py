@@ -80,9 +80,9 @@ def partition_of(user_id: str, partitions: int) -> int:
     >>> partition_of("1", 6) == partition_of("1", 6)
     True
     """
-    from aiokafka.partitioner import murmur2
+    from .kafka import key_partition
 
-    return (murmur2(user_id.encode()) & 0x7FFFFFFF) % partitions
+    return key_partition(user_id.encode(), range(partitions))
 
 
 class ShardedStreamrecSystem:
