@@ -23,13 +23,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from streamrec.encoder import fallback_embeddings
-from streamrec.events import ITEM_EVENT_TYPES, Event, Item, event_from_dict, item_from_dict
-from streamrec.profiles import DictProfileStore
-from streamrec.recommender import Recommender
-from streamrec.replay import read_log
+from streamrec.encoding.encoder import fallback_embeddings
+from streamrec.io.logs import read_log
+from streamrec.lab.synthetic import make_events, make_shop
+from streamrec.model.events import ITEM_EVENT_TYPES, Event, Item, event_from_dict, item_from_dict
+from streamrec.model.profiles import DictProfileStore
+from streamrec.model.recommender import Recommender
 from streamrec.settings import Settings, limit_threads
-from streamrec.synthetic import make_events, make_shop
 
 TAOBAO = Path(__file__).resolve().parents[1].parent / "shared/datasets/taobao-userbehavior-sample/UserBehavior_head.csv"
 PROFILE_LINES = 25

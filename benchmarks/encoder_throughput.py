@@ -1,4 +1,4 @@
-"""Throughput of :meth:`streamrec.encoder.TextEncoder.encode` on realistic product texts, per batch size.
+"""Throughput of :meth:`streamrec.encoding.encoder.TextEncoder.encode` on realistic product texts, per batch size.
 
 Generates reproducible product texts (title, category, brand and a ~20-word description, as the encoder
 worker embeds them), warms the model up, then times ``encode`` on all texts at each batch size and keeps
@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from streamrec.encoder import TextEncoder, item_text
-from streamrec.events import Item
+from streamrec.encoding.encoder import TextEncoder, item_text
+from streamrec.model.events import Item
 from streamrec.settings import Settings
 
 DEFAULT_TEXTS = 512

@@ -1,15 +1,15 @@
 """Events/s of the worker's Faust app when its agent does no recommender work: what the framework alone costs.
 
 The worker's throughput is bounded by its Faust process as much as by its core. This drains a pre-filled
-``events`` backlog with the worker's own Faust app (:func:`streamrec.app.faust_app`: same settings and
-patches) and its batching (:func:`streamrec.app.natural_batches`), in two phases, each a fresh process and
+``events`` backlog with the worker's own Faust app (:func:`streamrec.worker.app.faust_app`: same settings and
+patches) and its batching (:func:`streamrec.worker.app.natural_batches`), in two phases, each a fresh process and
 consumer group on the local broker:
 
 * ``bare`` — decode each event (as the worker does), nothing else;
 * ``publish`` — also publish what the worker publishes per batch: for each user of the batch a profile to
   a changelog on the event's partition and a recommendation list keyed by user, both real-sized (a stored
-  :class:`~streamrec.profiles.UserProfile` and a ``top_k`` list), through the worker's own
-  :class:`streamrec.app.BatchPublisher`.
+  :class:`~streamrec.model.profiles.UserProfile` and a ``top_k`` list), through the worker's own
+  :class:`streamrec.worker.app.BatchPublisher`.
 
 Prints one JSON object: events/s and the CPU cores the Faust process and the broker used meanwhile::
 
@@ -34,17 +34,17 @@ from typing import Any
 import faust
 import numpy as np
 
-from streamrec.app import BatchPublisher, faust_app, natural_batches
-from streamrec.bench import event_messages, machine, send_all
-from streamrec.broker import LocalBroker, free_port
-from streamrec.events import Event, dumps, event_from_dict, loads_message
-from streamrec.kafka import OutMessage, make_producer
-from streamrec.processes import cpu_seconds, settings_env
-from streamrec.profiles import UserProfile
-from streamrec.recommender import RankedList, Recommendation
+from streamrec.io.kafka import OutMessage, make_producer
+from streamrec.io.topics import apply_topics, load_topics
+from streamrec.lab.bench import event_messages, machine, send_all
+from streamrec.lab.broker import LocalBroker, free_port
+from streamrec.lab.processes import cpu_seconds, settings_env
+from streamrec.lab.synthetic import make_events, make_shop
+from streamrec.model.events import Event, dumps, event_from_dict, loads_message
+from streamrec.model.profiles import UserProfile
+from streamrec.model.recommender import RankedList, Recommendation
 from streamrec.settings import Settings
-from streamrec.synthetic import make_events, make_shop
-from streamrec.topics import apply_topics, load_topics
+from streamrec.worker.app import BatchPublisher, faust_app, natural_batches
 
 PHASES = ("bare", "publish")
 BROKER_PID_ENV = "STREAMREC_FLOOR_BROKER_PID"

@@ -17,7 +17,7 @@ from typing import Any
 import click
 import orjson
 
-from .settings import Settings, SettingsError, limit_threads
+from streamrec.settings import Settings, SettingsError, limit_threads
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -43,7 +43,7 @@ def cli(ctx: click.Context, broker: str | None) -> None:
 @click.option("--port", default=9092, show_default=True, help="Loopback port to listen on.")
 def broker(port: int) -> None:
     """Run the local Kafka-compatible broker (Tansu, in memory) on 127.0.0.1 until Ctrl-C."""
-    from .broker import LocalBroker
+    from streamrec.lab.broker import LocalBroker
 
     with LocalBroker(port) as b:
         click.echo(f"local broker listening on {b.url} (in-memory; Ctrl-C to stop)")
@@ -69,7 +69,7 @@ def topics() -> None:
 @click.pass_context
 def topics_apply(ctx: click.Context) -> None:
     """Create every declared topic that is missing on the broker."""
-    from .topics import apply_topics
+    from streamrec.io.topics import apply_topics
 
     created = asyncio.run(apply_topics(_settings(ctx)))
     click.echo(f"created {len(created)} topic(s): {', '.join(created) if created else '(all existed)'}")
@@ -78,7 +78,7 @@ def topics_apply(ctx: click.Context) -> None:
 @topics.command("list")
 def topics_list() -> None:
     """Print the declared topics."""
-    from .topics import load_topics
+    from streamrec.io.topics import load_topics
 
     for spec in load_topics().values():
         policy = spec.config.get("cleanup.policy", "delete")
@@ -90,7 +90,7 @@ def topics_list() -> None:
 @click.pass_context
 def worker(ctx: click.Context, loglevel: str) -> None:
     """Run a recommender worker (Faust app; scale out by starting more)."""
-    from .app import run_worker
+    from streamrec.worker.app import run_worker
 
     sys.argv = [sys.argv[0], "worker"]  # Faust's command line parser must not see ours
     run_worker(_settings(ctx), loglevel)
@@ -100,13 +100,13 @@ def worker(ctx: click.Context, loglevel: str) -> None:
 @click.pass_context
 def encoder(ctx: click.Context) -> None:
     """Run an encoder worker: items → item-embeddings."""
-    from .encoder_worker import main as encoder_main
+    from streamrec.worker.encoder_worker import main as encoder_main
 
     encoder_main(_settings(ctx))
 
 
 def _csv_mapping(fmt: str, columns: str | None, type_map: str | None, ts_format: str, delimiter: str, no_header: bool):  # type: ignore[no-untyped-def]
-    from .replay import CsvMapping
+    from streamrec.io.logs import CsvMapping
 
     if fmt != "csv":
         return None
@@ -161,7 +161,7 @@ def replay(
     no_header: bool,
 ) -> None:
     """Publish an event log to Kafka in timestamp order (items before the events that use them)."""
-    from .replay import ReplayStats, publish, read_log
+    from streamrec.io.logs import ReplayStats, publish, read_log
 
     mapping = _csv_mapping(fmt, columns, type_map, ts_format, delimiter, no_header)
     stats = ReplayStats()
@@ -220,9 +220,9 @@ def eval_cmd(
     sync_every: int,
 ) -> None:
     """Prequential (test-then-train) evaluation of streamrec and baselines on a log, in process."""
-    from .evaluation import ALL_SYSTEMS, evaluate, format_table, plot
-    from .replay import ReplayStats, read_log
-    from .settings import ENV_PREFIX
+    from streamrec.io.logs import ReplayStats, read_log
+    from streamrec.lab.evaluation import ALL_SYSTEMS, evaluate, format_table, plot
+    from streamrec.settings import ENV_PREFIX
 
     env = dict(os.environ)
     for item in overrides:
@@ -264,7 +264,7 @@ def eval_cmd(
 @click.pass_context
 def recs(ctx: click.Context, user: str, as_json: bool) -> None:
     """Print USER's latest recommendations from the recommendations topic."""
-    from .consumer import latest_recommendation
+    from streamrec.io.recommendations import latest_recommendation
 
     rec = asyncio.run(latest_recommendation(_settings(ctx), user))
     if rec is None:
@@ -284,8 +284,8 @@ async def publish_forget(settings: Settings, user_id: str) -> None:
     Keyed like the user's own events, so it lands on their partition and takes effect after everything they
     did before it, and before anything they do after it.
     """
-    from .events import FORGET_USER, Event, dumps
-    from .kafka import make_producer
+    from streamrec.io.kafka import make_producer
+    from streamrec.model.events import FORGET_USER, Event, dumps
 
     request = Event(user_id, FORGET_USER, time.time())
     producer = make_producer(settings)
@@ -305,7 +305,7 @@ def forget(ctx: click.Context, user: str) -> None:
     Publishes a forget_user event; the worker deletes the profile (a tombstone in the table's changelog),
     drops the user's in-memory state and publishes a tombstone for them on recommendations.
     """
-    from .events import MAX_ID_LEN
+    from streamrec.model.events import MAX_ID_LEN
 
     if not 1 <= len(user) <= MAX_ID_LEN:
         raise click.UsageError(f"USER must have 1..{MAX_ID_LEN} characters")
@@ -325,7 +325,7 @@ def demo(
     ctx: click.Context, dataset: Path | None, fmt: str, limit: int, users: int, n_events: int, rate: float
 ) -> None:
     """Start everything locally, stream a catalogue and events, print recommendations and figures."""
-    from .demo import DemoOptions, run_demo
+    from streamrec.lab.demo import DemoOptions, run_demo
 
     opts = DemoOptions(dataset=dataset, fmt=fmt, limit=limit, users=users, events=n_events, rate=rate)
     code = run_demo(_settings(ctx), opts)
@@ -340,7 +340,7 @@ def status(ctx: click.Context, url: str | None) -> None:
     import urllib.error
     import urllib.request
 
-    from .telemetry import format_status, parse
+    from streamrec.worker.telemetry import format_status, parse
 
     settings = _settings(ctx)
     url = url or f"http://{settings.web_host}:{settings.web_port}/metrics"
@@ -391,7 +391,7 @@ def bench(
     encoder_processes: int | None,
 ) -> None:
     """Throughput, latency, encoder speed, item freshness and memory on the local broker (see README)."""
-    from .bench import BenchOptions, run_bench
+    from streamrec.lab.bench import BenchOptions, run_bench
 
     if not taobao.exists():
         click.echo(f"Taobao sample not found at {taobao}: measuring the synthetic stream only", err=True)
@@ -437,7 +437,7 @@ def chaos(
     """
     import tempfile
 
-    from .chaos import ChaosOptions, run_chaos
+    from streamrec.lab.chaos import ChaosOptions, run_chaos
 
     if not dataset.exists():
         raise click.UsageError(f"dataset not found: {dataset}")

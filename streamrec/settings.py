@@ -55,7 +55,7 @@ class Settings:
     """How long a fetch waits for data; Faust's default of 1,500 ms makes idle-to-busy wake-ups slow."""
     core_process: bool = True
     """Run the recommender core in a child process of the worker (its own interpreter lock; see
-    :mod:`streamrec.core`); off, it runs in a thread of the worker's process."""
+    :mod:`streamrec.worker.core`); off, it runs in a thread of the worker's process."""
     follow_fetch_wait_ms: int = 200
     """Fetch wait of the worker's follower consumers (catalogue, peers' item updates, model snapshots). The local
     broker answers a fetch only when its wait is up, so every consumer at 10 ms polls 100 times a second: an idle
@@ -157,7 +157,7 @@ class Settings:
     """How often a worker publishes the ranker's parameters to the compacted snapshot topic."""
     share_item_stats: bool = True
     """Workers exchange their item-level updates (co-visitation, co-embeddings, popularity) over ``item-updates``,
-    so each learns item statistics from every user, not only from its partitions' (see ``streamrec.itemstats``)."""
+    so each learns item statistics from every user, not only its partitions' (:mod:`streamrec.model.itemstats`)."""
     seed: int = 7
 
     # --- Encoder ---------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.broker import LocalBroker
+from streamrec.lab.broker import LocalBroker
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"

@@ -9,7 +9,7 @@ import orjson
 import pytest
 import torch
 
-from streamrec.bench import BenchOptions, run_bench
+from streamrec.lab.bench import BenchOptions, run_bench
 from streamrec.settings import Settings
 
 TAOBAO = Path(__file__).resolve().parents[3] / "shared/datasets/taobao-userbehavior-sample/UserBehavior_head.csv"

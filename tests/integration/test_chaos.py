@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.chaos import ChaosOptions, run_chaos
+from streamrec.lab.chaos import ChaosOptions, run_chaos
 from streamrec.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.broker import LocalBroker, free_port
-from streamrec.processes import Service, worker_stats
+from streamrec.io.topics import apply_topics
+from streamrec.lab.broker import LocalBroker, free_port
+from streamrec.lab.processes import Service, worker_stats
 from streamrec.settings import Settings
-from streamrec.topics import apply_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -8,8 +8,8 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streamrec.broker import LocalBroker
-from streamrec.kafka import make_consumer, make_producer, true_end_offsets
+from streamrec.io.kafka import make_consumer, make_producer, true_end_offsets
+from streamrec.lab.broker import LocalBroker
 from streamrec.settings import Settings
 
 pytestmark = [pytest.mark.integration]

@@ -30,15 +30,15 @@ from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from streamrec.app import changelog_topic
-from streamrec.broker import LocalBroker, free_port
-from streamrec.consumer import latest_recommendation
-from streamrec.events import Event, Item, ItemEmbedding, dumps
-from streamrec.processes import Service, settings_env, worker_stats
-from streamrec.profiles import UserProfile
+from streamrec.io.recommendations import latest_recommendation
+from streamrec.io.topics import apply_topics
+from streamrec.lab.broker import LocalBroker, free_port
+from streamrec.lab.processes import Service, settings_env, worker_stats
+from streamrec.model.events import Event, Item, ItemEmbedding, dumps
+from streamrec.model.profiles import UserProfile
 from streamrec.settings import Settings
-from streamrec.telemetry import parse
-from streamrec.topics import apply_topics
+from streamrec.worker.app import changelog_topic
+from streamrec.worker.telemetry import parse
 from tests.integration.test_pipeline import publish, read_all, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -313,7 +313,7 @@ def dead_letters_for(settings: Settings, topic: str) -> list[dict[str, Any]]:
 
 def test_fuzzed_bad_input_goes_to_dead_letters_and_never_stops_the_worker(ops: Ops) -> None:
     settings = ops.settings
-    from streamrec.events import InvalidMessage, parse_event
+    from streamrec.model.events import InvalidMessage, parse_event
 
     bad = [m for kind in BAD_KINDS for m in generate(bad_messages(kind), FUZZ_BAD_PER_KIND)]
     good = generate(valid_events(), FUZZ_VALID)
@@ -341,7 +341,7 @@ def test_fuzzed_bad_input_goes_to_dead_letters_and_never_stops_the_worker(ops: O
     order = rng.permutation(len(stream))
 
     async def send_all() -> None:
-        from streamrec.kafka import make_producer
+        from streamrec.io.kafka import make_producer
 
         producer = make_producer(settings)
         await producer.start()

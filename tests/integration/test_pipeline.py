@@ -12,14 +12,14 @@ from typing import Any
 import orjson
 import pytest
 
-from streamrec.broker import LocalBroker, free_port
-from streamrec.events import Event, Item, dumps
-from streamrec.kafka import make_producer, read_to_end
-from streamrec.processes import Service, worker_stats
-from streamrec.ranker import FEATURES, PRIOR_WEIGHTS
+from streamrec.io.kafka import make_producer, read_to_end
+from streamrec.io.topics import apply_topics
+from streamrec.lab.broker import LocalBroker, free_port
+from streamrec.lab.processes import Service, worker_stats
+from streamrec.lab.synthetic import make_shop
+from streamrec.model.events import Event, Item, dumps
+from streamrec.model.ranker import FEATURES, PRIOR_WEIGHTS
 from streamrec.settings import Settings
-from streamrec.synthetic import make_shop
-from streamrec.topics import apply_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -207,7 +207,7 @@ def test_end_to_end(pipeline: tuple[Settings, list[Service]]) -> None:
     assert alice["model_version"].startswith("fusion@")
 
     # the consumer example services copy (`streamrec recs`) reads back the newest list for a user
-    from streamrec.consumer import latest_recommendation
+    from streamrec.io.recommendations import latest_recommendation
 
     newest = run(latest_recommendation(settings, "bob"))
     assert newest == latest_recs(settings)["bob"][-1]
@@ -216,7 +216,7 @@ def test_end_to_end(pipeline: tuple[Settings, list[Service]]) -> None:
     # /metrics (Prometheus text) agrees with the worker's own counters, and `streamrec status` reads it
     import urllib.request
 
-    from streamrec.telemetry import format_status, parse
+    from streamrec.worker.telemetry import format_status, parse
 
     url = f"http://{settings.web_host}:{settings.web_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as resp:

@@ -10,11 +10,11 @@ from typing import Any
 import orjson
 import pytest
 
-from streamrec.broker import LocalBroker
-from streamrec.kafka import read_to_end
-from streamrec.replay import ReplayStats, publish, read_log
+from streamrec.io.kafka import read_to_end
+from streamrec.io.logs import ReplayStats, publish, read_log
+from streamrec.io.topics import apply_topics
+from streamrec.lab.broker import LocalBroker
 from streamrec.settings import Settings
-from streamrec.topics import apply_topics
 
 pytestmark = pytest.mark.integration
 

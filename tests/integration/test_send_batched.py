@@ -9,8 +9,8 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
 
-from streamrec.broker import LocalBroker
-from streamrec.kafka import OutMessage, make_producer, read_to_end, send_batched
+from streamrec.io.kafka import OutMessage, make_producer, read_to_end, send_batched
+from streamrec.lab.broker import LocalBroker
 from streamrec.settings import Settings
 
 pytestmark = [pytest.mark.integration]

@@ -1,0 +1,291 @@
+"""Per-user behaviour state: a decayed long-term embedding, a short-term intent, and bounded recent lists.
+
+The long-term embedding is a time-decayed, event-type-weighted sum of the embeddings of the items a user
+touched; the intent vector is the same with a much shorter half-life (plus search queries), so that what
+the user does right now dominates it. Decay runs on *event* time, so replaying a log gives the same state
+as living through it. State is bounded (recent items, categories, purchases) and serialises to compact
+bytes (int8 vectors with a per-vector scale) for the changelog-backed Faust table.
+
+>>> import numpy as np
+>>> from streamrec.settings import Settings
+>>> from streamrec.model.events import Event
+>>> s = Settings(embedding_dim=2)
+>>> p = UserProfile.new("u1", dim=2)
+>>> apply_event(p, Event("u1", "purchase", ts=0.0, item_id="a"), np.array([1.0, 0.0]), "shoes", s)
+True
+>>> p.purchased, p.recent, round(p.categories["shoes"], 2)
+(['a'], ['a'], 3.0)
+>>> UserProfile.from_bytes(p.to_bytes()).recent
+['a']
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+
+from streamrec.model.events import Event
+from streamrec.settings import Settings
+
+FLOAT16_DTYPE = np.float16
+"""Vectors of format 1 (base64) and format 2 (raw) records."""
+FORMAT_VERSION = 3
+FLOAT16_FORMAT = 2
+MAGIC = b"\xa7"
+"""First byte of a binary profile: never ``{``, which starts a format-1 (JSON) one."""
+HEADER = struct.Struct("<cBQdH")
+"""magic, format version, applied events, last event time, embedding dimension."""
+SCALES = struct.Struct("<ff")
+"""Format 3: the largest absolute component of the long-term and of the intent vector."""
+READABLE_FORMATS = (FLOAT16_FORMAT, FORMAT_VERSION)
+"""Binary formats :meth:`UserProfile.from_bytes` reads (format 1 is JSON and recognised by its first byte)."""
+INT8_LEVELS = 127
+"""Format 3 stores each component as round(v / max|v| · 127): a quarter of float32, and rounding every vector on
+every write cost nothing measurable (batched replay, 30k rows: MovieLens and Taobao hits within ±0.6%)."""
+
+
+def decay_factor(dt: float, half_life: float) -> float:
+    """Multiplier that ages a quantity by ``dt`` seconds under exponential decay with ``half_life``."""
+    if dt <= 0.0:
+        return 1.0
+    return float(0.5 ** (dt / half_life))
+
+
+class ProfileFormatError(ValueError):
+    """A stored profile this version of streamrec cannot read (written by a newer one, or not a profile)."""
+
+
+@dataclass(slots=True)
+class UserProfile:
+    """Everything streamrec keeps about one user (bounded in size)."""
+
+    user_id: str
+    long_term: np.ndarray
+    intent: np.ndarray
+    last_ts: float = 0.0
+    events: int = 0
+    recent: list[str] = field(default_factory=list)
+    categories: dict[str, float] = field(default_factory=dict)
+    purchased: list[str] = field(default_factory=list)
+    offsets: dict[int, int] = field(default_factory=dict)
+    """Highest applied source offset per partition: makes re-delivered events no-ops."""
+
+    @classmethod
+    def new(cls, user_id: str, dim: int) -> UserProfile:
+        return cls(user_id=user_id, long_term=np.zeros(dim, np.float32), intent=np.zeros(dim, np.float32))
+
+    def to_bytes(self) -> bytes:
+        """The changelog record: a fixed binary header, the two vectors as int8 with their scales, then the
+        lists as JSON.
+
+        Exactly sized: an ``orjson.dumps`` result keeps its whole working buffer (~32 KiB for a 2.4 KB
+        profile, measured with tracemalloc), and the table holds one per user, so the parts are joined
+        into a fresh bytes object. The header makes :func:`applied_count` a fixed-offset read.
+        """
+        lists = orjson.dumps(
+            {
+                "u": self.user_id,
+                "r": self.recent,
+                "c": self.categories,
+                "p": self.purchased,
+                "o": {str(k): v for k, v in self.offsets.items()},
+            }
+        )
+        head = HEADER.pack(MAGIC, FORMAT_VERSION, self.events, self.last_ts, len(self.long_term))
+        (long_scale, long_q), (intent_scale, intent_q) = _quantise(self.long_term), _quantise(self.intent)
+        return b"".join((head, SCALES.pack(long_scale, intent_scale), long_q, intent_q, lists))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> UserProfile:
+        """A profile from any format this version wrote or reads (1, 2, 3); :class:`ProfileFormatError` otherwise.
+
+        A record in an unknown format is refused rather than guessed at: after a rollback, a newer worker's
+        records would otherwise be read with the wrong layout and silently corrupt the user's state.
+        """
+        if raw[:1] == b"{":
+            return cls._from_json(raw)
+        if raw[:1] != MAGIC or len(raw) < HEADER.size:
+            raise ProfileFormatError(f"not a stored profile: starts with {bytes(raw[:8])!r}")
+        _, version, events, last_ts, dim = HEADER.unpack_from(raw)
+        if version not in READABLE_FORMATS:
+            raise ProfileFormatError(
+                f"profile format {version} is not one this streamrec reads (1, {FLOAT16_FORMAT}, {FORMAT_VERSION}):"
+                " it was written by a newer version; run that version, or remove the user's profile to start afresh"
+            )
+        start = HEADER.size
+        if version == FLOAT16_FORMAT:
+            width = dim * np.dtype(FLOAT16_DTYPE).itemsize
+            long_term = np.frombuffer(raw, FLOAT16_DTYPE, dim, start).astype(np.float32)
+            intent = np.frombuffer(raw, FLOAT16_DTYPE, dim, start + width).astype(np.float32)
+            end = start + 2 * width
+        else:
+            long_scale, intent_scale = SCALES.unpack_from(raw, start)
+            start += SCALES.size
+            long_term = _dequantise(np.frombuffer(raw, np.int8, dim, start), long_scale)
+            intent = _dequantise(np.frombuffer(raw, np.int8, dim, start + dim), intent_scale)
+            end = start + 2 * dim
+        lists = orjson.loads(memoryview(raw)[end:])
+        return cls._with_lists(lists, long_term, intent, last_ts, events)
+
+    @classmethod
+    def _from_json(cls, raw: bytes) -> UserProfile:
+        """Format 1 (all JSON, vectors in base64), still read from changelogs written before format 2."""
+        d = orjson.loads(raw)
+        return cls._with_lists(d, _unpack_b64(d["l"]), _unpack_b64(d["i"]), d["t"], d["n"])
+
+    @classmethod
+    def _with_lists(
+        cls, d: dict[str, Any], long_term: np.ndarray, intent: np.ndarray, last_ts: float, events: int
+    ) -> UserProfile:
+        """A profile from its vectors and counters plus the JSON part both formats share (id and lists).
+
+        Records written before the last offered list moved out of the profile still carry it (``"s"``): ignored.
+        """
+        return cls(
+            user_id=d["u"],
+            long_term=long_term,
+            intent=intent,
+            last_ts=last_ts,
+            events=events,
+            recent=d["r"],
+            categories=d["c"],
+            purchased=d["p"],
+            offsets={int(k): v for k, v in d["o"].items()},
+        )
+
+    def already_applied(self, partition: int | None, offset: int | None) -> bool:
+        """True when this (partition, offset) was applied before — an at-least-once redelivery."""
+        if partition is None or offset is None:
+            return False
+        return offset <= self.offsets.get(partition, -1)
+
+
+def applied_count(raw: bytes) -> int:
+    """How many events a serialised profile has applied, read from its header (format 1: parsed)."""
+    if raw[:1] == b"{":
+        return int(orjson.loads(raw)["n"])
+    return int(HEADER.unpack_from(raw)[2])
+
+
+def _quantise(v: np.ndarray) -> tuple[float, bytes]:
+    """(max|v|, int8 components): what :func:`_dequantise` turns back into a vector (zeros stay zeros)."""
+    peak = np.float32(np.abs(v).max()) if len(v) else np.float32(0.0)
+    if not peak > 0.0:
+        return 0.0, bytes(len(v))
+    q = np.rint(np.asarray(v, np.float32) / peak * np.float32(INT8_LEVELS))
+    return float(peak), np.clip(q, -INT8_LEVELS, INT8_LEVELS).astype(np.int8).tobytes()
+
+
+def _dequantise(q: np.ndarray, peak: float) -> np.ndarray:
+    """The int8 components back as float32; the largest comes back as exactly ``peak``, so a profile read and
+    written unchanged gives the same bytes."""
+    return (q.astype(np.float32) / np.float32(INT8_LEVELS)) * np.float32(peak)
+
+
+def _unpack_b64(s: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(s), dtype=FLOAT16_DTYPE).astype(np.float32)
+
+
+def _push_bounded(seq: list[str], value: str, limit: int) -> None:
+    """Append ``value`` as the newest entry (moving it if present), keeping at most ``limit`` entries."""
+    if value in seq:
+        seq.remove(value)
+    seq.append(value)
+    if len(seq) > limit:
+        del seq[: len(seq) - limit]
+
+
+def apply_event(
+    profile: UserProfile,
+    event: Event,
+    vector: np.ndarray | None,
+    category: str | None,
+    settings: Settings,
+    partition: int | None = None,
+    offset: int | None = None,
+) -> bool:
+    """Fold one event into the profile; returns False (and changes nothing) for a redelivered event.
+
+    ``vector`` is the item's embedding (or the query's, for a search); None when the item is not embedded
+    yet — the recent/category/purchase state still updates so collaborative signals keep working.
+    """
+    if profile.already_applied(partition, offset):
+        return False
+    dt = event.ts - profile.last_ts if profile.events else 0.0
+    long_decay = decay_factor(dt, settings.profile_half_life_s)
+    intent_decay = decay_factor(dt, settings.intent_half_life_s)
+    weight = settings.event_weight(event.type)
+    profile.long_term *= long_decay
+    profile.intent *= intent_decay
+    if vector is not None:
+        if event.type != "search":
+            profile.long_term += weight * vector
+        profile.intent += weight * vector
+    if event.item_id is not None:
+        _push_bounded(profile.recent, event.item_id, settings.recent_items)
+        if event.type == "purchase":
+            _push_bounded(profile.purchased, event.item_id, settings.max_purchased)
+    if category is not None:
+        cats = profile.categories
+        for key in cats:
+            cats[key] *= long_decay
+        cats[category] = cats.get(category, 0.0) + weight
+        if len(cats) > settings.max_categories:
+            weakest = min(cats, key=cats.__getitem__)
+            del cats[weakest]
+    profile.last_ts = max(profile.last_ts, event.ts)
+    profile.events += 1
+    if partition is not None and offset is not None:
+        profile.offsets[partition] = offset
+    return True
+
+
+def category_affinity(profile: UserProfile, categories: Iterable[str | None]) -> np.ndarray:
+    """Share of the user's (decayed) category weight that each given category holds, in [0, 1]."""
+    cats = profile.categories
+    total = sum(cats.values())
+    if total <= 0.0:
+        return np.zeros(len(list(categories)) if not isinstance(categories, list) else len(categories))
+    return np.array([cats.get(c, 0.0) / total if c is not None else 0.0 for c in categories], dtype=np.float32)
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    """``v`` scaled to unit length (zeros stay zeros)."""
+    n = math.sqrt(float(v @ v))  # what np.linalg.norm computes for a 1-D vector, without its overhead
+    return v / n if n > 0.0 else v
+
+
+class ProfileStore(Protocol):
+    """Where profiles live: a dict in evaluation and tests, a Faust table in the worker."""
+
+    def get(self, user_id: str) -> UserProfile | None: ...
+
+    def put(self, profile: UserProfile) -> None: ...
+
+    def delete(self, user_id: str) -> None: ...
+
+
+class DictProfileStore:
+    """In-memory store for the evaluation harness and unit tests."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, UserProfile] = {}
+
+    def get(self, user_id: str) -> UserProfile | None:
+        return self.data.get(user_id)
+
+    def put(self, profile: UserProfile) -> None:
+        self.data[profile.user_id] = profile
+
+    def delete(self, user_id: str) -> None:
+        self.data.pop(user_id, None)
+
+    def __len__(self) -> int:
+        return len(self.data)

@@ -1,0 +1,349 @@
+"""The fusion ranker: a linear model over retrieval and attribute features, learned online.
+
+``score(user, item) = θ · x(user, item)`` where ``x`` holds semantic similarity (long-term, intent,
+query), collaborative signal (co-visitation rank, co-embedding similarity), category affinity and item
+attributes (popularity, price, freshness).
+Each labelled event takes one SGD step ``θ ← θ − η∇L`` on a pairwise logistic (BPR) loss that ranks the
+taken item above items that were shown and not taken plus sampled ones, weighted by event strength.
+A linear model keeps every score explainable: the largest terms ``θ_i·x_i`` are the "reasons".
+
+>>> import numpy as np
+>>> from streamrec.settings import Settings
+>>> r = FusionRanker(Settings(learning_rate=0.5))
+>>> pos = np.zeros((1, len(FEATURES)), np.float32); pos[0, FEATURES.index("price")] = 1.0
+>>> neg = np.zeros((1, 1, len(FEATURES)), np.float32)
+>>> before = r.weight("price")
+>>> r.step(pos, neg, np.ones(1, np.int64), np.ones(1, np.float32)) > 0
+True
+>>> r.weight("price") > before, r.steps
+(True, 1)
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import numpy as np
+
+from streamrec.settings import Settings
+
+FEATURES: tuple[str, ...] = (
+    "sim_long",
+    "sim_intent",
+    "sim_query",
+    "covisit",
+    "coemb",
+    "category",
+    "popularity",
+    "price",
+    "freshness",
+    "seen",
+)
+#: α/β priors: where the model starts before it has seen a single event (all features are O(1)).
+PRIOR_WEIGHTS: dict[str, float] = {
+    "sim_long": 1.0,
+    "sim_intent": 1.0,
+    "sim_query": 4.0,
+    "covisit": 0.5,
+    "coemb": 0.0,
+    "category": 1.0,
+    "popularity": 0.3,
+    "price": 0.0,
+    "freshness": 0.1,
+    "seen": 0.0,
+}
+REASON_LABELS: dict[str, str] = {
+    "sim_long": "similar to your history",
+    "sim_intent": "matches what you are looking at now",
+    "sim_query": "matches your search",
+    "covisit": "often viewed together with your recent items",
+    "coemb": "picked by people who picked your recent items",
+    "category": "from a category you like",
+    "popularity": "popular right now",
+    "price": "price",
+    "freshness": "new arrival",
+    "seen": "you viewed this before",
+}
+MODEL_NAME = "fusion"
+REASON_TABLE_MAX_TOP = 3
+_REASON_TABLES: dict[int, dict[int, tuple[str, ...]]] = {}
+
+
+def _reason_table(top: int) -> dict[int, tuple[str, ...]]:
+    """Readable reasons for every (feature order, sign) code of :meth:`FusionRanker.reasons_many`."""
+    table = _REASON_TABLES.get(top)
+    if table is None:
+        table = {}
+        for combo in itertools.permutations(range(len(FEATURES)), top):
+            for signs in itertools.product((0, 1), repeat=top):
+                code = 0
+                for f, sign in zip(combo, signs, strict=True):
+                    code = (code * len(FEATURES) + f) * 2 + sign
+                table[code] = tuple(REASON_LABELS[FEATURES[f]] for f, sign in zip(combo, signs, strict=True) if sign)
+        _REASON_TABLES[top] = table
+    return table
+
+
+RMS_EPS = 1e-8
+DENOM_EPS = 1e-6
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+class FusionRanker:
+    """Linear fusion ranker with in-place online SGD and snapshot/restore."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._weights_np = prior_vector().astype(np.float32)
+        self.steps = 0
+        self._sq = np.zeros(len(FEATURES), np.float32)
+
+    # --- inference ----------------------------------------------------------------------------------
+    @property
+    def weights(self) -> np.ndarray:
+        """Current θ (F,); each :meth:`step` replaces it with a new array."""
+        return self._weights_np
+
+    def weight(self, feature: str) -> float:
+        return float(self._weights_np[FEATURES.index(feature)])
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """Scores for a (..., F) feature array."""
+        return x @ self._weights_np
+
+    def reasons(self, x: np.ndarray, top: int = 2) -> list[str]:
+        """The features that contributed most to one item's score, as readable labels."""
+        return list(self.reasons_many(x[None, :], top)[0])
+
+    def reasons_many(self, x: np.ndarray, top: int = 2) -> list[tuple[str, ...]]:
+        """:meth:`reasons` for each row of an (N, F) feature matrix, with one sort for all rows.
+
+        Each row's answer depends only on which features rank first, second, … and which of them are
+        positive, so the readable tuples come from a table built once instead of per row.
+        """
+        contrib = x * self._weights_np
+        top = min(top, len(FEATURES))
+        order = np.argsort(-contrib, axis=1, kind="stable")[:, :top]
+        positive = np.take_along_axis(contrib, order, axis=1) > 0
+        if top > REASON_TABLE_MAX_TOP:  # the table would have F!/(F-top)!·2^top entries
+            return [
+                tuple(REASON_LABELS[FEATURES[f]] for f, p in zip(row, pos, strict=True) if p)
+                for row, pos in zip(order.tolist(), positive.tolist(), strict=True)
+            ]
+        code = np.zeros(len(x), np.int64)
+        for j in range(top):
+            code = (code * len(FEATURES) + order[:, j]) * 2 + positive[:, j]
+        table = _reason_table(top)
+        return [table[c] for c in code.tolist()]
+
+    @property
+    def version(self) -> str:
+        return f"{MODEL_NAME}@{self.steps}"
+
+    # --- learning -----------------------------------------------------------------------------------
+    def step(self, pos: np.ndarray, neg: np.ndarray, n_neg: np.ndarray, weight: np.ndarray) -> float:
+        """One SGD step on a batch of labelled events; returns the loss before the step.
+
+        pos: (B, F) features of the taken items; neg: (B, M, F) negatives, padded; n_neg: (B,) how many of
+        the M are real; weight: (B,) event strength. Events with no negatives contribute nothing.
+        The gradient of the pairwise logistic loss of a linear model is closed-form, so it is computed
+        directly (same value as autograd, a fraction of its overhead) and applied as ``θ ← θ − η∇L``
+        (per-feature normalised with the default RMSProp optimizer).
+        """
+        if not self.settings.learn or len(pos) == 0:
+            return 0.0
+        theta = self._weights_np
+        pos = np.asarray(pos, np.float32)
+        neg = np.asarray(neg, np.float32)
+        mask = (np.arange(neg.shape[1])[None, :] < np.asarray(n_neg)[:, None]).astype(np.float32)
+        w = np.asarray(weight, np.float32)
+        diff = pos[:, None, :] - neg  # (B, M, F)
+        margin = diff @ theta  # (B, M)
+        counts = mask.sum(1)
+        denom = max(float((w * (counts > 0)).sum()), DENOM_EPS)
+        coef = w / np.maximum(counts, 1.0) / np.float32(denom)  # (B,)
+        pair_w = mask * coef[:, None]  # (B, M)
+        loss = float((np.logaddexp(0.0, -margin) * pair_w).sum()) + 0.5 * self.settings.l2 * float(theta @ theta)
+        # d softplus(-m)/dm = -sigmoid(-m); the L2 part is applied as plain (decoupled) weight decay, so
+        # features that rarely fire (e.g. search similarity) are not normalised into fast shrinkage
+        grad = -np.einsum("bm,bmf->f", _sigmoid(-margin) * pair_w, diff)
+        step = np.float32(self.settings.learning_rate) * (self._scale(grad) + np.float32(self.settings.l2) * theta)
+        self._weights_np = (theta - step).astype(np.float32)
+        self.steps += 1
+        return loss
+
+    def _scale(self, grad: np.ndarray) -> np.ndarray:
+        """Plain SGD, or RMSProp: each feature's step is normalised by its recent gradient magnitude.
+
+        Features differ a lot in how often and how strongly they fire (co-visitation is zero for most pairs,
+        similarity never is); per-feature normalisation lets rare-but-decisive ones learn as fast as the rest.
+        """
+        if self.settings.optimizer == "sgd":
+            return grad
+        rho = self.settings.rms_decay
+        self._sq *= np.float32(rho)
+        self._sq += np.float32(1.0 - rho) * grad * grad
+        corrected = self._sq / np.float32(1.0 - rho ** (self.steps + 1))
+        return grad / (np.sqrt(corrected) + np.float32(RMS_EPS))
+
+    # --- persistence --------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """Parameters + step count, as published to the compacted ``model-snapshots`` topic."""
+        return {
+            "model": MODEL_NAME,
+            "version": self.version,
+            "steps": self.steps,
+            "features": list(FEATURES),
+            "params": {"weight": self._weights_np.tolist(), "grad_sq": self._sq.tolist()},
+            "ts": time.time(),
+        }
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        """Resume from a snapshot; refuses one whose feature list differs from this code's."""
+        check_features(snap)
+        self._weights_np = np.array(snap["params"]["weight"], np.float32)
+        self._sq = np.array(snap["params"].get("grad_sq", [0.0] * len(FEATURES)), np.float32)
+        self.steps = int(snap["steps"])
+
+    # --- model sharing (see SharedModel) ----------------------------------------------------------------
+    def set_weights(self, weights: np.ndarray) -> None:
+        """Replace θ (used when peers' contributions are merged in); the optimizer state is kept."""
+        self._weights_np = np.asarray(weights, np.float32).reshape(-1).copy()
+
+    def set_grad_sq(self, grad_sq: list[float]) -> None:
+        """Restore this worker's RMSProp state (per worker: it describes the gradients *this* worker saw)."""
+        self._sq = np.array(grad_sq, np.float32)
+
+
+def same_features(snap: dict[str, Any]) -> bool:
+    """Whether a snapshot was taken by a model with this code's feature list (parameters line up)."""
+    return list(snap.get("features", ())) == list(FEATURES)
+
+
+def check_features(snap: dict[str, Any]) -> None:
+    """Refuse a snapshot whose feature list differs from this code's."""
+    if not same_features(snap):
+        raise ValueError(f"snapshot features {snap.get('features')} do not match {list(FEATURES)}")
+
+
+def prior_vector() -> np.ndarray:
+    """θ before any learning: :data:`PRIOR_WEIGHTS` in :data:`FEATURES` order (the same on every worker)."""
+    return np.array([PRIOR_WEIGHTS[f] for f in FEATURES], np.float64)
+
+
+class SharedModel:
+    """One fusion model across workers: ``θ = prior + Σ_w D_w`` over every worker's cumulative contribution.
+
+    Each worker owns ``D_self`` — the sum of the changes its own SGD steps made — and publishes it with its
+    step count under its own key of the compacted ``model-snapshots`` topic (``fusion/<worker id>``).
+    Every worker adds the latest ``D_p`` of each peer to its own parameters (replacing the one it added
+    before), so all workers hold the same model up to the last exchange, and the result equals one model
+    that took every worker's steps — the sum of per-shard updates, as one worker seeing all events would
+    make, rather than an average that would divide each shard's learning by the number of workers.
+
+    The merge is a last-value-per-key sum: commutative, idempotent (a snapshot seen twice changes nothing),
+    and compaction-safe (only each key's newest value matters). A restarted worker with the same id resumes
+    its own contribution, steps and optimizer state from its last snapshot; a worker that never comes back
+    keeps contributing what it published. Worker ids must be unique among live workers.
+
+    >>> from streamrec.settings import Settings
+    >>> a, b = SharedModel(FusionRanker(Settings()), "a"), SharedModel(FusionRanker(Settings()), "b")
+    >>> a.ranker.set_weights(a.ranker.weights + 1.0); a.ranker.steps = 3  # as if a took 3 steps
+    >>> b.merge(a.contribution()), b.merge(a.contribution())  # idempotent
+    (True, False)
+    >>> float(b.ranker.weight("price")), b.ranker.steps, b.own_steps
+    (1.0, 3, 0)
+    """
+
+    def __init__(self, ranker: FusionRanker, worker_id: str) -> None:
+        self.ranker = ranker
+        self.worker_id = worker_id
+        self.peers: dict[str, tuple[np.ndarray, int]] = {}
+        """Per peer, the contribution (delta, steps) currently added into θ."""
+
+    @property
+    def key(self) -> bytes:
+        """This worker's key on the snapshot topic."""
+        return snapshot_key(self.worker_id)
+
+    def _peer_sum(self) -> tuple[np.ndarray, int]:
+        delta = np.zeros(len(FEATURES), np.float64)
+        steps = 0
+        for d, s in self.peers.values():
+            delta += d
+            steps += s
+        return delta, steps
+
+    @property
+    def own_delta(self) -> np.ndarray:
+        """``D_self = θ − prior − Σ peers``: what this worker's own steps changed."""
+        peer_delta, _ = self._peer_sum()
+        return self.ranker.weights.astype(np.float64) - prior_vector() - peer_delta
+
+    @property
+    def own_steps(self) -> int:
+        """SGD steps this worker took (the ranker's step count is the whole model's: own + peers')."""
+        return self.ranker.steps - self._peer_sum()[1]
+
+    def contribution(self) -> dict[str, Any]:
+        """The snapshot this worker publishes: the whole model (``params``/``steps``, as a single worker
+        would publish) plus its own contribution and the worker id, which peers merge."""
+        snap = self.ranker.snapshot()
+        snap["worker"] = self.worker_id
+        snap["contribution"] = {"delta": self.own_delta.tolist(), "steps": self.own_steps}
+        return snap
+
+    def merge(self, snap: dict[str, Any]) -> bool:
+        """Add a peer's newest contribution (replacing its previous one); False when nothing changed.
+
+        Ignored: this worker's own snapshots, snapshots without a contribution (single-worker format),
+        another feature list, and a contribution no newer (by steps) than the one already added.
+        """
+        peer = snap.get("worker")
+        contrib = snap.get("contribution")
+        if peer is None or peer == self.worker_id or contrib is None or not same_features(snap):
+            return False
+        delta = np.asarray(contrib["delta"], np.float64)
+        steps = int(contrib["steps"])
+        old_delta, old_steps = self.peers.get(peer, (np.zeros(len(FEATURES), np.float64), 0))
+        if peer in self.peers and steps <= old_steps:
+            return False
+        self.ranker.set_weights(self.ranker.weights.astype(np.float64) + delta - old_delta)
+        self.ranker.steps += steps - old_steps
+        self.peers[peer] = (delta, steps)
+        return True
+
+    def resume(self, snap: dict[str, Any]) -> None:
+        """Take back this worker's own contribution, steps and optimizer state from its last snapshot."""
+        check_features(snap)
+        contrib = snap["contribution"]
+        delta = np.asarray(contrib["delta"], np.float64)
+        self.ranker.set_weights(self.ranker.weights.astype(np.float64) + delta - self.own_delta)
+        self.ranker.steps += int(contrib["steps"]) - self.own_steps
+        if "grad_sq" in snap.get("params", {}):
+            self.ranker.set_grad_sq(snap["params"]["grad_sq"])
+
+    def restore(self, snaps: dict[bytes, dict[str, Any]]) -> bool:
+        """Start-up: resume this worker's own snapshot and merge every peer's; True if anything was restored."""
+        restored = False
+        own = snaps.get(self.key)
+        if own is not None and "contribution" in own:
+            self.resume(own)
+            restored = True
+        for key, snap in snaps.items():
+            if key != self.key and self.merge(snap):
+                restored = True
+        return restored
+
+
+SNAPSHOT_KEY_PREFIX = f"{MODEL_NAME}/"
+
+
+def snapshot_key(worker_id: str) -> bytes:
+    """Key of a worker's contribution on the compacted ``model-snapshots`` topic."""
+    return f"{SNAPSHOT_KEY_PREFIX}{worker_id}".encode()

@@ -1,0 +1,635 @@
+"""The recommender core: learn from a micro-batch of events, then refresh the touched users' top-k.
+
+Plain Python, no Kafka: the Faust agents, the evaluation harness and the tests all drive this one class.
+Per batch it (1) embeds search queries in one call, (2) walks the events in order — so each user's events
+apply in sequence — turning every labelled event into a training example scored against the user's state
+*before* the event, then folding the event into the profile and popularity, (3) takes one SGD step on the
+fusion ranker for the whole batch, (4) folds the batch into the item-to-item statistics (co-visitation,
+co-embeddings), and (5) retrieves and ranks candidates for all touched users with one FAISS call.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from streamrec.model.events import ITEM_EVENT_TYPES, Event, ItemEmbedding
+from streamrec.model.itemstats import ItemUpdate
+from streamrec.model.offers import OfferCache
+from streamrec.model.profiles import ProfileStore, UserProfile, apply_event, unit
+from streamrec.model.ranker import FEATURES, FusionRanker
+from streamrec.model.retrieval import (
+    Catalog,
+    CoEmbedding,
+    CoVisitation,
+    CovisScores,
+    covis_rank_table,
+    freshness,
+    segment_owners,
+)
+from streamrec.settings import Settings
+
+QueryEncoder = Callable[[Sequence[str]], np.ndarray]
+F_INDEX = {name: i for i, name in enumerate(FEATURES)}
+SEARCH_KIND = "search"
+BEHAVIOUR_KIND = "behaviour"
+CANDIDATE_SOURCES = 3
+"""Semantic, co-visited and popular: a pool holds at most this many times ``candidates_per_source`` rows."""
+
+
+def candidate_pools(
+    semantic: np.ndarray, covisited: Sequence[np.ndarray], popular: np.ndarray, excluded: Sequence[Sequence[int]]
+) -> list[np.ndarray]:
+    """Each user's candidate rows: the sorted union of their semantic hits (``-1``: none), co-visited rows and
+    the popular rows, less their excluded rows — for a whole batch in a few array operations, not per user.
+
+    >>> pools = candidate_pools(np.array([[5, 1], [2, -1]]), [np.array([1, 7]), np.array([], np.int64)],
+    ...                         np.array([9]), [[7], []])
+    >>> [p.tolist() for p in pools]
+    [[1, 5, 9], [2, 9]]
+    """
+    n = len(covisited)
+    if n == 0:
+        return []
+    cov_lens = np.fromiter(map(len, covisited), np.int64, n)
+    cov = np.full((n, int(cov_lens.max(initial=0))), -1, np.int64)
+    cov[np.arange(cov.shape[1])[None, :] < cov_lens[:, None]] = np.concatenate([np.zeros(0, np.int64), *covisited])
+    pooled = np.concatenate(
+        [
+            semantic.astype(np.int64, copy=False).reshape(n, -1),
+            cov,
+            np.broadcast_to(popular.astype(np.int64, copy=False), (n, len(popular))),
+        ],
+        axis=1,
+    )
+    pooled.sort(axis=1)
+    keep = pooled >= 0
+    keep[:, 1:] &= pooled[:, 1:] != pooled[:, :-1]
+    ex_lens = np.fromiter(map(len, excluded), np.int64, n)
+    if ex_lens.any():
+        ex_rows = np.fromiter((r for rs in excluded for r in rs), np.int64, int(ex_lens.sum()))
+        width = int(max(pooled.max(initial=-1), ex_rows.max())) + 1
+        banned = np.sort(segment_owners(ex_lens) * width + ex_rows)
+        keys = np.arange(n, dtype=np.int64)[:, None] * width + pooled
+        at = np.minimum(np.searchsorted(banned, keys), len(banned) - 1)
+        keep &= banned[at] != keys
+    rows = pooled[keep]
+    bounds = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).tolist()
+    return [rows[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def keyed_lookup(tables: Sequence[tuple[np.ndarray, np.ndarray | float]], keys: np.ndarray) -> np.ndarray:
+    """Value of each of ``keys`` in the union of (keys, values) tables, 0 where absent (keys unique)."""
+    out = np.zeros(len(keys), np.float32)
+    parts = [
+        (k, v.astype(np.float32, copy=False) if isinstance(v, np.ndarray) else np.full(len(k), v, np.float32))
+        for k, v in tables
+        if len(k)
+    ]
+    if not parts or not len(keys):
+        return out
+    table_keys = np.concatenate([k for k, _ in parts])
+    table_vals = np.concatenate([v for _, v in parts])
+    order = np.argsort(table_keys)
+    table_keys = table_keys[order]
+    pos = np.searchsorted(table_keys, keys).clip(max=len(table_keys) - 1)
+    hit = table_keys[pos] == keys
+    out[hit] = table_vals[order[pos[hit]]]
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredItem:
+    item_id: str
+    score: float
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RankedList:
+    """One user's top-k as parallel lists (cheap to build for hundreds of users per batch).
+
+    Iterating or indexing gives :class:`ScoredItem` objects.
+    """
+
+    item_ids: list[str]
+    scores: list[float]
+    reasons: list[tuple[str, ...]]
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def __getitem__(self, i: int) -> ScoredItem:
+        return ScoredItem(self.item_ids[i], self.scores[i], self.reasons[i])
+
+    def __iter__(self) -> Iterator[ScoredItem]:
+        return map(ScoredItem, self.item_ids, self.scores, self.reasons)
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    """One message on the ``recommendations`` topic."""
+
+    user_id: str
+    items: RankedList
+    model_version: str
+    generated_at: float
+    event_ts: float
+    kind: str = BEHAVIOUR_KIND
+    query: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "user_id": self.user_id,
+            "kind": self.kind,
+            "items": [
+                {"item_id": i, "score": round(sc, 6), "reasons": list(r)}
+                for i, sc, r in zip(self.items.item_ids, self.items.scores, self.items.reasons, strict=True)
+            ],
+            "model_version": self.model_version,
+            "generated_at": self.generated_at,
+            "event_ts": self.event_ts,
+        }
+        if self.query is not None:
+            out["query"] = self.query
+        return out
+
+
+@dataclass(slots=True)
+class BatchResult:
+    recommendations: list[Recommendation] = field(default_factory=list)
+    applied: int = 0
+    duplicates: int = 0
+    """Events skipped because their offset was already applied (at-least-once redelivery)."""
+    loss: float = 0.0
+    forgotten: list[str] = field(default_factory=list)
+    """Users deleted by ``forget_user`` requests in the batch, in stream order."""
+    item_updates: list[ItemUpdate] = field(default_factory=list)
+    """What the batch taught the item statistics (recorded when ``share_item_stats``), for the peers."""
+
+
+@dataclass(slots=True)
+class UserContext:
+    """One user's side of the features: profile, recent item rows, co-visited items, query, co-embedding."""
+
+    profile: UserProfile
+    seeds: list[int]
+    covis: CovisScores
+    taste: np.ndarray
+    """(2, D): the unit long-term and intent vectors."""
+    categories: dict[str, float]
+    """The user's decayed category weights."""
+    query_vector: np.ndarray | None = None
+    coemb_vector: np.ndarray | None = None
+
+
+@dataclass(slots=True)
+class ItemState:
+    """Item-side features that later events of a batch change in place, captured when a training example was
+    taken (co-embeddings change only after the batch's step, so they are read when featurising)."""
+
+    popularity: np.ndarray
+    codes: np.ndarray
+
+
+@dataclass(slots=True)
+class _Example:
+    """A labelled event's training example, as captured when the event came (featurised with the batch's)."""
+
+    profile: UserProfile
+    seeds: list[int]
+    taste: np.ndarray
+    categories: dict[str, float]
+    rows: np.ndarray
+    """The taken item first, then the negatives."""
+    ts: float
+    popularity: np.ndarray
+    codes: np.ndarray
+    weight: float
+
+
+@dataclass(slots=True)
+class _Request:
+    profile: UserProfile
+    ts: float
+    query: str | None = None
+    query_vector: np.ndarray | None = None
+
+
+class Recommender:
+    """Catalogue + co-visitation + popularity + fusion ranker, updated online."""
+
+    def __init__(self, settings: Settings, encode_queries: QueryEncoder | None = None) -> None:
+        self.settings = settings
+        self.catalog = Catalog(settings)
+        self.covis = CoVisitation(settings)
+        self.coemb = CoEmbedding(settings)
+        self.ranker = FusionRanker(settings)
+        self.encode_queries = encode_queries
+        self.rng = np.random.default_rng(settings.seed)
+        self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        """Embeddings of recent distinct queries: search traffic repeats its head queries all the time."""
+        self.offers = OfferCache(
+            settings.candidate_cache_users, CANDIDATE_SOURCES * settings.candidates_per_source, settings.top_k
+        )
+        """Each recent user's last offer: learning happens against what retrieval and the list offered."""
+        self.clock = 0.0
+        """Latest event time seen: 'now' for popularity and freshness, so replays are reproducible."""
+
+    # --- catalogue ----------------------------------------------------------------------------------
+    def upsert_item(self, emb: ItemEmbedding) -> bool:
+        return self.catalog.upsert(emb)
+
+    # --- features -----------------------------------------------------------------------------------
+    def user_context(self, profile: UserProfile, now: float, query_vector: np.ndarray | None = None) -> UserContext:
+        """What features need about a user besides the candidates, computed once per ranking."""
+        seeds = self._rows(profile.recent)
+        return self._context(profile, seeds, self.covis.score_arrays(seeds, now), query_vector)
+
+    def user_contexts(
+        self, profiles: Sequence[UserProfile], now: float, query_vectors: Sequence[np.ndarray | None]
+    ) -> list[UserContext]:
+        """:meth:`user_context` for many users, their co-visitation scores in one pass."""
+        seeds = [self._rows(p.recent) for p in profiles]
+        covis = self.covis.score_arrays_many(seeds, now)
+        return [self._context(p, s, c, qv) for p, s, c, qv in zip(profiles, seeds, covis, query_vectors, strict=True)]
+
+    def _context(
+        self, profile: UserProfile, seeds: list[int], covis: CovisScores, query_vector: np.ndarray | None
+    ) -> UserContext:
+        return UserContext(
+            profile, seeds, covis, self._taste(profile), profile.categories, query_vector, self.coemb.user_vector(seeds)
+        )
+
+    @staticmethod
+    def _taste(profile: UserProfile) -> np.ndarray:
+        """(2, D): the user's unit long-term and intent vectors (a copy: later events change the profile's)."""
+        return np.stack([unit(profile.long_term), unit(profile.intent)])
+
+    def features(
+        self, profile: UserProfile, rows: np.ndarray, now: float, query_vector: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Feature matrix (len(rows), F) of ``rows`` for ``profile`` as it is now."""
+        return self.features_many([self.user_context(profile, now, query_vector)], [rows], float(now))
+
+    def features_many(
+        self,
+        users: Sequence[UserContext],
+        rows: Sequence[np.ndarray],
+        now: float | np.ndarray,
+        items: ItemState | None = None,
+    ) -> np.ndarray:
+        """Feature matrices of several users' candidates, stacked: (sum of len(rows), F).
+
+        Item attributes are the same for every user, and the per-user lookups (co-visitation rank, category
+        share, seen, co-embedding) are keyed by (user, row) and done for the whole batch in one call each;
+        only the similarities to the user's vectors are a gather and a small matrix product per user.
+        Training examples pass ``now`` per row and the item-side state captured with them (``items``).
+        """
+        cat = self.catalog
+        n_users = len(users)
+        lens = np.fromiter((len(r) for r in rows), np.int64, n_users)
+        all_rows = np.concatenate(rows).astype(np.int64) if n_users else np.zeros(0, np.int64)
+        seg = segment_owners(lens)
+        x = np.zeros((len(all_rows), len(FEATURES)), np.float32)
+        if items is None:
+            items = ItemState(cat.relative_popularity(all_rows, float(now)), cat.category[all_rows])
+        x[:, F_INDEX["popularity"]] = items.popularity
+        x[:, F_INDEX["coemb"]] = self.coemb.similarity_many([u.coemb_vector for u in users], all_rows, seg)
+        x[:, F_INDEX["price"]] = cat.price_feature[all_rows]
+        item_ts = cat.item_ts[all_rows]
+        x[:, F_INDEX["freshness"]] = freshness(item_ts, now, self.settings.freshness_half_life_s) * (item_ts > 0)
+        start = 0
+        for user, r in zip(users, rows, strict=True):
+            end = start + len(r)
+            vecs = cat.vectors[r]
+            x[start:end, F_INDEX["sim_long"] : F_INDEX["sim_intent"] + 1] = vecs @ user.taste.T
+            if user.query_vector is not None:
+                x[start:end, F_INDEX["sim_query"]] = vecs @ user.query_vector
+            start = end
+        # (user, row) keys: one sorted lookup per feature for the whole batch
+        width = len(cat) + 1
+        keys = seg * width + all_rows
+        x[:, F_INDEX["covisit"]] = keyed_lookup([covis_rank_table([user.covis for user in users], width)], keys)
+        seed_lens = np.fromiter((len(user.seeds) for user in users), np.int64, n_users)
+        seen = np.fromiter(itertools.chain.from_iterable(user.seeds for user in users), np.int64, int(seed_lens.sum()))
+        x[:, F_INDEX["seen"]] = keyed_lookup([(segment_owners(seed_lens) * width + seen, 1.0)], keys)
+        x[:, F_INDEX["category"]] = self._category_share(users, seg, items.codes)
+        return x
+
+    def _category_share(self, users: Sequence[UserContext], seg: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Each candidate's category's share of its user's (decayed) category weight."""
+        cat = self.catalog
+        width = len(cat.category_names) + 1  # codes shifted by one: NO_CATEGORY (-1) -> 0
+        code_of = cat.category_code
+        keys: list[int] = []
+        shares: list[float] = []
+        for u, user in enumerate(users):
+            weights = user.categories
+            total = sum(weights.values())
+            if total <= 0.0:
+                continue
+            base = u * width + 1
+            for name, w in weights.items():
+                code = code_of.get(name)
+                if code is not None:
+                    keys.append(base + code)
+                    shares.append(w / total)
+        table = (np.array(keys, np.int64), np.array(shares, np.float32))
+        return keyed_lookup([table], seg * width + codes.astype(np.int64) + 1)
+
+    def _rows(self, item_ids: Sequence[str]) -> list[int]:
+        row_of = self.catalog.row_of
+        return [row_of[i] for i in item_ids if i in row_of]
+
+    def _query_vectors(self, queries: Sequence[str]) -> dict[str, np.ndarray]:
+        """Unit embeddings of search queries: repeated queries come from an LRU cache, the rest in one call."""
+        out: dict[str, np.ndarray] = {}
+        if not queries or self.encode_queries is None:
+            return out
+        cache = self._query_cache
+        missing = []
+        for q in dict.fromkeys(queries):
+            v = cache.get(q)
+            if v is None:
+                missing.append(q)
+            else:
+                cache.move_to_end(q)
+                out[q] = v
+        if missing:
+            for q, v in zip(missing, self.encode_queries(missing), strict=True):
+                out[q] = cache[q] = unit(np.asarray(v, np.float32))
+            while len(cache) > self.settings.query_cache_size:
+                cache.popitem(last=False)
+        return out
+
+    # --- item statistics ----------------------------------------------------------------------------
+    def fold_item_event(self, previous: list[int], row: int, weight: float, ts: float, visits: list[Any]) -> None:
+        """Item-level statistics learn from one item event: popularity now, co-visitation and co-embeddings
+        once the batch's events are all in (``visits``, see :meth:`fold_visits`)."""
+        self.catalog.add_popularity(row, weight, ts)
+        visits.append((previous, row, weight, ts))
+
+    def fold_visits(self, visits: Sequence[tuple[list[int], int, float, float]]) -> None:
+        """The batch's item-to-item statistics: co-visitation counts in stream order, one co-embedding step."""
+        self.covis.add_many(visits)
+        self.coemb.add_many([(previous, row) for previous, row, _, _ in visits])
+
+    def apply_item_updates(self, updates: Sequence[ItemUpdate]) -> int:
+        """Fold peers' item updates in, as :meth:`learn` folds this worker's own events; items not in the
+        catalogue yet are registered by id. Returns how many were applied."""
+        ensure = self.catalog.ensure
+        visits: list[Any] = []
+        for update in updates:
+            previous = [ensure(i) for i in update.previous]
+            self.fold_item_event(previous, ensure(update.item_id), update.weight, update.ts, visits)
+            self.clock = max(self.clock, update.ts)
+        self.fold_visits(visits)
+        return len(updates)
+
+    # --- learning -----------------------------------------------------------------------------------
+    def _negatives(self, pool: np.ndarray, shown: np.ndarray, positive: int) -> list[int]:
+        """Shown-not-taken + candidate-pool + uniform negatives for one labelled event (no duplicates)."""
+        s = self.settings
+        chosen = [r for r in shown.tolist() if r != positive][: s.negatives_shown]
+        if len(pool):
+            draws = self.rng.choice(pool, min(len(pool), s.negatives_pool + len(chosen) + 1), replace=False)
+            chosen += [int(r) for r in draws if r != positive and r not in chosen][: s.negatives_pool]
+        n_items = len(self.catalog)
+        if n_items > 1 and s.negatives_sampled > 0:
+            draws = self.rng.integers(0, n_items, size=s.negatives_sampled)
+            chosen += [int(r) for r in dict.fromkeys(draws.tolist()) if r != positive and r not in chosen]
+        return chosen
+
+    def last_offered(self, user_id: str) -> list[str]:
+        """Items of the last list published to ``user_id`` that they have not taken since (empty if none is kept)."""
+        return [self.catalog.item_id(r) for r in self.offers.shown(user_id).tolist()]
+
+    def _example(self, profile: UserProfile, rows: np.ndarray, event: Event) -> _Example:
+        """A training example (taken item first, then negatives) against the state *before* ``event``.
+
+        Its features are computed with the whole batch's (:meth:`_step`, one vectorised pass): what later events
+        of the batch change in place — the user's profile, popularity, categories — is captured now; the
+        item-to-item statistics are folded in only after the step, so they are as of the batch start.
+        """
+        cat = self.catalog
+        return _Example(
+            profile,
+            self._rows(profile.recent),
+            self._taste(profile),
+            dict(profile.categories),
+            rows,
+            event.ts,
+            cat.relative_popularity(rows, event.ts),
+            cat.category[rows],
+            self.settings.event_weight(event.type),
+        )
+
+    def _step(self, examples: Sequence[_Example]) -> float:
+        """Features of every example of the batch in one pass, then one ranker step; returns the loss."""
+        lens = np.array([len(e.rows) for e in examples], np.int64)
+        seeds = [e.seeds for e in examples]
+        covis = self.covis.score_arrays_many(seeds, [e.ts for e in examples])
+        users = [
+            UserContext(e.profile, s, c, e.taste, e.categories, None, self.coemb.user_vector(s))
+            for e, s, c in zip(examples, seeds, covis, strict=True)
+        ]
+        items = ItemState(np.concatenate([e.popularity for e in examples]), np.concatenate([e.codes for e in examples]))
+        x = self.features_many(users, [e.rows for e in examples], np.repeat([e.ts for e in examples], lens), items)
+        starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+        n_neg = lens - 1
+        neg = np.zeros((len(examples), int(n_neg.max()), len(FEATURES)), np.float32)
+        for i, (start, n) in enumerate(zip(starts.tolist(), n_neg.tolist(), strict=True)):
+            neg[i, :n] = x[start + 1 : start + 1 + n]
+        return self.ranker.step(x[starts], neg, n_neg, np.array([e.weight for e in examples], np.float32))
+
+    def learn(
+        self,
+        events: Sequence[Event],
+        store: ProfileStore,
+        positions: Sequence[tuple[int, int] | None] | None = None,
+    ) -> tuple[BatchResult, dict[str, _Request], list[_Request]]:
+        """Fold a batch into state and step the ranker once; returns who needs fresh recommendations."""
+        result = BatchResult()
+        qvecs = self._query_vectors([e.query for e in events if e.type == "search" and e.query])
+        profiles: dict[str, UserProfile] = {}
+        behaviour: dict[str, _Request] = {}
+        searches: list[_Request] = []
+        examples: list[_Example] = []
+        visits: list[Any] = []
+        for idx, event in enumerate(events):
+            profile = profiles.get(event.user_id) or store.get(event.user_id)
+            if profile is None:
+                profile = UserProfile.new(event.user_id, self.settings.embedding_dim)
+            profiles[event.user_id] = profile
+            part, off = (positions[idx] or (None, None)) if positions is not None else (None, None)
+            if profile.already_applied(part, off):
+                result.duplicates += 1
+                continue
+            self.clock = max(self.clock, event.ts)
+            if event.type in ITEM_EVENT_TYPES and event.item_id is not None:
+                row = self.catalog.ensure(event.item_id)
+                if event.context and isinstance(event.context.get("category"), str):
+                    self.catalog.set_category(row, event.context["category"])
+                pool = self.offers.pool(event.user_id)
+                # Learn only from choices the ranker could have made: the taken item was among the candidates
+                # it ranked. Items retrieval never offered would teach it to distrust its own sources.
+                negs: list[int] = []
+                if self.settings.learn and pool is not None and row in pool:
+                    negs = self._negatives(pool, self.offers.shown(event.user_id), row)
+                if negs:
+                    examples.append(self._example(profile, np.array([row, *negs], np.int64), event))
+                previous = self._rows(profile.recent)
+                weight = self.settings.event_weight(event.type)
+                if self.settings.share_item_stats:
+                    recent = tuple(profile.recent[-self.settings.cooc_window :])
+                    result.item_updates.append(ItemUpdate(event.item_id, recent, weight, event.ts))
+                vector = self.catalog.vectors[row] if self.catalog.has_vector[row] else None
+                apply_event(profile, event, vector, self.catalog.category_of(row), self.settings, part, off)
+                self.offers.taken(event.user_id, row)  # no longer a shown-not-taken negative
+                self.fold_item_event(previous, row, weight, event.ts, visits)
+                behaviour[event.user_id] = _Request(profile, event.ts)
+            else:  # search: update intent with the query, answer with query-aware results
+                qv = qvecs.get(event.query or "")
+                apply_event(profile, event, qv, None, self.settings, part, off)
+                searches.append(_Request(profile, event.ts, event.query, qv))
+            result.applied += 1
+        if examples:
+            result.loss = self._step(examples)
+        self.fold_visits(visits)
+        for profile in profiles.values():
+            store.put(profile)
+        return result, behaviour, searches
+
+    # --- recommending -------------------------------------------------------------------------------
+    def recommend(
+        self,
+        profiles: Sequence[UserProfile],
+        now: float | None = None,
+        query_vectors: Sequence[np.ndarray | None] | None = None,
+        k: int | None = None,
+        reasons: bool = True,
+        remember: bool = False,
+    ) -> list[RankedList]:
+        """Top-k for each profile (one FAISS call for all); query vectors make it a search.
+
+        ``remember`` keeps each list and the pool it was ranked from as the user's offer (:class:`OfferCache`):
+        what the ranker learns against when the user's next labelled event arrives.
+        """
+        k = k or self.settings.top_k
+        now = self.clock if now is None else now
+        n_cand = self.settings.candidates_per_source
+        qvs = list(query_vectors) if query_vectors is not None else [None] * len(profiles)
+        users = self.user_contexts(profiles, now, qvs)
+        retrieval = np.zeros((len(profiles), self.settings.embedding_dim), np.float32)
+        blend = self.settings.search_query_weight
+        for i, (user, qv) in enumerate(zip(users, qvs, strict=True)):
+            taste = unit(user.taste[0] + user.taste[1])
+            retrieval[i] = unit(blend * qv + (1.0 - blend) * taste) if qv is not None else taste
+        _, sem_rows = self.catalog.search(retrieval, n_cand)
+        popular = self.catalog.top_popular(n_cand)
+        excluded: list[list[int]] = []
+        for profile, user, qv in zip(profiles, users, qvs, strict=True):
+            rows = self._rows(profile.purchased) if self.settings.exclude_purchased else []
+            if self.settings.exclude_seen and qv is None:
+                rows += user.seeds
+            excluded.append(rows)
+        pools = candidate_pools(sem_rows, [user.covis.top(n_cand) for user in users], popular, excluded)
+        x = self.features_many(users, pools, now)
+        scores = self.ranker.score(x)
+        tops: list[np.ndarray] = []
+        start = 0
+        for user, cands in zip(users, pools, strict=True):
+            end = start + len(cands)
+            best = np.argsort(-scores[start:end], kind="stable")[:k]
+            if remember and len(cands):
+                self.offers.remember(user.profile.user_id, cands, cands[best])
+            tops.append(start + best)
+            start = end
+        picked = np.concatenate(tops) if tops else np.zeros(0, np.int64)
+        why = self.ranker.reasons_many(x[picked]) if reasons else [()] * len(picked)
+        ids = self.catalog.ids
+        all_rows = np.concatenate(pools)[picked].tolist() if pools else []
+        all_scores = scores[picked].tolist()
+        out: list[RankedList] = []
+        start = 0
+        for top in tops:
+            end = start + len(top)
+            out.append(RankedList([ids[r] for r in all_rows[start:end]], all_scores[start:end], why[start:end]))
+            start = end
+        return out
+
+    def _process_run(
+        self,
+        events: Sequence[Event],
+        store: ProfileStore,
+        positions: Sequence[tuple[int, int] | None] | None = None,
+    ) -> BatchResult:
+        """Learn from a run of interactions, then publish-ready top-k for every user it touched (and every search)."""
+        result, behaviour, searches = self.learn(events, store, positions)
+        requests = list(behaviour.values()) + searches
+        if not requests:
+            return result
+        lists = self.recommend(
+            [r.profile for r in requests], self.clock, [r.query_vector for r in requests], remember=True
+        )
+        now = time.time()
+        version = self.ranker.version
+        for req, items in zip(requests, lists, strict=True):
+            kind = SEARCH_KIND if req.query is not None else BEHAVIOUR_KIND
+            store.put(req.profile)
+            result.recommendations.append(
+                Recommendation(req.profile.user_id, items, version, now, req.ts, kind, req.query)
+            )
+        return result
+
+    def forget(self, user_id: str, store: ProfileStore) -> None:
+        """Delete everything kept about a user (privacy requests): the profile and the in-memory last offer.
+
+        Aggregates the user's events contributed to (co-visitation, popularity, co-embeddings, the ranker's
+        weights) are not per-user and stay; a later event for the user starts a fresh profile.
+        """
+        store.delete(user_id)
+        self.offers.forget(user_id)
+
+    def process(
+        self,
+        events: Sequence[Event],
+        store: ProfileStore,
+        positions: Sequence[tuple[int, int] | None] | None = None,
+    ) -> BatchResult:
+        """Learn from a batch, then publish-ready top-k for every user it touched (and every search).
+
+        ``forget_user`` requests are honoured in stream order: the batch is cut at each one, the events before
+        it are processed, then the user is forgotten and any list computed for them earlier in the batch is
+        dropped, so nothing about them is published after the request; their events after it (same batch or
+        later) start a fresh profile. ``BatchResult.forgotten`` lists who was forgotten.
+        """
+        forgets = [i for i, e in enumerate(events) if e.is_forget]
+        if not forgets:
+            return self._process_run(events, store, positions)
+        total = BatchResult()
+        start = 0
+        for idx in [*forgets, len(events)]:
+            if idx > start:
+                part = self._process_run(
+                    events[start:idx], store, positions[start:idx] if positions is not None else None
+                )
+                total.recommendations += part.recommendations
+                total.applied += part.applied
+                total.duplicates += part.duplicates
+                total.loss += part.loss
+                total.item_updates += part.item_updates
+            if idx < len(events):
+                user_id = events[idx].user_id
+                self.forget(user_id, store)
+                total.recommendations = [r for r in total.recommendations if r.user_id != user_id]
+                total.forgotten.append(user_id)
+            start = idx + 1
+        return total

@@ -1,0 +1,214 @@
+from __future__ import annotations
+
+import base64
+import tracemalloc
+
+import numpy as np
+import orjson
+import pytest
+
+from streamrec.model.events import Event
+from streamrec.model.profiles import (
+    HEADER,
+    MAGIC,
+    ProfileFormatError,
+    UserProfile,
+    applied_count,
+    apply_event,
+    category_affinity,
+    decay_factor,
+)
+from streamrec.settings import Settings
+
+S = Settings(embedding_dim=3, recent_items=3, max_categories=2, profile_half_life_s=10.0, intent_half_life_s=1.0)
+E1 = np.array([1.0, 0.0, 0.0], np.float32)
+E2 = np.array([0.0, 1.0, 0.0], np.float32)
+
+
+def test_decay_halves_per_half_life() -> None:
+    assert decay_factor(10.0, 10.0) == pytest.approx(0.5)
+    assert decay_factor(-5.0, 10.0) == 1.0
+
+
+def test_weighted_decayed_sum_and_intent() -> None:
+    p = UserProfile.new("u", 3)
+    apply_event(p, Event("u", "purchase", 0.0, item_id="a"), E1, "x", S)
+    apply_event(p, Event("u", "view", 10.0, item_id="b"), E2, "y", S)
+    # long term: purchase weight 3 halved once, plus view 0.3
+    np.testing.assert_allclose(p.long_term, [1.5, 0.3, 0.0], rtol=1e-6)
+    # intent: 10 half-lives later the purchase is almost gone
+    np.testing.assert_allclose(p.intent, [3.0 * 2**-10, 0.3, 0.0], rtol=1e-6)
+    assert p.recent == ["a", "b"] and p.purchased == ["a"] and p.events == 2
+    assert p.categories == pytest.approx({"x": 1.5, "y": 0.3})
+
+
+def test_bounded_state() -> None:
+    p = UserProfile.new("u", 3)
+    for i, cat in enumerate(["a", "b", "c", "c", "a"]):
+        apply_event(p, Event("u", "click", float(i), item_id=f"i{i}"), E1, cat, S)
+    assert p.recent == ["i2", "i3", "i4"]
+    assert len(p.categories) == 2
+
+
+def test_revisit_moves_item_to_front() -> None:
+    p = UserProfile.new("u", 3)
+    for item in ["a", "b", "a"]:
+        apply_event(p, Event("u", "click", 1.0, item_id=item), E1, None, S)
+    assert p.recent == ["b", "a"]
+
+
+def test_redelivered_offsets_are_noops() -> None:
+    p = UserProfile.new("u", 3)
+    assert apply_event(p, Event("u", "click", 1.0, item_id="a"), E1, None, S, partition=0, offset=5)
+    before = p.to_bytes()
+    assert not apply_event(p, Event("u", "click", 1.0, item_id="a"), E1, None, S, partition=0, offset=5)
+    assert not apply_event(p, Event("u", "click", 1.0, item_id="a"), E1, None, S, partition=0, offset=4)
+    assert p.to_bytes() == before
+    assert apply_event(p, Event("u", "click", 2.0, item_id="b"), E1, None, S, partition=0, offset=6)
+
+
+def test_search_updates_intent_only() -> None:
+    p = UserProfile.new("u", 3)
+    apply_event(p, Event("u", "search", 0.0, query="q"), E2, None, S)
+    np.testing.assert_allclose(p.long_term, 0.0)
+    np.testing.assert_allclose(p.intent, [0.0, 0.5, 0.0])
+    assert p.recent == []
+
+
+def test_serialisation_is_compact_and_lossless_enough() -> None:
+    s = Settings()
+    p = UserProfile.new("user-1", s.embedding_dim)
+    rng = np.random.default_rng(0)
+    for i in range(50):
+        apply_event(
+            p,
+            Event("user-1", "click", float(i), item_id=f"item-{i}"),
+            rng.normal(size=384).astype(np.float32),
+            f"c{i % 7}",
+            s,
+        )
+    raw = p.to_bytes()
+    q = UserProfile.from_bytes(raw)
+    assert (q.recent, q.categories.keys(), q.events) == (p.recent, p.categories.keys(), 50)
+    for stored, original in ((q.long_term, p.long_term), (q.intent, p.intent)):
+        cosine = float(stored @ original) / float(np.linalg.norm(stored) * np.linalg.norm(original))
+        assert cosine > 0.9999
+    assert len(raw) < 1300  # 2 × 384 int8 components and their scales, the header, 20 recent ids, 7 categories
+
+
+def _busy_profile() -> UserProfile:
+    p = UserProfile.new("user-7", 4)
+    for i, (kind, part) in enumerate([("view", 0), ("purchase", 1), ("click", 0)]):
+        apply_event(
+            p,
+            Event("user-7", kind, 10.0 + i, item_id=f"i{i}"),
+            np.arange(4, dtype=np.float32) + i,
+            f"c{i}",
+            Settings(embedding_dim=4),
+            partition=part,
+            offset=100 + i,
+        )
+    return p
+
+
+def test_binary_format_round_trips_and_its_header_gives_the_applied_count() -> None:
+    p = _busy_profile()
+    raw = p.to_bytes()
+    q = UserProfile.from_bytes(raw)
+    assert (q.user_id, q.recent, q.purchased, q.offsets, q.events, q.last_ts) == (
+        "user-7",
+        ["i0", "i1", "i2"],
+        ["i1"],
+        {0: 102, 1: 101},
+        3,
+        12.0,
+    )
+    assert q.categories == pytest.approx(p.categories)
+    for stored, original in ((q.long_term, p.long_term), (q.intent, p.intent)):
+        peak = float(np.abs(original).max())
+        assert float(np.abs(stored).max()) == pytest.approx(peak, rel=1e-6)  # the largest component: exact
+        np.testing.assert_allclose(stored, original, atol=peak / 254 + 1e-7)  # the rest: within half a step
+    assert applied_count(raw) == 3
+    assert q.to_bytes() == raw  # read and written unchanged: the same bytes
+
+
+def _same_profile_with_float16_vectors(q: UserProfile, p: UserProfile) -> None:
+    assert (q.user_id, q.recent, q.purchased, q.offsets, q.events, q.last_ts) == (
+        p.user_id,
+        p.recent,
+        p.purchased,
+        p.offsets,
+        p.events,
+        p.last_ts,
+    )
+    assert q.categories == pytest.approx(p.categories)
+    np.testing.assert_array_equal(q.long_term, p.long_term.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(q.intent, p.intent.astype(np.float16).astype(np.float32))
+
+
+def test_format_2_float16_profiles_from_older_changelogs_still_load() -> None:
+    p = _busy_profile()
+    lists = {"u": p.user_id, "r": p.recent, "c": p.categories, "p": p.purchased, "s": ["x", "y"]}
+    head = HEADER.pack(MAGIC, 2, p.events, p.last_ts, len(p.long_term))
+    old = b"".join(
+        (
+            head,
+            p.long_term.astype(np.float16).tobytes(),
+            p.intent.astype(np.float16).tobytes(),
+            orjson.dumps(lists | {"o": {str(k): v for k, v in p.offsets.items()}}),
+        )
+    )
+    assert applied_count(old) == 3
+    _same_profile_with_float16_vectors(UserProfile.from_bytes(old), p)
+
+
+def test_a_profile_in_a_format_from_a_newer_version_is_refused_not_misread() -> None:
+    raw = bytearray(_busy_profile().to_bytes())
+    raw[1] = 4  # the version byte: a layout this version does not know
+    with pytest.raises(ProfileFormatError, match="profile format 4 is not one this streamrec reads"):
+        UserProfile.from_bytes(bytes(raw))
+    with pytest.raises(ProfileFormatError, match="not a stored profile"):
+        UserProfile.from_bytes(b"\x00" + bytes(raw[1:]))
+    with pytest.raises(ProfileFormatError, match="not a stored profile"):
+        UserProfile.from_bytes(MAGIC + b"\x03")  # shorter than a header
+
+
+def test_format_1_json_profiles_from_older_changelogs_still_load() -> None:
+    p = _busy_profile()
+    pack = lambda v: base64.b64encode(v.astype(np.float16).tobytes()).decode()  # noqa: E731
+    old = orjson.dumps(
+        {
+            "v": 1,
+            "u": p.user_id,
+            "l": pack(p.long_term),
+            "i": pack(p.intent),
+            "t": p.last_ts,
+            "n": p.events,
+            "r": p.recent,
+            "c": p.categories,
+            "p": p.purchased,
+            "s": ["x", "y"],
+            "o": {str(k): v for k, v in p.offsets.items()},
+        }
+    )
+    assert applied_count(old) == 3
+    _same_profile_with_float16_vectors(UserProfile.from_bytes(old), p)
+
+
+def test_stored_profiles_take_their_length_in_memory_not_a_serialiser_buffer() -> None:
+    """The table keeps one record per user: each must cost its length (a bare orjson result kept ~32 KiB)."""
+    profiles = [_busy_profile() for _ in range(200)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [p.to_bytes() for p in profiles]
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < sum(len(raw) + 128 for raw in kept)  # the object header and the list slot, not a buffer
+
+
+def test_category_affinity_shares() -> None:
+    p = UserProfile.new("u", 3)
+    p.categories = {"a": 3.0, "b": 1.0}
+    np.testing.assert_allclose(category_affinity(p, ["a", "b", "z", None]), [0.75, 0.25, 0.0, 0.0])
