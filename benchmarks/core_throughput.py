@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from streamrec.encoding.encoder import fallback_embeddings
+from streamrec.encoding.threads import limit_threads
 from streamrec.io.logs import read_log
 from streamrec.lab.synthetic import make_events, make_shop
 from streamrec.model.events import ITEM_EVENT_TYPES, Event, Item, event_from_dict, item_from_dict
 from streamrec.model.profiles import DictProfileStore
 from streamrec.model.recommender import Recommender
-from streamrec.settings import Settings, limit_threads
+from streamrec.settings import Settings
 
 TAOBAO = Path(__file__).resolve().parents[1].parent / "shared/datasets/taobao-userbehavior-sample/UserBehavior_head.csv"
 PROFILE_LINES = 25
@@ -41,7 +42,9 @@ def run(name: str, items: Sequence[Item], events: Sequence[Event], settings: Set
     for emb in fallback_embeddings(items, settings):
         rec.upsert_item(emb)
     store = DictProfileStore()
-    batches = [events[i : i + settings.batch_size] for i in range(0, len(events), settings.batch_size)]
+    batches = [
+        events[i : i + settings.batching.batch_size] for i in range(0, len(events), settings.batching.batch_size)
+    ]
     profiler = cProfile.Profile() if profile else None
     users = recs = 0
     t0 = time.perf_counter()
@@ -90,7 +93,7 @@ def main() -> None:
     settings = Settings.from_env()
     if args.batch_size:
         settings = settings.replace(batch_size=args.batch_size)
-    limit_threads(settings.torch_threads)
+    limit_threads(settings.encoder.torch_threads)
     shop = make_shop(args.items, args.users)
     events = [e for e in make_events(shop, args.events) if e.type in ITEM_EVENT_TYPES]
     report: dict[str, Any] = {
@@ -99,7 +102,7 @@ def main() -> None:
             "processor": platform.processor(),
             "python": sys.version.split()[0],
         },
-        "batch_size": settings.batch_size,
+        "batch_size": settings.batching.batch_size,
         "synthetic": run("synthetic", shop.items, events, settings, args.profile),
     }
     if TAOBAO.exists():

@@ -68,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
 
     settings = Settings.from_env()
-    encoder = TextEncoder(settings)
+    encoder = TextEncoder.from_settings(settings)
     texts = product_texts(args.texts)
     encoder.encode(texts[:WARMUP_TEXTS])
     tokens = [len(ids) for ids in encoder.tokenizer(texts, truncation=True, max_length=encoder.max_length)["input_ids"]]

@@ -34,7 +34,7 @@ from typing import Any
 import faust
 import numpy as np
 
-from streamrec.io.kafka import OutMessage, make_producer
+from streamrec.io.kafka import OutMessage, client_kwargs, make_producer
 from streamrec.io.topics import apply_topics, load_topics
 from streamrec.lab.bench import event_messages, machine, send_all
 from streamrec.lab.broker import LocalBroker, free_port
@@ -60,9 +60,9 @@ SHOP_USERS = 20_000
 
 def outputs(settings: Settings, shop_items: Sequence[str], users: Sequence[str]) -> dict[str, tuple[bytes, bytes]]:
     """Each user's (profile, list) message values, real-sized, made before the drain (not timed)."""
-    rng = np.random.default_rng(settings.seed)
+    rng = np.random.default_rng(settings.retrieval.seed)
     ids = np.asarray(shop_items)
-    dim, k = settings.embedding_dim, settings.top_k
+    dim, k = settings.retrieval.embedding_dim, settings.retrieval.top_k
     out: dict[str, tuple[bytes, bytes]] = {}
     for user in users:
         profile = UserProfile.new(user, dim)
@@ -76,8 +76,8 @@ def outputs(settings: Settings, shop_items: Sequence[str], users: Sequence[str])
 
 def backlog(settings: Settings, n_events: int) -> tuple[list[str], list[Event]]:
     """The synthetic catalogue's item ids and the backlog's events (the same in every process: fixed seed)."""
-    shop = make_shop(SHOP_ITEMS, SHOP_USERS, seed=settings.seed)
-    return [i.item_id for i in shop.items], make_events(shop, n_events, seed=settings.seed)
+    shop = make_shop(SHOP_ITEMS, SHOP_USERS, seed=settings.retrieval.seed)
+    return [i.item_id for i in shop.items], make_events(shop, n_events, seed=settings.retrieval.seed)
 
 
 def child(phase: str, n_events: int) -> None:
@@ -89,21 +89,21 @@ def child(phase: str, n_events: int) -> None:
         messages = outputs(settings, items, sorted({e.user_id for e in events}))
     partitions = load_topics()["events"].partitions
     app = faust_app(settings, partitions)
-    events_topic = app.topic(settings.topic("events"), key_serializer="raw", value_serializer="raw")
-    recommendations = settings.topic("recommendations")
-    changelog = settings.topic(CHANGELOG)
+    events_topic = app.topic(settings.kafka.topic("events"), key_serializer="raw", value_serializer="raw")
+    recommendations = settings.kafka.topic("recommendations")
+    changelog = settings.kafka.topic(CHANGELOG)
     broker_pid = int(os.environ[BROKER_PID_ENV])
     publisher = BatchPublisher(app)
     state: dict[str, Any] = {"events": 0, "batches": 0}
 
     @app.agent(events_topic, name="events")
     async def on_events(stream: Any) -> None:
-        async for batch in natural_batches(stream, settings.batch_size):
+        async for batch in natural_batches(stream, settings.batching.batch_size):
             if not state["batches"]:
                 state.update(t0=time.perf_counter(), cpu0=time.process_time(), broker0=cpu_seconds(broker_pid))
             users: dict[str, int] = {}
             for fevent in batch:
-                users[event_from_dict(loads_message(fevent.value, settings.max_message_bytes)).user_id] = (
+                users[event_from_dict(loads_message(fevent.value, settings.kafka.max_message_bytes)).user_id] = (
                     fevent.message.partition
                 )
             if phase == "publish":
@@ -136,21 +136,23 @@ def child(phase: str, n_events: int) -> None:
 
 async def prefill(settings: Settings, n_events: int) -> float:
     """Create the topics and publish the synthetic backlog; returns events/s."""
-    await apply_topics(settings)
+    await apply_topics(settings.kafka)
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())
+    admin = AIOKafkaAdminClient(**client_kwargs(settings.kafka))
     await admin.start()
     try:
         partitions = load_topics()["events"].partitions
-        await admin.create_topics([NewTopic(settings.topic(CHANGELOG), partitions, settings.replication_factor)])
+        await admin.create_topics(
+            [NewTopic(settings.kafka.topic(CHANGELOG), partitions, settings.kafka.replication_factor)]
+        )
     finally:
         await admin.close()
     _, events = backlog(settings, n_events)
-    producer = make_producer(settings)
+    producer = make_producer(settings.kafka)
     await producer.start()
     try:
-        return await send_all(producer, settings.topic("events"), event_messages(events))
+        return await send_all(producer, settings.kafka.topic("events"), event_messages(events))
     finally:
         await producer.stop()
 

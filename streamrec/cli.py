@@ -17,7 +17,8 @@ from typing import Any
 import click
 import orjson
 
-from streamrec.settings import Settings, SettingsError, limit_threads
+from streamrec.encoding.threads import limit_threads
+from streamrec.settings import Settings, SettingsError
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -71,7 +72,7 @@ def topics_apply(ctx: click.Context) -> None:
     """Create every declared topic that is missing on the broker."""
     from streamrec.io.topics import apply_topics
 
-    created = asyncio.run(apply_topics(_settings(ctx)))
+    created = asyncio.run(apply_topics(_settings(ctx).kafka))
     click.echo(f"created {len(created)} topic(s): {', '.join(created) if created else '(all existed)'}")
 
 
@@ -166,7 +167,7 @@ def replay(
     mapping = _csv_mapping(fmt, columns, type_map, ts_format, delimiter, no_header)
     stats = ReplayStats()
     records = list(read_log(file, fmt, mapping=mapping, limit=limit, stats=stats))
-    sent = asyncio.run(publish(records, _settings(ctx), speed=speed, progress=True, total=len(records)))
+    sent = asyncio.run(publish(records, _settings(ctx).kafka, speed=speed, progress=True, total=len(records)))
     click.echo(f"published {sent} records ({stats.events} events, {stats.items} item upserts)")
     if stats.skipped:
         click.echo(f"skipped {stats.skipped} bad row(s); first reasons:", err=True)
@@ -236,7 +237,7 @@ def eval_cmd(
         raise click.UsageError(str(exc)) from None
     if no_learn:
         settings = settings.replace(learn=False)
-    limit_threads(settings.torch_threads)
+    limit_threads(settings.encoder.torch_threads)
     mapping = _csv_mapping(fmt, columns, type_map, ts_format, delimiter, no_header)
     stats = ReplayStats()
     records = list(read_log(file, fmt, mapping=mapping, limit=limit, stats=stats))
@@ -266,7 +267,7 @@ def recs(ctx: click.Context, user: str, as_json: bool) -> None:
     """Print USER's latest recommendations from the recommendations topic."""
     from streamrec.io.recommendations import latest_recommendation
 
-    rec = asyncio.run(latest_recommendation(_settings(ctx), user))
+    rec = asyncio.run(latest_recommendation(_settings(ctx).kafka, user))
     if rec is None:
         click.echo(f"no recommendations for {user!r} yet", err=True)
         sys.exit(1)
@@ -288,10 +289,10 @@ async def publish_forget(settings: Settings, user_id: str) -> None:
     from streamrec.model.events import FORGET_USER, Event, dumps
 
     request = Event(user_id, FORGET_USER, time.time())
-    producer = make_producer(settings)
+    producer = make_producer(settings.kafka)
     await producer.start()
     try:
-        await producer.send_and_wait(settings.topic("events"), dumps(request.to_dict()), key=user_id.encode())
+        await producer.send_and_wait(settings.kafka.topic("events"), dumps(request.to_dict()), key=user_id.encode())
     finally:
         await producer.stop()
 
@@ -310,7 +311,7 @@ def forget(ctx: click.Context, user: str) -> None:
     if not 1 <= len(user) <= MAX_ID_LEN:
         raise click.UsageError(f"USER must have 1..{MAX_ID_LEN} characters")
     asyncio.run(publish_forget(_settings(ctx), user))
-    click.echo(f"forget_user request for {user!r} published to {_settings(ctx).topic('events')}")
+    click.echo(f"forget_user request for {user!r} published to {_settings(ctx).kafka.topic('events')}")
 
 
 @cli.command()
@@ -343,7 +344,7 @@ def status(ctx: click.Context, url: str | None) -> None:
     from streamrec.worker.telemetry import format_status, parse
 
     settings = _settings(ctx)
-    url = url or f"http://{settings.web_host}:{settings.web_port}/metrics"
+    url = url or f"http://{settings.web.web_host}:{settings.web.web_port}/metrics"
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
             samples = parse(resp.read().decode())

@@ -31,7 +31,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer, BatchEncoding
 
 from streamrec.model.events import Item, ItemEmbedding
-from streamrec.settings import ENV_PREFIX, Settings
+from streamrec.settings import ENV_PREFIX, EncoderSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -235,10 +235,11 @@ def fallback_vector(item: Item, dim: int, seed: int) -> tuple[np.ndarray, str]:
 
 def fallback_embeddings(items: Sequence[Item], settings: Settings) -> list[ItemEmbedding]:
     """:func:`fallback_vector` embeddings for a catalogue, as the encoder publishes them for items without text."""
+    dim, seed = settings.retrieval.embedding_dim, settings.retrieval.seed
     out = []
     for item in items:
-        vector, source = fallback_vector(item, settings.embedding_dim, settings.seed)
-        out.append(ItemEmbedding(item=item, vector=vector, model=settings.model_name, source=source))
+        vector, source = fallback_vector(item, dim, seed)
+        out.append(ItemEmbedding(item=item, vector=vector, model=settings.encoder.model_name, source=source))
     return out
 
 
@@ -253,22 +254,24 @@ class TextEncoder:
     ``torch.set_num_threads`` is process-wide: creating an encoder sets it for the whole process.
     """
 
-    def __init__(self, settings: Settings | None = None, half: bool | None = None) -> None:
-        """Load tokenizer and model from ``settings.model_name`` onto ``settings.device`` (default: the environment).
+    def __init__(self, cfg: EncoderSettings, dim: int, seed: int, half: bool | None = None) -> None:
+        """Load tokenizer and model from ``cfg.model_name`` onto ``cfg.device``; embeddings must have ``dim``
+        dimensions, and items without text get :func:`fallback_vector` (``seed``).
 
         ``half``: fp16 weights; ``None`` means "on CUDA yes, on CPU no" (fp16 is slow and lossy on CPU,
         so asking for it there is an error). Pooling is always done in float32.
         """
-        self.settings = settings or Settings.from_env()
-        if self.settings.torch_threads > 0:
-            torch.set_num_threads(self.settings.torch_threads)
-        self.device = resolve_device(self.settings.device)
+        self.cfg = cfg
+        self.seed = seed
+        if cfg.torch_threads > 0:
+            torch.set_num_threads(cfg.torch_threads)
+        self.device = resolve_device(cfg.device)
         if half is None:
             half = self.device.type == "cuda"
         if half and self.device.type != "cuda":
             raise EncoderError("fp16 inference is only supported on CUDA")
-        self.model_name = self.settings.model_name
-        self.batch_size = self.settings.encoder_batch_size
+        self.model_name = cfg.model_name
+        self.batch_size = cfg.encoder_batch_size
         path = resolve_model_path(self.model_name)
         started = time.perf_counter()
         try:
@@ -286,13 +289,13 @@ class TextEncoder:
         model.to(device=self.device, dtype=torch.float16 if half else torch.float32)
         self.model = model
         self._dim = int(model.config.hidden_size)
-        if self._dim != self.settings.embedding_dim:
+        if self._dim != dim:
             raise EncoderError(
                 f"model {self.model_name!r} produces {self._dim}-dimensional embeddings, but this deployment "
-                f"uses {self.settings.embedding_dim} ({ENV_PREFIX}EMBEDDING_DIM)"
+                f"uses {dim} ({ENV_PREFIX}EMBEDDING_DIM)"
             )
         limit = getattr(model.config, "max_position_embeddings", None)
-        self.max_length = self.settings.encoder_max_length
+        self.max_length = cfg.encoder_max_length
         if limit is not None and self.max_length > limit:
             log.warning(
                 "encoder_max_length %d exceeds the model's %d positions; using %d", self.max_length, limit, limit
@@ -308,6 +311,12 @@ class TextEncoder:
             torch.get_num_threads(),
             time.perf_counter() - started,
         )
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None, half: bool | None = None) -> TextEncoder:
+        """The encoder a deployment's settings describe (default: from the environment)."""
+        settings = settings or Settings.from_env()
+        return cls(settings.encoder, settings.retrieval.embedding_dim, settings.retrieval.seed, half)
 
     @property
     def dim(self) -> int:
@@ -363,6 +372,6 @@ class TextEncoder:
             vectors[i] = (encoded[row].copy(), "text")
         out = []
         for item, pair in zip(items, vectors, strict=True):
-            vector, source = pair if pair is not None else fallback_vector(item, self.dim, self.settings.seed)
+            vector, source = pair if pair is not None else fallback_vector(item, self.dim, self.seed)
             out.append(ItemEmbedding(item=item, vector=vector, model=self.model_name, source=source))
         return out

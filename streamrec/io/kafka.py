@@ -1,6 +1,6 @@
-"""aiokafka clients built from :class:`Settings`, and small helpers every worker shares.
+"""aiokafka clients built from the kafka settings, and small helpers every worker shares.
 
-All clients get the same connection and security options (SASL/SSL pass through from settings). Producers
+All clients get the same connection and security options (:func:`client_kwargs`: SASL/SSL pass through). Producers
 are at-least-once (``acks=all``, no idempotence: the local broker rejects InitProducerId); consumers never
 trust ``end_offsets`` alone, because the local broker reports them short — they read until the topic is idle.
 """
@@ -12,11 +12,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord
 
 from streamrec.model.events import dead_letter, dumps
-from streamrec.settings import Settings
+from streamrec.settings import KafkaSettings
 
 LINGER_MS = 5
 IDLE_POLL_MS = 300
@@ -24,26 +25,42 @@ IDLE_POLL_MS = 300
 DISCOVER_TIMEOUT_S = 10.0
 
 
-def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+def client_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
+    """Connection and security options shared by every Kafka client streamrec creates."""
+    kwargs: dict[str, Any] = {"bootstrap_servers": kafka.broker, "security_protocol": kafka.security_protocol}
+    if kafka.security_protocol.startswith("SASL"):
+        kwargs.update(
+            sasl_mechanism=kafka.sasl_mechanism,
+            sasl_plain_username=kafka.sasl_username,
+            sasl_plain_password=kafka.sasl_password,
+        )
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        kwargs["ssl_context"] = create_ssl_context(
+            cafile=kafka.ssl_cafile or None, certfile=kafka.ssl_certfile or None, keyfile=kafka.ssl_keyfile or None
+        )
+    return kwargs
+
+
+def make_producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
     kwargs: dict[str, Any] = {
-        **settings.kafka_client_kwargs(),
+        **client_kwargs(kafka),
         "acks": "all",
         "linger_ms": LINGER_MS,
         "enable_idempotence": False,
-        "max_request_size": max(settings.max_message_bytes * 4, 1 << 20),
+        "max_request_size": max(kafka.max_message_bytes * 4, 1 << 20),
     }
     kwargs.update(overrides)
     return AIOKafkaProducer(**kwargs)
 
 
-def make_consumer(settings: Settings, *topics: str, **overrides: Any) -> AIOKafkaConsumer:
+def make_consumer(kafka: KafkaSettings, *topics: str, **overrides: Any) -> AIOKafkaConsumer:
     kwargs: dict[str, Any] = {
-        **settings.kafka_client_kwargs(),
+        **client_kwargs(kafka),
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
-        "fetch_max_wait_ms": settings.fetch_max_wait_ms,
-        "session_timeout_ms": int(settings.session_timeout_s * 1000),
-        "heartbeat_interval_ms": int(settings.heartbeat_interval_s * 1000),
+        "fetch_max_wait_ms": kafka.fetch_max_wait_ms,
+        "session_timeout_ms": int(kafka.session_timeout_s * 1000),
+        "heartbeat_interval_ms": int(kafka.heartbeat_interval_s * 1000),
     }
     kwargs.update(overrides)
     return AIOKafkaConsumer(*topics, **kwargs)
@@ -103,7 +120,7 @@ async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPar
         await asyncio.sleep(0.1)
 
 
-async def true_end_offsets(settings: Settings, reported: Mapping[Any, int]) -> dict[Any, int]:
+async def true_end_offsets(kafka: KafkaSettings, reported: Mapping[Any, int]) -> dict[Any, int]:
     """End offsets as they really are, from end offsets as a broker reported them (same keys back).
 
     The local broker reports the first offset of a partition's last record batch + 1, so a reader that stops
@@ -116,7 +133,7 @@ async def true_end_offsets(settings: Settings, reported: Mapping[Any, int]) -> d
     todo = {TopicPartition(tp.topic, tp.partition): tp for tp, end in reported.items() if end}
     if not todo:
         return ends
-    consumer = make_consumer(settings)
+    consumer = make_consumer(kafka)
     await consumer.start()
     try:
         consumer.assign(list(todo))
@@ -138,7 +155,7 @@ async def true_end_offsets(settings: Settings, reported: Mapping[Any, int]) -> d
 
 
 async def read_to_end(
-    settings: Settings,
+    kafka: KafkaSettings,
     topic: str,
     on_record: Callable[[ConsumerRecord], None] | None = None,
     consumer: AIOKafkaConsumer | None = None,
@@ -153,7 +170,7 @@ async def read_to_end(
     back empty — the local broker under-reports end offsets, so the second condition is what counts.
     """
     own = consumer is None
-    consumer = consumer or make_consumer(settings)
+    consumer = consumer or make_consumer(kafka)
     if own:
         await consumer.start()
     try:
@@ -183,8 +200,8 @@ async def read_to_end(
 class DeadLetters:
     """Sends rejected messages to ``dead-letters`` with their original bytes and the reason; counts them."""
 
-    def __init__(self, settings: Settings, send: Callable[[str, bytes, bytes], Any]) -> None:
-        self.topic = settings.topic("dead-letters")
+    def __init__(self, kafka: KafkaSettings, send: Callable[[str, bytes, bytes], Any]) -> None:
+        self.topic = kafka.topic("dead-letters")
         self._send = send
         self.count = 0
 

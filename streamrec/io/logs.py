@@ -27,7 +27,7 @@ from typing import Any, Literal
 import orjson
 
 from streamrec.model.events import InvalidMessage, dumps, event_from_dict, item_from_dict
-from streamrec.settings import Settings
+from streamrec.settings import KafkaSettings
 
 Format = Literal["taobao", "movielens", "csv", "jsonl"]
 TimestampFormat = Literal["unix", "unix_ms", "iso"]
@@ -359,7 +359,7 @@ def read_log(
 
 async def publish(
     records: Iterable[Record],
-    settings: Settings,
+    kafka: KafkaSettings,
     speed: float | None = None,
     progress: bool = True,
     total: int | None = None,
@@ -372,7 +372,7 @@ async def publish(
 
     from streamrec.io.kafka import make_producer
 
-    producer = make_producer(settings)
+    producer = make_producer(kafka)
     await producer.start()
     sent = 0
     pending: list[asyncio.Future[Any]] = []
@@ -387,7 +387,7 @@ async def publish(
                 delay = (record.ts - t0_event) / speed - (loop.time() - t0_wall)
                 if delay > 0:
                     await asyncio.sleep(delay)
-            fut = await producer.send(settings.topic(record.topic), dumps(record.value), key=record.key.encode())
+            fut = await producer.send(kafka.topic(record.topic), dumps(record.value), key=record.key.encode())
             pending.append(fut)
             if len(pending) >= SEND_CHUNK:
                 await asyncio.gather(*pending)

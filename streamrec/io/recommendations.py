@@ -18,17 +18,17 @@ from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from streamrec.io.kafka import key_partition, make_consumer, partitions_of, read_to_end
-from streamrec.settings import Settings
+from streamrec.settings import KafkaSettings
 
 WATCH_POLL_MS = 100
 WATCH_MAX_RECORDS = 10_000
 
 
-async def latest_recommendation(settings: Settings, user_id: str) -> dict[str, Any] | None:
+async def latest_recommendation(kafka: KafkaSettings, user_id: str) -> dict[str, Any] | None:
     """Newest recommendation message for ``user_id`` (None if there is none or it was deleted)."""
-    topic = settings.topic("recommendations")
+    topic = kafka.topic("recommendations")
     key = user_id.encode()
-    consumer = make_consumer(settings)
+    consumer = make_consumer(kafka)
     await consumer.start()
     try:
         tps = await partitions_of(consumer, topic)
@@ -41,7 +41,7 @@ async def latest_recommendation(settings: Settings, user_id: str) -> dict[str, A
             if record.key == key:
                 latest["value"] = record.value
 
-        await read_to_end(settings, topic, keep, consumer=consumer, partitions=[TopicPartition(topic, partition)])
+        await read_to_end(kafka, topic, keep, consumer=consumer, partitions=[TopicPartition(topic, partition)])
         value = latest.get("value")
         return None if value is None else orjson.loads(value)
     finally:
@@ -55,8 +55,8 @@ class RecommendationWatcher:
     while ``measure_latency`` is set it records receive time − ``event_ts`` for every list.
     """
 
-    def __init__(self, settings: Settings, keep_latest: bool = False) -> None:
-        self.settings = settings
+    def __init__(self, kafka: KafkaSettings, keep_latest: bool = False) -> None:
+        self.kafka = kafka
         self.keep_latest = keep_latest
         self.latest: dict[str, dict[str, Any]] = {}
         self.reflected: dict[str, float] = {}
@@ -69,9 +69,9 @@ class RecommendationWatcher:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._consumer = make_consumer(self.settings)
+        self._consumer = make_consumer(self.kafka)
         await self._consumer.start()
-        tps = await partitions_of(self._consumer, self.settings.topic("recommendations"))
+        tps = await partitions_of(self._consumer, self.kafka.topic("recommendations"))
         self._consumer.assign(tps)
         await self._consumer.seek_to_beginning(*tps)
         self._task = asyncio.create_task(self._run())

@@ -13,7 +13,8 @@ from typing import Any
 
 import orjson
 
-from streamrec.settings import Settings
+from streamrec.io.kafka import client_kwargs
+from streamrec.settings import KafkaSettings
 
 TOPICS_DIR_ENV = "STREAMREC_TOPICS_DIR"
 
@@ -55,24 +56,24 @@ def load_topics(directory: Path | None = None) -> dict[str, TopicSpec]:
     return specs
 
 
-async def apply_topics(settings: Settings, specs: dict[str, TopicSpec] | None = None) -> list[str]:
+async def apply_topics(kafka: KafkaSettings, specs: dict[str, TopicSpec] | None = None) -> list[str]:
     """Create every declared topic that does not exist yet; returns the names created."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     specs = specs or load_topics()
-    admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())
+    admin = AIOKafkaAdminClient(**client_kwargs(kafka))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         new = [
             NewTopic(
-                name=settings.topic(spec.name),
+                name=kafka.topic(spec.name),
                 num_partitions=spec.partitions,
-                replication_factor=settings.replication_factor,
+                replication_factor=kafka.replication_factor,
                 topic_configs=spec.config,
             )
             for spec in specs.values()
-            if settings.topic(spec.name) not in existing
+            if kafka.topic(spec.name) not in existing
         ]
         if new:
             await admin.create_topics(new)

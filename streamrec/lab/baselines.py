@@ -17,6 +17,7 @@ from every system).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -60,8 +61,8 @@ class PopularityBaseline:
     name = "popularity"
 
     def __init__(self, settings: Settings) -> None:
-        self.weights = {t: settings.event_weight(t) for t in ("view", "click", "add_to_cart", "purchase")}
-        self.clock = DecayClock(settings.popularity_half_life_s)
+        self.weights = {t: settings.profile.event_weight(t) for t in ("view", "click", "add_to_cart", "purchase")}
+        self.clock = DecayClock(settings.retrieval.popularity_half_life_s)
         self.row_of: dict[str, int] = {}
         self.ids: list[str] = []
         self.counts = np.zeros(1024)
@@ -123,7 +124,8 @@ class CooccurrenceBaseline:
 
     def __init__(self, settings: Settings) -> None:
         self.popularity = PopularityBaseline(settings)
-        self.covis = CoVisitation(settings.replace(cooc_window=settings.baseline_cooc_window))
+        own_window = dataclasses.replace(settings.retrieval, cooc_window=settings.lab.baseline_cooc_window)
+        self.covis = CoVisitation(own_window)
         self.row_of: dict[str, int] = {}
         self.ids: list[str] = []
 
@@ -176,9 +178,9 @@ class OnlineMFBaseline:
             latent_optimizer=optim.SGD(MF_LEARNING_RATE),
             l2_bias=MF_L2,
             l2_latent=MF_L2,
-            seed=settings.seed,
+            seed=settings.retrieval.seed,
         )
-        self.rng = np.random.default_rng(settings.seed)
+        self.rng = np.random.default_rng(settings.retrieval.seed)
 
     def upsert_item(self, emb: ItemEmbedding) -> None:
         self.popularity.upsert_item(emb)
@@ -210,7 +212,7 @@ class TextOnlyBaseline:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.popularity = PopularityBaseline(settings)
-        self.catalog = Catalog(settings)
+        self.catalog = Catalog(settings.retrieval)
         self.profiles: dict[str, UserProfile] = {}
 
     def upsert_item(self, emb: ItemEmbedding) -> None:
@@ -218,11 +220,13 @@ class TextOnlyBaseline:
         self.popularity.upsert_item(emb)
 
     def learn(self, event: Event) -> None:
-        profile = self.profiles.get(event.user_id) or UserProfile.new(event.user_id, self.settings.embedding_dim)
+        profile = self.profiles.get(event.user_id) or UserProfile.new(
+            event.user_id, self.settings.retrieval.embedding_dim
+        )
         self.profiles[event.user_id] = profile
         row = self.catalog.row_of.get(event.item_id or "")
         vector = self.catalog.vectors[row] if row is not None and self.catalog.has_vector[row] else None
-        apply_event(profile, event, vector, None, self.settings)
+        apply_event(profile, event, vector, None, self.settings.profile)
         self.popularity.learn(event)
 
     def recommend(self, user_id: str, now: float, k: int) -> list[str]:

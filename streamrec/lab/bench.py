@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from streamrec.encoding.threads import limit_threads
 from streamrec.io.kafka import make_consumer, make_producer, partitions_of
 from streamrec.io.recommendations import RecommendationWatcher
 from streamrec.io.topics import apply_topics
@@ -45,7 +46,7 @@ from streamrec.lab.broker import LocalBroker, free_port
 from streamrec.lab.processes import CpuMeter, Service, wait_for_services, worker_stats
 from streamrec.lab.synthetic import make_events, make_shop
 from streamrec.model.events import Event, Item, ItemEmbedding, dumps
-from streamrec.settings import Settings, limit_threads
+from streamrec.settings import Settings
 
 STARTUP_TIMEOUT_S = 300.0
 DRAIN_TIMEOUT_S = 900.0
@@ -141,10 +142,10 @@ def _embedding_messages(embeddings: Sequence[ItemEmbedding]) -> list[tuple[bytes
 
 async def ceiling(settings: Settings, n: int) -> float:
     """A bare aiokafka consumer reading ``n`` event messages from the beginning: messages/s."""
-    consumer = make_consumer(settings, fetch_max_wait_ms=FETCH_MS)
+    consumer = make_consumer(settings.kafka, fetch_max_wait_ms=FETCH_MS)
     await consumer.start()
     try:
-        tps = await partitions_of(consumer, settings.topic("events"))
+        tps = await partitions_of(consumer, settings.kafka.topic("events"))
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         seen = 0
@@ -174,18 +175,18 @@ async def drain_backlog(
     keep_running: bool = False,
 ) -> tuple[dict[str, Any], Service, RecommendationWatcher]:
     """Publish a catalogue and an event backlog, measure the ceiling, then time a worker draining it."""
-    await apply_topics(settings)
-    producer = make_producer(settings)
+    await apply_topics(settings.kafka)
+    producer = make_producer(settings.kafka)
     await producer.start()
     try:
-        embed_rate = await send_all(producer, settings.topic("item-embeddings"), _embedding_messages(embeddings))
-        produce_rate = await send_all(producer, settings.topic("events"), event_messages(events))
+        embed_rate = await send_all(producer, settings.kafka.topic("item-embeddings"), _embedding_messages(embeddings))
+        produce_rate = await send_all(producer, settings.kafka.topic("events"), event_messages(events))
     finally:
         await producer.stop()
     ceiling_rate = await ceiling(settings, len(events))
     print(f"[{name}] {len(embeddings):,} items, {len(events):,} events published; ceiling {ceiling_rate:,.0f}/s")
     worker = Service(f"worker-{name}", ["worker", "--loglevel", "warning"], settings, workdir).start()
-    watcher = RecommendationWatcher(settings)
+    watcher = RecommendationWatcher(settings.kafka)
     try:
         await wait_for_services(lambda: worker_stats(settings), STARTUP_TIMEOUT_S, "the worker", [worker])
         await watcher.start()
@@ -247,7 +248,7 @@ async def steady_latency(
     cost it and the broker ~0.2 cores more, taken from the worker on this 2-core machine. The CPU each process
     uses meanwhile is measured too: broker, load generator and worker share the cores here.
     """
-    producer = make_producer(settings)
+    producer = make_producer(settings.kafka)
     await producer.start()
     stats = await worker_stats(settings) or {}
     worker_pid = services[0].process.pid if services and services[0].process else None
@@ -265,7 +266,7 @@ async def steady_latency(
             ts = time.time()
             for e in events[sent:due]:
                 value = e.to_dict() | {"ts": ts}
-                await producer.send(settings.topic("events"), dumps(value), key=e.user_id.encode())
+                await producer.send(settings.kafka.topic("events"), dumps(value), key=e.user_id.encode())
                 last[e.user_id] = ts
             sent = due
             await asyncio.sleep(LOAD_TICK_S)
@@ -292,8 +293,8 @@ def _encode_timed(settings: Settings, texts: Sequence[str], ready: Any = None) -
     """Load the encoder, warm it up, wait for the others (``ready``: a barrier), then time one ``encode``."""
     from streamrec.encoding.encoder import TextEncoder
 
-    limit_threads(settings.torch_threads)
-    encoder = TextEncoder(settings)
+    limit_threads(settings.encoder.torch_threads)
+    encoder = TextEncoder.from_settings(settings)
     encoder.encode(list(texts[:WARMUP_TEXTS]))
     if ready is not None:
         ready.wait()
@@ -339,7 +340,7 @@ async def new_items_visible(
     and are not counted.
     """
     encoder = Service("encoder", ["encoder"], settings, workdir).start()
-    producer = make_producer(settings, linger_ms=0)
+    producer = make_producer(settings.kafka, linger_ms=0)
     await producer.start()
 
     async def encoder_ready() -> bool:
@@ -354,7 +355,7 @@ async def new_items_visible(
         base = (await worker_stats(settings) or {}).get("items_live", 0)
         for i, item in enumerate(items):
             value = item.to_dict() | {"ts": time.time()}
-            await producer.send_and_wait(settings.topic("items"), dumps(value), key=item.item_id.encode())
+            await producer.send_and_wait(settings.kafka.topic("items"), dumps(value), key=item.item_id.encode())
             if i < WARMUP_ITEMS:
                 want = base + i + 1
                 await wait_for_services(
@@ -411,9 +412,9 @@ async def _run(settings: Settings, opts: BenchOptions, workdir: Path, broker_pid
     figures = result.figures
     t0 = time.perf_counter()
     now = time.time()
-    shop = make_shop(opts.items, opts.users, seed=settings.seed, ts=now - opts.events - 1.0)
-    events = make_events(shop, opts.events, seed=settings.seed, start_ts=now - opts.events)
-    live = make_events(shop, int(opts.latency_rate * opts.latency_s), seed=settings.seed + 1)
+    shop = make_shop(opts.items, opts.users, seed=settings.retrieval.seed, ts=now - opts.events - 1.0)
+    events = make_events(shop, opts.events, seed=settings.retrieval.seed, start_ts=now - opts.events)
+    live = make_events(shop, int(opts.latency_rate * opts.latency_s), seed=settings.retrieval.seed + 1)
     print(
         f"synthetic shop: {len(shop.items):,} items, {len(shop.favourites):,} users, {len(events):,} events "
         f"({time.perf_counter() - t0:.1f}s)"
@@ -494,7 +495,9 @@ def format_table(result: BenchResult) -> str:
 
 def run_bench(settings: Settings, opts: BenchOptions, json_out: Path | None = None) -> BenchResult:
     """Start a local broker, run every phase, print the table and write the JSON."""
-    limit_threads(settings.torch_threads)  # as every worker does: one intra-op thread per process is fastest here
+    limit_threads(
+        settings.encoder.torch_threads
+    )  # as every worker does: one intra-op thread per process is fastest here
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     with LocalBroker(log_path=workdir / "broker.log") as broker:
         settings = settings.replace(broker=broker.url, web_port=free_port(), data_dir=str(workdir / "data"))

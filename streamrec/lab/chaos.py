@@ -74,7 +74,7 @@ async def applied_counts(settings: Settings) -> dict[str, int]:
     def keep(record: Any) -> None:
         latest[record.key] = record.value
 
-    await read_to_end(settings, changelog_topic(settings), keep)
+    await read_to_end(settings.kafka, changelog_topic(settings), keep)
     return {key.decode(): UserProfile.from_bytes(raw).events for key, raw in latest.items() if raw is not None}
 
 
@@ -94,7 +94,7 @@ def compare(expected: Counter[str], applied: dict[str, int]) -> tuple[int, int, 
 
 
 async def _count(settings: Settings, topic: str) -> int:
-    return await read_to_end(settings, settings.topic(topic), lambda _: None)
+    return await read_to_end(settings.kafka, settings.kafka.topic(topic), lambda _: None)
 
 
 async def _latest_snapshot(settings: Settings, worker_id: str) -> dict[str, Any] | None:
@@ -104,7 +104,7 @@ async def _latest_snapshot(settings: Settings, worker_id: str) -> dict[str, Any]
         if record.key == snapshot_key(worker_id) and record.value is not None:
             latest["snap"] = orjson.loads(record.value)
 
-    await read_to_end(settings, settings.topic("model-snapshots"), keep)
+    await read_to_end(settings.kafka, settings.kafka.topic("model-snapshots"), keep)
     return latest.get("snap")
 
 
@@ -123,11 +123,11 @@ class PacedReplay:
         return self
 
     async def _run(self) -> None:
-        producer = make_producer(self.settings)
+        producer = make_producer(self.settings.kafka)
         await producer.start()
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        topic = self.settings.topic("events")
+        topic = self.settings.kafka.topic("events")
         try:
             for start in range(0, len(self.events), SEND_CHUNK):
                 chunk = self.events[start : start + SEND_CHUNK]
@@ -174,17 +174,17 @@ async def run_chaos(settings: Settings, opts: ChaosOptions, workdir: Path, progr
             web_port=free_port(),
             data_dir=str(workdir / "encoder"),
         )
-        await apply_topics(base)
+        await apply_topics(base.kafka)
         names = ["w1", "w2"]
         per_worker = {n: base.replace(worker_id=n, web_port=free_port(), data_dir=str(workdir / n)) for n in names}
         encoder = Service("encoder", ["encoder"], base, workdir).start()
         command = ["worker", "--loglevel", opts.loglevel]
         workers = {n: Service(n, command, s, workdir).start() for n, s in per_worker.items()}
         services = [encoder, *workers.values()]
-        watcher = RecommendationWatcher(base)
+        watcher = RecommendationWatcher(base.kafka)
         try:
             say(f"{len(items):,} items, {len(events):,} events ({stats.rows:,} rows); starting encoder + 2 workers")
-            await publish(items, base, progress=False)
+            await publish(items, base.kafka, progress=False)
 
             async def group_ready() -> dict[str, dict[str, Any]] | None:
                 got = {n: await worker_stats(s) for n, s in per_worker.items()}

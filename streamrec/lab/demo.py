@@ -50,11 +50,11 @@ async def _stats_at_least(settings: Settings, key: str, n: float) -> dict[str, f
 
 
 async def _publish(producer: Any, settings: Settings, topic: str, key: str, value: dict[str, Any]) -> Any:
-    return await producer.send(settings.topic(topic), dumps(value), key=key.encode())
+    return await producer.send(settings.kafka.topic(topic), dumps(value), key=key.encode())
 
 
 async def _run(settings: Settings, opts: DemoOptions, workdir: Path) -> int:
-    await apply_topics(settings)
+    await apply_topics(settings.kafka)
     services = [
         Service("encoder", ["encoder"], settings, workdir).start(),
         Service("worker", ["worker", "--loglevel", "warning"], settings, workdir).start(),
@@ -62,9 +62,9 @@ async def _run(settings: Settings, opts: DemoOptions, workdir: Path) -> int:
     try:
         print(f"started encoder and recommender worker (logs in {workdir})")
         await wait_for_services(lambda: worker_stats(settings), STARTUP_TIMEOUT_S, "the worker to start", services)
-        producer = make_producer(settings)
+        producer = make_producer(settings.kafka)
         await producer.start()
-        watcher = RecommendationWatcher(settings, keep_latest=True)
+        watcher = RecommendationWatcher(settings.kafka, keep_latest=True)
         await watcher.start()
         try:
             if opts.dataset is None:
@@ -89,7 +89,7 @@ async def _synthetic(
     settings: Settings, opts: DemoOptions, producer: Any, watcher: RecommendationWatcher, services: list[Service]
 ) -> tuple[dict[str, str], dict[str, list[str]], float]:
     """Catalogue, a steady phase (latency), then a burst; returns titles, favourites and the burst's events/s."""
-    shop = make_shop(opts.items, opts.users, seed=settings.seed, ts=time.time())
+    shop = make_shop(opts.items, opts.users, seed=settings.retrieval.seed, ts=time.time())
     for item in shop.items:
         await _publish(producer, settings, "items", item.item_id, item.to_dict())
     await producer.flush()
@@ -97,7 +97,7 @@ async def _synthetic(
     await wait_for_services(
         lambda: _stats_at_least(settings, "items_indexed", len(shop.items)), STARTUP_TIMEOUT_S, "indexing", services
     )
-    events = make_events(shop, opts.events, seed=settings.seed)
+    events = make_events(shop, opts.events, seed=settings.retrieval.seed)
     n_steady = int(len(events) * LATENCY_SHARE)
     print(f"streaming {n_steady} events at {opts.rate:.0f}/s (latency), then {len(events) - n_steady} as a burst…")
     watcher.measure_latency = True
@@ -141,7 +141,7 @@ async def _dataset(
     items = [r for r in records if r.topic == "items"]
     print(f"replaying {len(records)} records from {opts.dataset} ({n_events} events, {len(items)} items)…")
     t0 = time.perf_counter()
-    await publish(records, settings, progress=True, total=len(records))
+    await publish(records, settings.kafka, progress=True, total=len(records))
     await wait_for_services(
         lambda: _stats_at_least(settings, "events", n_events), DRAIN_TIMEOUT_S, "the replay", services
     )

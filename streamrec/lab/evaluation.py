@@ -23,13 +23,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from streamrec.encoding.threads import limit_threads
 from streamrec.lab.baselines import CooccurrenceBaseline, OnlineMFBaseline, PopularityBaseline, TextOnlyBaseline
 from streamrec.model.events import ITEM_EVENT_TYPES, Event, Item, ItemEmbedding, event_from_dict, item_from_dict
 from streamrec.model.metrics import PrequentialScore, hit_rank
 from streamrec.model.profiles import DictProfileStore, UserProfile
 from streamrec.model.ranker import SharedModel
 from streamrec.model.recommender import Recommender
-from streamrec.settings import Settings, limit_threads
+from streamrec.settings import Settings
 
 DEFAULT_WINDOWS = 20
 DEFAULT_SYNC_EVENTS = 1_000
@@ -57,7 +58,7 @@ class StreamrecSystem:
         self.name = name
         self.recommender = Recommender(settings)
         self.store = DictProfileStore()
-        self.dim = settings.embedding_dim
+        self.dim = settings.retrieval.embedding_dim
 
     def upsert_item(self, emb: ItemEmbedding) -> None:
         self.recommender.upsert_item(emb)
@@ -163,7 +164,7 @@ def embed_catalog(items: Sequence[Item], settings: Settings) -> list[ItemEmbeddi
     from streamrec.encoding.encoder import TextEncoder, fallback_embeddings
 
     if any(i.has_text for i in items):
-        return TextEncoder(settings).embed_items(items)
+        return TextEncoder.from_settings(settings).embed_items(items)
     return fallback_embeddings(items, settings)
 
 

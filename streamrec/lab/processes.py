@@ -7,7 +7,6 @@ environment variables, its output in a log file, and a clean SIGTERM → SIGKILL
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import signal
 import subprocess
@@ -19,17 +18,14 @@ from typing import Any
 
 import aiohttp
 
-from streamrec.settings import ENV_PREFIX, Settings
+from streamrec.settings import Settings
 
 STOP_TIMEOUT_S = 20.0
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a child process build exactly these settings."""
-    env = dict(os.environ)
-    for f in dataclasses.fields(settings):
-        value = getattr(settings, f.name)
-        env[ENV_PREFIX + f.name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+    env = dict(os.environ) | settings.to_env()
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -122,7 +118,7 @@ class Service:
 
 async def worker_stats(settings: Settings, timeout: float = 2.0) -> dict[str, float] | None:
     """The worker's ``/stats`` page, or None while it is not up yet."""
-    url = f"http://{settings.web_host}:{settings.web_port}/stats"
+    url = f"http://{settings.web.web_host}:{settings.web.web_port}/stats"
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,

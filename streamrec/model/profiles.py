@@ -7,11 +7,10 @@ as living through it. State is bounded (recent items, categories, purchases) and
 bytes (int8 vectors with a per-vector scale) for the changelog-backed Faust table.
 
 >>> import numpy as np
->>> from streamrec.settings import Settings
+>>> from streamrec.settings import ProfileSettings
 >>> from streamrec.model.events import Event
->>> s = Settings(embedding_dim=2)
 >>> p = UserProfile.new("u1", dim=2)
->>> apply_event(p, Event("u1", "purchase", ts=0.0, item_id="a"), np.array([1.0, 0.0]), "shoes", s)
+>>> apply_event(p, Event("u1", "purchase", ts=0.0, item_id="a"), np.array([1.0, 0.0]), "shoes", ProfileSettings())
 True
 >>> p.purchased, p.recent, round(p.categories["shoes"], 2)
 (['a'], ['a'], 3.0)
@@ -32,7 +31,7 @@ import numpy as np
 import orjson
 
 from streamrec.model.events import Event
-from streamrec.settings import Settings
+from streamrec.settings import ProfileSettings
 
 FLOAT16_DTYPE = np.float16
 """Vectors of format 1 (base64) and format 2 (raw) records."""
@@ -207,7 +206,7 @@ def apply_event(
     event: Event,
     vector: np.ndarray | None,
     category: str | None,
-    settings: Settings,
+    cfg: ProfileSettings,
     partition: int | None = None,
     offset: int | None = None,
 ) -> bool:
@@ -219,9 +218,9 @@ def apply_event(
     if profile.already_applied(partition, offset):
         return False
     dt = event.ts - profile.last_ts if profile.events else 0.0
-    long_decay = decay_factor(dt, settings.profile_half_life_s)
-    intent_decay = decay_factor(dt, settings.intent_half_life_s)
-    weight = settings.event_weight(event.type)
+    long_decay = decay_factor(dt, cfg.profile_half_life_s)
+    intent_decay = decay_factor(dt, cfg.intent_half_life_s)
+    weight = cfg.event_weight(event.type)
     profile.long_term *= long_decay
     profile.intent *= intent_decay
     if vector is not None:
@@ -229,15 +228,15 @@ def apply_event(
             profile.long_term += weight * vector
         profile.intent += weight * vector
     if event.item_id is not None:
-        _push_bounded(profile.recent, event.item_id, settings.recent_items)
+        _push_bounded(profile.recent, event.item_id, cfg.recent_items)
         if event.type == "purchase":
-            _push_bounded(profile.purchased, event.item_id, settings.max_purchased)
+            _push_bounded(profile.purchased, event.item_id, cfg.max_purchased)
     if category is not None:
         cats = profile.categories
         for key in cats:
             cats[key] *= long_decay
         cats[category] = cats.get(category, 0.0) + weight
-        if len(cats) > settings.max_categories:
+        if len(cats) > cfg.max_categories:
             weakest = min(cats, key=cats.__getitem__)
             del cats[weakest]
     profile.last_ts = max(profile.last_ts, event.ts)

@@ -8,8 +8,8 @@ taken item above items that were shown and not taken plus sampled ones, weighted
 A linear model keeps every score explainable: the largest terms ``θ_i·x_i`` are the "reasons".
 
 >>> import numpy as np
->>> from streamrec.settings import Settings
->>> r = FusionRanker(Settings(learning_rate=0.5))
+>>> from streamrec.settings import RankerSettings
+>>> r = FusionRanker(RankerSettings(learning_rate=0.5))
 >>> pos = np.zeros((1, len(FEATURES)), np.float32); pos[0, FEATURES.index("price")] = 1.0
 >>> neg = np.zeros((1, 1, len(FEATURES)), np.float32)
 >>> before = r.weight("price")
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from streamrec.settings import Settings
+from streamrec.settings import RankerSettings
 
 FEATURES: tuple[str, ...] = (
     "sim_long",
@@ -97,8 +97,8 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 class FusionRanker:
     """Linear fusion ranker with in-place online SGD and snapshot/restore."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, cfg: RankerSettings) -> None:
+        self.cfg = cfg
         self._weights_np = prior_vector().astype(np.float32)
         self.steps = 0
         self._sq = np.zeros(len(FEATURES), np.float32)
@@ -155,7 +155,7 @@ class FusionRanker:
         directly (same value as autograd, a fraction of its overhead) and applied as ``θ ← θ − η∇L``
         (per-feature normalised with the default RMSProp optimizer).
         """
-        if not self.settings.learn or len(pos) == 0:
+        if not self.cfg.learn or len(pos) == 0:
             return 0.0
         theta = self._weights_np
         pos = np.asarray(pos, np.float32)
@@ -168,11 +168,11 @@ class FusionRanker:
         denom = max(float((w * (counts > 0)).sum()), DENOM_EPS)
         coef = w / np.maximum(counts, 1.0) / np.float32(denom)  # (B,)
         pair_w = mask * coef[:, None]  # (B, M)
-        loss = float((np.logaddexp(0.0, -margin) * pair_w).sum()) + 0.5 * self.settings.l2 * float(theta @ theta)
+        loss = float((np.logaddexp(0.0, -margin) * pair_w).sum()) + 0.5 * self.cfg.l2 * float(theta @ theta)
         # d softplus(-m)/dm = -sigmoid(-m); the L2 part is applied as plain (decoupled) weight decay, so
         # features that rarely fire (e.g. search similarity) are not normalised into fast shrinkage
         grad = -np.einsum("bm,bmf->f", _sigmoid(-margin) * pair_w, diff)
-        step = np.float32(self.settings.learning_rate) * (self._scale(grad) + np.float32(self.settings.l2) * theta)
+        step = np.float32(self.cfg.learning_rate) * (self._scale(grad) + np.float32(self.cfg.l2) * theta)
         self._weights_np = (theta - step).astype(np.float32)
         self.steps += 1
         return loss
@@ -183,9 +183,9 @@ class FusionRanker:
         Features differ a lot in how often and how strongly they fire (co-visitation is zero for most pairs,
         similarity never is); per-feature normalisation lets rare-but-decisive ones learn as fast as the rest.
         """
-        if self.settings.optimizer == "sgd":
+        if self.cfg.optimizer == "sgd":
             return grad
-        rho = self.settings.rms_decay
+        rho = self.cfg.rms_decay
         self._sq *= np.float32(rho)
         self._sq += np.float32(1.0 - rho) * grad * grad
         corrected = self._sq / np.float32(1.0 - rho ** (self.steps + 1))
@@ -251,8 +251,8 @@ class SharedModel:
     its own contribution, steps and optimizer state from its last snapshot; a worker that never comes back
     keeps contributing what it published. Worker ids must be unique among live workers.
 
-    >>> from streamrec.settings import Settings
-    >>> a, b = SharedModel(FusionRanker(Settings()), "a"), SharedModel(FusionRanker(Settings()), "b")
+    >>> from streamrec.settings import RankerSettings
+    >>> a, b = SharedModel(FusionRanker(RankerSettings()), "a"), SharedModel(FusionRanker(RankerSettings()), "b")
     >>> a.ranker.set_weights(a.ranker.weights + 1.0); a.ranker.steps = 3  # as if a took 3 steps
     >>> b.merge(a.contribution()), b.merge(a.contribution())  # idempotent
     (True, False)

@@ -227,16 +227,18 @@ class Recommender:
 
     def __init__(self, settings: Settings, encode_queries: QueryEncoder | None = None) -> None:
         self.settings = settings
-        self.catalog = Catalog(settings)
-        self.covis = CoVisitation(settings)
-        self.coemb = CoEmbedding(settings)
-        self.ranker = FusionRanker(settings)
+        self.catalog = Catalog(settings.retrieval)
+        self.covis = CoVisitation(settings.retrieval)
+        self.coemb = CoEmbedding(settings.retrieval)
+        self.ranker = FusionRanker(settings.ranker)
         self.encode_queries = encode_queries
-        self.rng = np.random.default_rng(settings.seed)
+        self.rng = np.random.default_rng(settings.retrieval.seed)
         self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         """Embeddings of recent distinct queries: search traffic repeats its head queries all the time."""
         self.offers = OfferCache(
-            settings.candidate_cache_users, CANDIDATE_SOURCES * settings.candidates_per_source, settings.top_k
+            settings.ranker.candidate_cache_users,
+            CANDIDATE_SOURCES * settings.retrieval.candidates_per_source,
+            settings.retrieval.top_k,
         )
         """Each recent user's last offer: learning happens against what retrieval and the list offered."""
         self.clock = 0.0
@@ -304,7 +306,9 @@ class Recommender:
         x[:, F_INDEX["coemb"]] = self.coemb.similarity_many([u.coemb_vector for u in users], all_rows, seg)
         x[:, F_INDEX["price"]] = cat.price_feature[all_rows]
         item_ts = cat.item_ts[all_rows]
-        x[:, F_INDEX["freshness"]] = freshness(item_ts, now, self.settings.freshness_half_life_s) * (item_ts > 0)
+        x[:, F_INDEX["freshness"]] = freshness(item_ts, now, self.settings.retrieval.freshness_half_life_s) * (
+            item_ts > 0
+        )
         start = 0
         for user, r in zip(users, rows, strict=True):
             end = start + len(r)
@@ -365,7 +369,7 @@ class Recommender:
         if missing:
             for q, v in zip(missing, self.encode_queries(missing), strict=True):
                 out[q] = cache[q] = unit(np.asarray(v, np.float32))
-            while len(cache) > self.settings.query_cache_size:
+            while len(cache) > self.settings.retrieval.query_cache_size:
                 cache.popitem(last=False)
         return out
 
@@ -396,7 +400,7 @@ class Recommender:
     # --- learning -----------------------------------------------------------------------------------
     def _negatives(self, pool: np.ndarray, shown: np.ndarray, positive: int) -> list[int]:
         """Shown-not-taken + candidate-pool + uniform negatives for one labelled event (no duplicates)."""
-        s = self.settings
+        s = self.settings.ranker
         chosen = [r for r in shown.tolist() if r != positive][: s.negatives_shown]
         if len(pool):
             draws = self.rng.choice(pool, min(len(pool), s.negatives_pool + len(chosen) + 1), replace=False)
@@ -428,7 +432,7 @@ class Recommender:
             event.ts,
             cat.relative_popularity(rows, event.ts),
             cat.category[rows],
-            self.settings.event_weight(event.type),
+            self.settings.profile.event_weight(event.type),
         )
 
     def _step(self, examples: Sequence[_Example]) -> float:
@@ -466,7 +470,7 @@ class Recommender:
         for idx, event in enumerate(events):
             profile = profiles.get(event.user_id) or store.get(event.user_id)
             if profile is None:
-                profile = UserProfile.new(event.user_id, self.settings.embedding_dim)
+                profile = UserProfile.new(event.user_id, self.settings.retrieval.embedding_dim)
             profiles[event.user_id] = profile
             part, off = (positions[idx] or (None, None)) if positions is not None else (None, None)
             if profile.already_applied(part, off):
@@ -481,23 +485,23 @@ class Recommender:
                 # Learn only from choices the ranker could have made: the taken item was among the candidates
                 # it ranked. Items retrieval never offered would teach it to distrust its own sources.
                 negs: list[int] = []
-                if self.settings.learn and pool is not None and row in pool:
+                if self.settings.ranker.learn and pool is not None and row in pool:
                     negs = self._negatives(pool, self.offers.shown(event.user_id), row)
                 if negs:
                     examples.append(self._example(profile, np.array([row, *negs], np.int64), event))
                 previous = self._rows(profile.recent)
-                weight = self.settings.event_weight(event.type)
-                if self.settings.share_item_stats:
-                    recent = tuple(profile.recent[-self.settings.cooc_window :])
+                weight = self.settings.profile.event_weight(event.type)
+                if self.settings.batching.share_item_stats:
+                    recent = tuple(profile.recent[-self.settings.retrieval.cooc_window :])
                     result.item_updates.append(ItemUpdate(event.item_id, recent, weight, event.ts))
                 vector = self.catalog.vectors[row] if self.catalog.has_vector[row] else None
-                apply_event(profile, event, vector, self.catalog.category_of(row), self.settings, part, off)
+                apply_event(profile, event, vector, self.catalog.category_of(row), self.settings.profile, part, off)
                 self.offers.taken(event.user_id, row)  # no longer a shown-not-taken negative
                 self.fold_item_event(previous, row, weight, event.ts, visits)
                 behaviour[event.user_id] = _Request(profile, event.ts)
             else:  # search: update intent with the query, answer with query-aware results
                 qv = qvecs.get(event.query or "")
-                apply_event(profile, event, qv, None, self.settings, part, off)
+                apply_event(profile, event, qv, None, self.settings.profile, part, off)
                 searches.append(_Request(profile, event.ts, event.query, qv))
             result.applied += 1
         if examples:
@@ -522,13 +526,13 @@ class Recommender:
         ``remember`` keeps each list and the pool it was ranked from as the user's offer (:class:`OfferCache`):
         what the ranker learns against when the user's next labelled event arrives.
         """
-        k = k or self.settings.top_k
+        k = k or self.settings.retrieval.top_k
         now = self.clock if now is None else now
-        n_cand = self.settings.candidates_per_source
+        n_cand = self.settings.retrieval.candidates_per_source
         qvs = list(query_vectors) if query_vectors is not None else [None] * len(profiles)
         users = self.user_contexts(profiles, now, qvs)
-        retrieval = np.zeros((len(profiles), self.settings.embedding_dim), np.float32)
-        blend = self.settings.search_query_weight
+        retrieval = np.zeros((len(profiles), self.settings.retrieval.embedding_dim), np.float32)
+        blend = self.settings.retrieval.search_query_weight
         for i, (user, qv) in enumerate(zip(users, qvs, strict=True)):
             taste = unit(user.taste[0] + user.taste[1])
             retrieval[i] = unit(blend * qv + (1.0 - blend) * taste) if qv is not None else taste
@@ -536,8 +540,8 @@ class Recommender:
         popular = self.catalog.top_popular(n_cand)
         excluded: list[list[int]] = []
         for profile, user, qv in zip(profiles, users, qvs, strict=True):
-            rows = self._rows(profile.purchased) if self.settings.exclude_purchased else []
-            if self.settings.exclude_seen and qv is None:
+            rows = self._rows(profile.purchased) if self.settings.retrieval.exclude_purchased else []
+            if self.settings.retrieval.exclude_seen and qv is None:
                 rows += user.seeds
             excluded.append(rows)
         pools = candidate_pools(sem_rows, [user.covis.top(n_cand) for user in users], popular, excluded)

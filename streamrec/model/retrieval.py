@@ -20,7 +20,7 @@ import faiss
 import numpy as np
 
 from streamrec.model.events import ItemEmbedding
-from streamrec.settings import Settings
+from streamrec.settings import RetrievalSettings
 
 INITIAL_CAPACITY = 1024
 RESCALE_LOG2 = 60.0
@@ -87,9 +87,9 @@ class ItemMeta:
 class Catalog:
     """All known items: attributes, embeddings (FAISS) and decayed popularity, by dense row."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.dim = settings.embedding_dim
+    def __init__(self, cfg: RetrievalSettings) -> None:
+        self.cfg = cfg
+        self.dim = cfg.embedding_dim
         self.row_of: dict[str, int] = {}
         self.ids: list[str] = []
         """Item id by row (the inverse of ``row_of``)."""
@@ -105,17 +105,17 @@ class Catalog:
         self.category = np.full(cap, NO_CATEGORY, np.int32)
         self.item_ts = np.zeros(cap, np.float64)
         self.popularity = np.zeros(cap, np.float64)
-        self.pop_clock = DecayClock(settings.popularity_half_life_s)
+        self.pop_clock = DecayClock(cfg.popularity_half_life_s)
         self._peak_popularity = 0.0
-        self._top_size = settings.candidates_per_source
+        self._top_size = cfg.candidates_per_source
         self._top: dict[int, None] = {}
         """The ``_top_size`` most popular rows (ties: lower row first), kept up to date per event."""
         self._top_min: int | None = None
         """The least popular row in ``_top`` (None: recompute before use)."""
         self.index: faiss.Index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
         self._quantizer: faiss.Index | None = None
-        self._next_ivf_build = settings.ann_threshold
-        self.rng = np.random.default_rng(settings.seed)
+        self._next_ivf_build = cfg.ann_threshold
+        self.rng = np.random.default_rng(cfg.seed)
 
     def __len__(self) -> int:
         return len(self.row_of)
@@ -199,7 +199,7 @@ class Catalog:
         ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
         ivf.train(np.ascontiguousarray(self.vectors[sample]))
         ivf.add_with_ids(np.ascontiguousarray(self.vectors[rows]), rows)
-        ivf.nprobe = self.settings.ann_nprobe
+        ivf.nprobe = self.cfg.ann_nprobe
         self._quantizer = quantizer  # the IVF index does not own it: keep it alive
         self.index = ivf
 
@@ -352,10 +352,10 @@ class CoVisitation:
     it touches as dicts, applies every visit in stream order, and packs them back.
     """
 
-    def __init__(self, settings: Settings) -> None:
-        self.window = settings.cooc_window
-        self.max_neighbours = settings.cooc_max_neighbours
-        self.clock = DecayClock(settings.popularity_half_life_s)
+    def __init__(self, cfg: RetrievalSettings) -> None:
+        self.window = cfg.cooc_window
+        self.max_neighbours = cfg.cooc_max_neighbours
+        self.clock = DecayClock(cfg.popularity_half_life_s)
         self._neighbours: dict[int, np.ndarray] = {}
         """Item row → its neighbours (a :data:`NEIGHBOUR` array)."""
 
@@ -476,13 +476,13 @@ class CoEmbedding:
     young co-visitation graph misses. Vectors are small (``coemb_dim``) and updated in place.
     """
 
-    def __init__(self, settings: Settings) -> None:
-        self.dim = settings.coemb_dim
-        self.window = settings.cooc_window
-        self.lr = settings.coemb_learning_rate
-        self.negatives = settings.coemb_negatives
-        self.rng = np.random.default_rng(settings.seed)
-        self.min_visits = settings.coemb_min_visits
+    def __init__(self, cfg: RetrievalSettings) -> None:
+        self.dim = cfg.coemb_dim
+        self.window = cfg.cooc_window
+        self.lr = cfg.coemb_learning_rate
+        self.negatives = cfg.coemb_negatives
+        self.rng = np.random.default_rng(cfg.seed)
+        self.min_visits = cfg.coemb_min_visits
         self.vectors = self._init(INITIAL_CAPACITY)
         self.visits = np.zeros(INITIAL_CAPACITY, np.int32)
         self.n = 0

@@ -37,9 +37,11 @@ from aiokafka.structs import ConsumerRecord
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.services import WaitResults
 
+from streamrec.encoding.threads import limit_threads
 from streamrec.io.kafka import (
     DeadLetters,
     OutMessage,
+    client_kwargs,
     make_consumer,
     partitions_of,
     read_to_end,
@@ -51,7 +53,7 @@ from streamrec.model.events import Event, InvalidMessage, dumps, event_from_dict
 from streamrec.model.itemstats import ItemUpdate, decode_updates
 from streamrec.model.profiles import applied_count
 from streamrec.model.ranker import SNAPSHOT_KEY_PREFIX, snapshot_key
-from streamrec.settings import Settings, limit_threads
+from streamrec.settings import Settings
 from streamrec.worker.core import TRIM_AFTER_EVENTS, CatalogUpdate, CoreBatch, CoreClient, CoreError
 from streamrec.worker.memory import release_free_memory, rss_bytes
 from streamrec.worker.telemetry import Histogram, Metric, render
@@ -110,7 +112,7 @@ def _patch_true_highwaters(settings: Settings) -> None:
             reported = await original(self, partitions)
             if self.consumer.in_transaction:
                 return reported
-            return await true_end_offsets(settings, reported)
+            return await true_end_offsets(settings.kafka, reported)
 
         return _highwaters
 
@@ -146,22 +148,22 @@ def _patch_message_handoff() -> None:
 
 def faust_credentials(settings: Settings) -> Any:
     """SASL/SSL settings in Faust's terms (None for PLAINTEXT)."""
-    kw = settings.kafka_client_kwargs()
-    if settings.security_protocol.startswith("SASL"):
+    kw = client_kwargs(settings.kafka)
+    if settings.kafka.security_protocol.startswith("SASL"):
         return faust.SASLCredentials(
-            username=settings.sasl_username,
-            password=settings.sasl_password,
-            mechanism=settings.sasl_mechanism,
+            username=settings.kafka.sasl_username,
+            password=settings.kafka.sasl_password,
+            mechanism=settings.kafka.sasl_mechanism,
             ssl_context=kw.get("ssl_context"),
         )
-    if settings.security_protocol == "SSL":
+    if settings.kafka.security_protocol == "SSL":
         return faust.SSLCredentials(kw["ssl_context"])
     return None
 
 
 def changelog_topic(settings: Settings) -> str:
     """The profiles table's changelog (Faust's name for it: ``<app id>-<table>-changelog``)."""
-    return f"{settings.app_id}-{PROFILE_TABLE}-changelog"
+    return f"{settings.kafka.app_id}-{PROFILE_TABLE}-changelog"
 
 
 def applied_events(raw: bytes | None) -> int:
@@ -400,7 +402,7 @@ class Worker:
     def __init__(self, settings: Settings, app: faust.App, with_query_encoder: bool = True) -> None:
         self.settings = settings
         self.app = app
-        self.worker_id = settings.worker_id or f"{socket.gethostname()}:{settings.web_port}"
+        self.worker_id = settings.batching.worker_id or f"{socket.gethostname()}:{settings.web.web_port}"
         self.core = CoreClient(settings, self.worker_id, with_query_encoder)
         """The recommender and this worker's share of the model (:mod:`streamrec.worker.core`)."""
         self.snapshot_key = snapshot_key(self.worker_id)
@@ -418,7 +420,7 @@ class Worker:
         self.catalog_ready = asyncio.Event()
         self.model_ready = asyncio.Event()
         self._published_own_steps = -1
-        self.dead_letters = DeadLetters(settings, self._send_raw)
+        self.dead_letters = DeadLetters(settings.kafka, self._send_raw)
         self.latency = Histogram()
         """Event published (its Kafka timestamp) → its user's recommendation sent, in ms."""
         self._generation: int | None = None
@@ -457,7 +459,7 @@ class Worker:
         for fevent in batch:
             msg = fevent.message
             try:
-                obj = loads_message(fevent.value, self.settings.max_message_bytes)
+                obj = loads_message(fevent.value, self.settings.kafka.max_message_bytes)
                 event = event_from_dict(obj)
             except InvalidMessage as exc:
                 await self.dead_letters.reject(msg.topic, fevent.value, str(exc), msg.key, msg.partition, msg.offset)
@@ -471,8 +473,8 @@ class Worker:
             raw = store.raw_for(store.source_event)
             # the core runs elsewhere: meanwhile the loop keeps fetching, so the next batch is ready
             result: CoreBatch = await self._call_core("process", valid, positions, raw)
-            topic = self.settings.topic("recommendations")
-            updates = self.settings.topic("item-updates")
+            topic = self.settings.kafka.topic("recommendations")
+            updates = self.settings.kafka.topic("item-updates")
             # tombstones first: lists made after a forget (fresh profile) must win
             await self.publisher.publish(
                 store.write(result.profiles)
@@ -544,14 +546,14 @@ class Worker:
     async def _fetch_range(self, topic: str, partition: int, start: int, stop: int) -> list[RefetchedEvent]:
         """Records ``start`` ≤ offset < ``stop`` of one partition, read directly (no group, no commit)."""
         if self._gap_consumer is None:
-            self._gap_consumer = make_consumer(self.settings)
+            self._gap_consumer = make_consumer(self.settings.kafka)
             await self._gap_consumer.start()
         consumer = self._gap_consumer
         tp = TopicPartition(topic, partition)
         consumer.assign([tp])
         consumer.seek(tp, start)
         out: list[RefetchedEvent] = []
-        deadline = time.monotonic() + self.settings.session_timeout_s
+        deadline = time.monotonic() + self.settings.kafka.session_timeout_s
         while (not out or out[-1].message.offset < stop - 1) and time.monotonic() < deadline:
             batch = await consumer.getmany(tp, timeout_ms=FOLLOW_POLL_MS)
             out += [RefetchedEvent(r, r.value) for r in batch.get(tp, []) if start <= r.offset < stop]
@@ -562,7 +564,7 @@ class Worker:
     # --- telemetry ----------------------------------------------------------------------------------
     def _assigned(self) -> list[Any]:
         """The ``events`` partitions (TopicPartitions) this worker holds now; empty while between generations."""
-        topic = self.settings.topic("events")
+        topic = self.settings.kafka.topic("events")
         try:
             return [tp for tp in self.app.consumer.assignment() if tp.topic == topic]
         except Exception as exc:  # the consumer is not started yet, or between generations
@@ -667,12 +669,14 @@ class Worker:
 
     async def follow_catalog(self) -> None:
         """Load every item embedding, mark the catalogue ready, then keep applying new ones."""
-        topic = self.settings.topic("item-embeddings")
-        consumer = make_consumer(self.settings, fetch_max_wait_ms=self.settings.follow_fetch_wait_ms)
+        topic = self.settings.kafka.topic("item-embeddings")
+        consumer = make_consumer(self.settings.kafka, fetch_max_wait_ms=self.settings.kafka.follow_fetch_wait_ms)
         await consumer.start()
         try:
-            n = await read_to_end(self.settings, topic, consumer=consumer, on_records=self._apply_items)
-            await self._call_core("warm_up", self.settings.batch_size)  # one-time working memory, before the baseline
+            n = await read_to_end(self.settings.kafka, topic, consumer=consumer, on_records=self._apply_items)
+            await self._call_core(
+                "warm_up", self.settings.batching.batch_size
+            )  # one-time working memory, before the baseline
             await self._call_core("trim")  # the baseline, like every big batch, without the loading's freed buffers
             release_free_memory()
             log.info("catalogue loaded: %d records, %d items indexed", n, self.core.state.items_indexed)
@@ -692,11 +696,11 @@ class Worker:
     async def follow_item_updates(self) -> None:
         """Apply every other worker's item updates (from the start of the topic: a restarted worker rebuilds its
         item statistics from the whole retained history, its own earlier incarnation's included)."""
-        if not self.settings.share_item_stats:
+        if not self.settings.batching.share_item_stats:
             return
         await self.catalog_ready.wait()
-        topic = self.settings.topic("item-updates")
-        consumer = make_consumer(self.settings, fetch_max_wait_ms=self.settings.follow_fetch_wait_ms)
+        topic = self.settings.kafka.topic("item-updates")
+        consumer = make_consumer(self.settings.kafka, fetch_max_wait_ms=self.settings.kafka.follow_fetch_wait_ms)
         await consumer.start()
         try:
             tps = await partitions_of(consumer, topic)
@@ -734,11 +738,11 @@ class Worker:
         """Resume this worker's own contribution and merge every peer's (or a single-worker snapshot), then
         keep following the topic for peers' newer snapshots, merged at each :meth:`sync_model`."""
         latest: dict[bytes, dict[str, Any]] = {}
-        topic = self.settings.topic("model-snapshots")
-        consumer = make_consumer(self.settings, fetch_max_wait_ms=self.settings.follow_fetch_wait_ms)
+        topic = self.settings.kafka.topic("model-snapshots")
+        consumer = make_consumer(self.settings.kafka, fetch_max_wait_ms=self.settings.kafka.follow_fetch_wait_ms)
         await consumer.start()
         try:
-            await read_to_end(self.settings, topic, lambda r: self._keep_snapshot(latest, r), consumer=consumer)
+            await read_to_end(self.settings.kafka, topic, lambda r: self._keep_snapshot(latest, r), consumer=consumer)
             shared = {k: v for k, v in latest.items() if k.startswith(SNAPSHOT_KEY_PREFIX.encode())}
             try:
                 await self._call_core("restore_model", shared, latest.get(MODEL_SNAPSHOT_KEY))
@@ -767,38 +771,38 @@ class Worker:
         snap = await self._call_core("merge_and_snapshot", pending)
         if snap["contribution"]["steps"] == self._published_own_steps:
             return
-        await self._send_raw(self.settings.topic("model-snapshots"), self.snapshot_key, dumps(snap))
+        await self._send_raw(self.settings.kafka.topic("model-snapshots"), self.snapshot_key, dumps(snap))
         self._published_own_steps = snap["contribution"]["steps"]
 
 
 def faust_app(settings: Settings, partitions: int) -> faust.App:
     """The worker's Faust app, configured and patched as it runs in production, without agents or tables
     (``benchmarks/faust_floor.py`` times this very app with an agent that does no recommender work)."""
-    _patch_fetch_wait(settings.fetch_max_wait_ms)
+    _patch_fetch_wait(settings.kafka.fetch_max_wait_ms)
     _patch_message_handoff()
     _patch_true_highwaters(settings)
-    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    Path(settings.batching.data_dir).mkdir(parents=True, exist_ok=True)
     return faust.App(
-        settings.app_id,
-        broker=";".join(f"kafka://{b.strip()}" for b in settings.broker.split(",")),
+        settings.kafka.app_id,
+        broker=";".join(f"kafka://{b.strip()}" for b in settings.kafka.broker.split(",")),
         broker_credentials=faust_credentials(settings),
         store="memory://",
-        datadir=f"{settings.data_dir}/{settings.app_id}-data",
+        datadir=f"{settings.batching.data_dir}/{settings.kafka.app_id}-data",
         processing_guarantee="at_least_once",
-        topic_replication_factor=settings.replication_factor,
+        topic_replication_factor=settings.kafka.replication_factor,
         topic_partitions=partitions,
-        broker_session_timeout=settings.session_timeout_s,
-        broker_rebalance_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        broker_session_timeout=settings.kafka.session_timeout_s,
+        broker_rebalance_timeout=settings.kafka.session_timeout_s,
+        broker_heartbeat_interval=settings.kafka.heartbeat_interval_s,
         consumer_auto_offset_reset="earliest",
         # After a broker lost its data (the in-memory local broker restarted) the changelog restarts at offset 0
         # below what this worker already applied; Faust's check would crash the worker for good. It keeps its
         # in-memory table instead and carries on (README, "Broker restarts").
         recovery_consistency_check=False,
         web_enabled=True,
-        web_bind=settings.web_host,
-        web_host=settings.web_host,
-        web_port=settings.web_port,
+        web_bind=settings.web.web_host,
+        web_host=settings.web.web_host,
+        web_port=settings.web.web_port,
         producer_linger_ms=1,
         producer_max_batch_size=PRODUCER_BATCH_BYTES,
         producer_max_request_size=PRODUCER_REQUEST_BYTES,
@@ -808,13 +812,13 @@ def faust_app(settings: Settings, partitions: int) -> faust.App:
 def create_app(settings: Settings | None = None, with_query_encoder: bool = True) -> tuple[faust.App, Worker]:
     """Build the Faust app and its worker state from settings."""
     settings = settings or Settings.from_env()
-    limit_threads(settings.torch_threads)
+    limit_threads(settings.encoder.torch_threads)
     specs = load_topics()
     partitions = specs["events"].partitions
     app = faust_app(settings, partitions)
     worker = Worker(settings, app, with_query_encoder)
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
-    events_topic = app.topic(settings.topic("events"), **raw)
+    events_topic = app.topic(settings.kafka.topic("events"), **raw)
     table = app.tables.add(
         ProfileTable(
             app,
@@ -829,7 +833,7 @@ def create_app(settings: Settings | None = None, with_query_encoder: bool = True
 
     @app.agent(events_topic, name="events")
     async def on_events(stream: Any) -> None:
-        async for batch in natural_batches(stream, settings.batch_size):
+        async for batch in natural_batches(stream, settings.batching.batch_size):
             await worker.handle_batch(batch, store)
 
     @app.task
@@ -844,7 +848,7 @@ def create_app(settings: Settings | None = None, with_query_encoder: bool = True
     async def follow_item_updates() -> None:
         await worker.follow_item_updates()
 
-    @app.timer(settings.snapshot_interval_s)
+    @app.timer(settings.batching.snapshot_interval_s)
     async def snapshot() -> None:
         await worker.sync_model()
 

@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from streamrec.encoding.threads import limit_threads
 from streamrec.model.events import Event, InvalidMessage, dumps, parse_item_embedding
 from streamrec.model.itemstats import ItemUpdate, encode_updates
 from streamrec.model.profiles import UserProfile
 from streamrec.model.ranker import SharedModel
 from streamrec.model.recommender import Recommender
-from streamrec.settings import Settings, limit_threads
+from streamrec.settings import Settings
 from streamrec.worker.memory import release_free_memory, rss_bytes
 
 log = logging.getLogger("streamrec.worker.core")
@@ -120,7 +121,7 @@ class CoreService:
         if with_query_encoder:
             from streamrec.encoding.encoder import TextEncoder
 
-            encode_queries = TextEncoder(settings).encode
+            encode_queries = TextEncoder.from_settings(settings).encode
             encode_queries([WARM_UP_QUERY])  # the model's first call allocates its working memory: not per user
         self.settings = settings
         self.recommender = Recommender(settings, encode_queries)
@@ -159,7 +160,7 @@ class CoreService:
     def upsert_items(self, values: Sequence[bytes | None], live: bool) -> CatalogUpdate:
         """Apply ``item-embeddings`` record values; ``live``: after the initial load (items count as new)."""
         out = CatalogUpdate()
-        dim = self.settings.embedding_dim
+        dim = self.settings.retrieval.embedding_dim
         for i, value in enumerate(values):
             try:
                 emb = parse_item_embedding(value)
@@ -188,7 +189,7 @@ class CoreService:
             return
         profiles = []
         for i in range(users):
-            profile = UserProfile.new(f"{WARM_UP_USER}-{i}", self.settings.embedding_dim)
+            profile = UserProfile.new(f"{WARM_UP_USER}-{i}", self.settings.retrieval.embedding_dim)
             profile.long_term[:] = rec.catalog.vectors[i * len(rec.catalog) // users]
             profiles.append(profile)
         rec.recommend(profiles, now=rec.clock, remember=False)
@@ -216,7 +217,7 @@ class CoreService:
 def _serve(conn: Connection, settings: Settings, worker_id: str, with_query_encoder: bool) -> None:
     """The child process: answer calls until the worker closes the pipe (or dies: its end closes too)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the worker stops us
-    limit_threads(settings.torch_threads)
+    limit_threads(settings.encoder.torch_threads)
     try:
         service = CoreService(settings, worker_id, with_query_encoder, own_process=True)
         conn.send((True, None, service.state()))
@@ -252,14 +253,17 @@ class CoreClient:
         self.with_query_encoder = with_query_encoder
         self.state = CoreState()
         self._thread = ThreadPoolExecutor(
-            1, thread_name_prefix="streamrec-core", initializer=limit_threads, initargs=(settings.torch_threads,)
+            1,
+            thread_name_prefix="streamrec-core",
+            initializer=limit_threads,
+            initargs=(settings.encoder.torch_threads,),
         )
         self._service: CoreService | None = None
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
 
     def _start(self) -> None:
-        if self.settings.core_process:
+        if self.settings.batching.core_process:
             ctx = multiprocessing.get_context("spawn")  # never fork a process that runs Faust's threads
             ours, theirs = ctx.Pipe()
             self._process = ctx.Process(

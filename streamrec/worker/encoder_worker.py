@@ -44,29 +44,30 @@ async def run_encoder(
     """Run until ``stop`` is set (or SIGINT/SIGTERM when run from the CLI)."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    encoder = encoder or await loop.run_in_executor(None, TextEncoder, settings)
-    items_topic = settings.topic("items")
-    out_topic = settings.topic("item-embeddings")
+    encoder = encoder or await loop.run_in_executor(None, TextEncoder.from_settings, settings)
+    items_topic = settings.kafka.topic("items")
+    out_topic = settings.kafka.topic("item-embeddings")
     consumer = make_consumer(
-        settings,
+        settings.kafka,
         items_topic,
-        group_id=f"{settings.app_id}-encoder",
-        max_poll_records=settings.encoder_batch_size,
+        group_id=f"{settings.kafka.app_id}-encoder",
+        max_poll_records=settings.encoder.encoder_batch_size,
     )
-    producer = make_producer(settings)
+    producer = make_producer(settings.kafka)
     await producer.start()
     await consumer.start()
 
     async def send(topic: str, key: bytes, value: bytes) -> None:
         await producer.send(topic, value, key=key)
 
-    dead_letters = DeadLetters(settings, send)
+    dead_letters = DeadLetters(settings.kafka, send)
     stats = EncoderStats()
-    log.info("encoder ready on %s (model %s)", encoder.device, settings.model_name)
+    log.info("encoder ready on %s (model %s)", encoder.device, settings.encoder.model_name)
     try:
         while not stop.is_set():
             batch = await consumer.getmany(
-                timeout_ms=int(settings.encoder_max_wait_s * 1000), max_records=settings.encoder_batch_size
+                timeout_ms=int(settings.encoder.encoder_max_wait_s * 1000),
+                max_records=settings.encoder.encoder_batch_size,
             )
             if not batch:
                 continue
@@ -74,7 +75,7 @@ async def run_encoder(
             for records in batch.values():
                 for r in records:
                     try:
-                        item = parse_item(r.value, settings.max_message_bytes)
+                        item = parse_item(r.value, settings.kafka.max_message_bytes)
                     except InvalidMessage as exc:
                         stats.rejected += 1
                         await dead_letters.reject(items_topic, r.value, str(exc), r.key, r.partition, r.offset)
@@ -111,7 +112,7 @@ def main(settings: Settings | None = None) -> None:
     one = settings.replace(encoder_processes=1)
     children = [
         ctx.Process(target=_child, args=(one,), name=f"streamrec-encoder-{i}", daemon=True)
-        for i in range(1, settings.encoder_processes)
+        for i in range(1, settings.encoder.encoder_processes)
     ]
     for child in children:
         child.start()

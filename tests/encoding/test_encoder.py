@@ -42,7 +42,7 @@ CUDA_ODD_BATCH = 7
 
 @pytest.fixture(scope="module")
 def encoder() -> TextEncoder:
-    return TextEncoder(Settings(device="cpu"))
+    return TextEncoder.from_settings(Settings.of(device="cpu"))
 
 
 def _item(item_id: str, title: str = "", category: str | None = None, **kw: str) -> Item:
@@ -250,7 +250,7 @@ def test_embed_items_mixed_keeps_order_and_sources(encoder: TextEncoder) -> None
     texts = encoder.encode([item_text(items[0]), item_text(items[3])])
     assert float(embeddings[0].vector @ texts[0]) >= SAME_TEXT_COSINE
     assert float(embeddings[3].vector @ texts[1]) >= SAME_TEXT_COSINE
-    np.testing.assert_array_equal(embeddings[1].vector, fallback_vector(items[1], DIM, Settings().seed)[0])
+    np.testing.assert_array_equal(embeddings[1].vector, fallback_vector(items[1], DIM, Settings().retrieval.seed)[0])
 
 
 # --- configuration errors ---------------------------------------------------------------------------------
@@ -262,12 +262,12 @@ def test_unknown_model_name_is_a_helpful_error() -> None:
     message = str(info.value)
     assert BUNDLED_MODEL_NAME in message and MODEL_NAME_ENV in message and "local" in message
     with pytest.raises(EncoderError):
-        TextEncoder(Settings(device="cpu", model_name="no-such-org/no-such-model-streamrec"))
+        TextEncoder.from_settings(Settings.of(device="cpu", model_name="no-such-org/no-such-model-streamrec"))
 
 
 def test_local_folder_without_a_model_is_an_error(tmp_path: os.PathLike[str]) -> None:
     with pytest.raises(EncoderError, match=MODEL_NAME_ENV):
-        TextEncoder(Settings(device="cpu", model_name=str(tmp_path)))
+        TextEncoder.from_settings(Settings.of(device="cpu", model_name=str(tmp_path)))
 
 
 def test_bundled_model_resolves_to_a_local_folder() -> None:
@@ -282,14 +282,14 @@ def test_cuda_without_cuda_is_a_clear_error() -> None:
     with pytest.raises(EncoderError, match="CUDA is not available"):
         resolve_device("cuda")
     with pytest.raises(EncoderError, match="CUDA"):
-        TextEncoder(Settings(device="cuda"))
+        TextEncoder.from_settings(Settings.of(device="cuda"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
 def test_cuda_fp16_agrees_with_cpu_fp32(encoder: TextEncoder) -> None:
     shop = make_shop(CUDA_TEXTS, 1)
     texts = [item_text(item) for item in shop.items] + ["short", "word " * 400]  # one far over max_length
-    gpu = TextEncoder(Settings(device="cuda"))
+    gpu = TextEncoder.from_settings(Settings.of(device="cuda"))
     assert gpu.device.type == "cuda" and next(gpu.model.parameters()).dtype == torch.float16
     on_gpu = gpu.encode(texts)
     assert on_gpu.dtype == np.float32 and on_gpu.shape == (len(texts), DIM)
@@ -310,4 +310,4 @@ def test_resolve_device_auto_prefers_cuda(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_fp16_on_cpu_is_refused() -> None:
     with pytest.raises(EncoderError, match="fp16"):
-        TextEncoder(Settings(device="cpu"), half=True)
+        TextEncoder.from_settings(Settings.of(device="cpu"), half=True)

@@ -20,10 +20,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def test_the_worker_stops_when_its_core_process_is_killed(tmp_path: Path) -> None:
     with LocalBroker(log_path=tmp_path / "broker.log") as broker:
-        settings = Settings(
+        settings = Settings.of(
             broker=broker.url, web_port=free_port(), data_dir=str(tmp_path / "d"), snapshot_interval_s=1.0
         )
-        asyncio.run(apply_topics(settings))
+        asyncio.run(apply_topics(settings.kafka))
         worker = Service("worker", ["worker", "--loglevel", "warning"], settings, tmp_path).start()
         try:
             deadline = time.monotonic() + 120

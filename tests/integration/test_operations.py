@@ -77,7 +77,7 @@ class Ops:
         return wait_for(lambda: run(worker_stats(self.settings)), "worker /stats", [self.worker])
 
     def metrics(self) -> dict[str, float]:
-        url = f"http://{self.settings.web_host}:{self.settings.web_port}/metrics"
+        url = f"http://{self.settings.web.web_host}:{self.settings.web.web_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as resp:
             return parse(resp.read().decode())
 
@@ -113,7 +113,7 @@ def warm_up(o: Ops) -> None:
 def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ops]:
     workdir: Path = tmp_path_factory.mktemp("ops")
     broker = LocalBroker(log_path=workdir / "broker.log").start()
-    settings = Settings(
+    settings = Settings.of(
         broker=broker.url,
         app_id=APP_ID,
         web_port=free_port(),
@@ -121,7 +121,7 @@ def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ops]:
         max_message_bytes=MAX_MESSAGE_BYTES,
         snapshot_interval_s=2.0,
     )
-    run(apply_topics(settings))
+    run(apply_topics(settings.kafka))
     run(publish(settings, catalogue()))
     o = Ops(workdir, broker, settings, None)  # type: ignore[arg-type]
     try:
@@ -343,13 +343,13 @@ def test_fuzzed_bad_input_goes_to_dead_letters_and_never_stops_the_worker(ops: O
     async def send_all() -> None:
         from streamrec.io.kafka import make_producer
 
-        producer = make_producer(settings)
+        producer = make_producer(settings.kafka)
         await producer.start()
         try:
             for i in order:
                 key, value = stream[i]
                 topic = "events" if i < n_events else "item-embeddings"
-                await producer.send(settings.topic(topic), value, key=key)
+                await producer.send(settings.kafka.topic(topic), value, key=key)
             await producer.flush()
         finally:
             await producer.stop()
@@ -374,13 +374,13 @@ def test_fuzzed_bad_input_goes_to_dead_letters_and_never_stops_the_worker(ops: O
     assert stats["dead_letters"] - before["dead_letters"] == len(bad) + len(bad_items)
     assert stats["items_indexed"] - before["items_indexed"] == len(new_items)
 
-    dead = dead_letters_for(settings, settings.topic("events"))
+    dead = dead_letters_for(settings, settings.kafka.topic("events"))
     assert len(dead) == len(bad)
     assert all(d["reason"] for d in dead)
     assert collections.Counter(base64.b64decode(d["value_b64"]) for d in dead) == collections.Counter(
         raw or b"" for _, raw in bad
     )
-    dead_items = dead_letters_for(settings, settings.topic("item-embeddings"))
+    dead_items = dead_letters_for(settings, settings.kafka.topic("item-embeddings"))
     assert sorted(base64.b64decode(d["value_b64"]) for d in dead_items) == sorted(bad_items)
     assert all(d["reason"] for d in dead_items)
     reasons = collections.Counter(d["reason"].split(":")[0].split(" (")[0][:40] for d in dead)
@@ -496,7 +496,7 @@ def test_forget_user_deletes_state_publishes_tombstones_and_survives_restart(ops
     history += [Event(bob, "click", 100.0 + n, item_id=item_id(50 + n)) for n in range(3)]
     run(publish(settings, [("events", e.user_id, dumps(e.to_dict())) for e in history]))
     wait_for(
-        lambda: run(latest_recommendation(settings, alice)) and run(latest_recommendation(settings, bob)),
+        lambda: run(latest_recommendation(settings.kafka, alice)) and run(latest_recommendation(settings.kafka, bob)),
         "lists for alice and bob",
         [ops.worker],
     )
@@ -518,8 +518,8 @@ def test_forget_user_deletes_state_publishes_tombstones_and_survives_restart(ops
     # recommendations: a tombstone, so compaction drops her lists and readers see "nothing for this user"
     recs = recommendations(settings)
     assert recs[alice.encode()][-1] is None and recs[alice.encode()][0] is not None
-    assert run(latest_recommendation(settings, alice)) is None
-    assert run(latest_recommendation(settings, bob)) is not None
+    assert run(latest_recommendation(settings.kafka, alice)) is None
+    assert run(latest_recommendation(settings.kafka, bob)) is not None
     assert alice not in ops.worker_log()  # the request is logged without the user id
 
     # restart the worker: it recovers the table from the changelog and must not resurrect alice
@@ -571,7 +571,7 @@ def test_worker_reconnects_after_broker_restart(ops: Ops) -> None:
     assert stats["events"] == before["events"] + len(events)
     assert stats["profiles"] == before["profiles"] + len(users)  # the profiles it held in memory are kept
     wait_for(
-        lambda: all(run(latest_recommendation(settings, u)) for u in users),
+        lambda: all(run(latest_recommendation(settings.kafka, u)) for u in users),
         "recommendations after the broker restart",
         [ops.worker],
         timeout=WAIT_S,

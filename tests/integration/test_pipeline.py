@@ -31,11 +31,11 @@ def run(coro: Any) -> Any:
 
 
 async def publish(settings: Settings, messages: list[tuple[str, str, bytes]]) -> None:
-    producer = make_producer(settings)
+    producer = make_producer(settings.kafka)
     await producer.start()
     try:
         for topic, key, value in messages:
-            await producer.send(settings.topic(topic), value, key=key.encode())
+            await producer.send(settings.kafka.topic(topic), value, key=key.encode())
         await producer.flush()
     finally:
         await producer.stop()
@@ -43,7 +43,7 @@ async def publish(settings: Settings, messages: list[tuple[str, str, bytes]]) ->
 
 async def read_all(settings: Settings, topic: str) -> list[Any]:
     records: list[Any] = []
-    await read_to_end(settings, settings.topic(topic), records.append)
+    await read_to_end(settings.kafka, settings.kafka.topic(topic), records.append)
     return records
 
 
@@ -78,7 +78,7 @@ def event(user: str, etype: str, item: str, ts: float) -> tuple[str, str, bytes]
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, list[Service]]]:
     workdir: Path = tmp_path_factory.mktemp("e2e")
     with LocalBroker(log_path=workdir / "broker.log") as broker:
-        settings = Settings(
+        settings = Settings.of(
             broker=broker.url,
             app_id="e2e",
             web_port=free_port(),
@@ -86,7 +86,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Setting
             snapshot_interval_s=1.0,
             encoder_processes=2,
         )
-        run(apply_topics(settings))
+        run(apply_topics(settings.kafka))
         services = [
             Service("encoder", ["encoder"], settings, workdir).start(),
             Service("worker", ["worker", "--loglevel", "warning"], settings, workdir).start(),
@@ -150,7 +150,7 @@ def test_end_to_end(pipeline: tuple[Settings, list[Service]]) -> None:
         lambda: (r := latest_recs(settings)) and {"alice", "bob", "carol"} <= r.keys() and r, "recs", services
     )
     alice, bob, carol = recs["alice"][-1], recs["bob"][-1], recs["carol"][-1]
-    assert len(alice["items"]) == settings.top_k and len(bob["items"]) == settings.top_k
+    assert len(alice["items"]) == settings.retrieval.top_k and len(bob["items"]) == settings.retrieval.top_k
     assert category[alice["items"][0]["item_id"]] == "coffee"
     assert category[bob["items"][0]["item_id"]] == "laptops"
     # alice purchased three coffees: never recommended again
@@ -163,11 +163,11 @@ def test_end_to_end(pipeline: tuple[Settings, list[Service]]) -> None:
     # malformed messages are in dead-letters, with their original bytes and a reason
     dead = [orjson.loads(r.value) for r in run(read_all(settings, "dead-letters"))]
     by_source = {d["source_topic"]: d for d in dead}
-    assert set(by_source) == {settings.topic("events"), settings.topic("items")}
-    assert base64.b64decode(by_source[settings.topic("events")]["value_b64"]) == bad_event
-    assert by_source[settings.topic("events")]["reason"].startswith("malformed JSON")
-    assert base64.b64decode(by_source[settings.topic("items")]["value_b64"]) == bad_item
-    assert "'price' must be >= 0" in by_source[settings.topic("items")]["reason"]
+    assert set(by_source) == {settings.kafka.topic("events"), settings.kafka.topic("items")}
+    assert base64.b64decode(by_source[settings.kafka.topic("events")]["value_b64"]) == bad_event
+    assert by_source[settings.kafka.topic("events")]["reason"].startswith("malformed JSON")
+    assert base64.b64decode(by_source[settings.kafka.topic("items")]["value_b64"]) == bad_item
+    assert "'price' must be >= 0" in by_source[settings.kafka.topic("items")]["reason"]
 
     # a new item, published while everything runs, reaches a matching user without a restart
     new = Item(
@@ -209,16 +209,16 @@ def test_end_to_end(pipeline: tuple[Settings, list[Service]]) -> None:
     # the consumer example services copy (`streamrec recs`) reads back the newest list for a user
     from streamrec.io.recommendations import latest_recommendation
 
-    newest = run(latest_recommendation(settings, "bob"))
+    newest = run(latest_recommendation(settings.kafka, "bob"))
     assert newest == latest_recs(settings)["bob"][-1]
-    assert run(latest_recommendation(settings, "nobody")) is None
+    assert run(latest_recommendation(settings.kafka, "nobody")) is None
 
     # /metrics (Prometheus text) agrees with the worker's own counters, and `streamrec status` reads it
     import urllib.request
 
     from streamrec.worker.telemetry import format_status, parse
 
-    url = f"http://{settings.web_host}:{settings.web_port}/metrics"
+    url = f"http://{settings.web.web_host}:{settings.web.web_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as resp:
         assert resp.headers["Content-Type"].startswith("text/plain")
         samples = parse(resp.read().decode())

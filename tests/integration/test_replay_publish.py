@@ -20,17 +20,17 @@ pytestmark = pytest.mark.integration
 
 
 def test_replay_taobao_into_kafka(broker: LocalBroker, taobao_path: Path) -> None:
-    settings = Settings(broker=broker.url, topic_prefix="replay-test.")
+    settings = Settings.of(broker=broker.url, topic_prefix="replay-test.")
     stats = ReplayStats()
     records = list(read_log(taobao_path, "taobao", limit=5_000, stats=stats))
 
     async def go() -> tuple[int, list[Any], list[Any]]:
-        await apply_topics(settings)
-        sent = await publish(records, settings, progress=False)
+        await apply_topics(settings.kafka)
+        sent = await publish(records, settings.kafka, progress=False)
         events: list[Any] = []
         items: list[Any] = []
-        await read_to_end(settings, settings.topic("events"), events.append)
-        await read_to_end(settings, settings.topic("items"), items.append)
+        await read_to_end(settings.kafka, settings.kafka.topic("events"), events.append)
+        await read_to_end(settings.kafka, settings.kafka.topic("items"), items.append)
         return sent, events, items
 
     sent, events, items = asyncio.run(go())

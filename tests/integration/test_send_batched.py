@@ -9,7 +9,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
 
-from streamrec.io.kafka import OutMessage, make_producer, read_to_end, send_batched
+from streamrec.io.kafka import OutMessage, client_kwargs, make_producer, read_to_end, send_batched
 from streamrec.lab.broker import LocalBroker
 from streamrec.settings import Settings
 
@@ -29,7 +29,7 @@ def payload(i: int) -> bytes:
 
 async def _round_trip(settings: Settings) -> tuple[Landed, dict[bytes, int], int]:
     """Send with send_batched, find where producer.send puts each key (on a topic shaped alike), read back."""
-    admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())
+    admin = AIOKafkaAdminClient(**client_kwargs(settings.kafka))
     await admin.start()
     try:
         await admin.create_topics([NewTopic(KEYED, 4, 1), NewTopic(PINNED, 2, 1), NewTopic(PROBE, 4, 1)])
@@ -38,7 +38,7 @@ async def _round_trip(settings: Settings) -> tuple[Landed, dict[bytes, int], int
     messages: list[OutMessage] = [(KEYED, None, f"user-{i % USERS}".encode(), payload(i)) for i in range(MESSAGES)]
     messages += [(PINNED, 1, b"p", f"p{i}".encode()) for i in range(30)]
     messages.append((KEYED, None, b"user-3", None))
-    producer = make_producer(settings, max_batch_size=1024)  # ~10 messages per builder: several per partition
+    producer = make_producer(settings.kafka, max_batch_size=1024)  # ~10 messages per builder: several per partition
     await producer.start()
     try:
         futures = await send_batched(producer, messages)
@@ -54,13 +54,13 @@ async def _round_trip(settings: Settings) -> tuple[Landed, dict[bytes, int], int
     def keep(record: ConsumerRecord) -> None:
         landed[(record.topic, record.partition)].append((record.key, record.value))
 
-    await read_to_end(settings, KEYED, keep)
-    await read_to_end(settings, PINNED, keep)
+    await read_to_end(settings.kafka, KEYED, keep)
+    await read_to_end(settings.kafka, PINNED, keep)
     return landed, plain, len(futures)
 
 
 def test_send_batched_keeps_partitioning_and_order(broker: LocalBroker) -> None:
-    landed, plain, n_batches = asyncio.run(_round_trip(Settings(broker=broker.url)))
+    landed, plain, n_batches = asyncio.run(_round_trip(Settings.of(broker=broker.url)))
     assert sum(len(v) for (topic, _), v in landed.items() if topic == KEYED) == MESSAGES + 1
     for (topic, partition), records in landed.items():
         if topic != KEYED:

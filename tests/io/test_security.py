@@ -33,7 +33,7 @@ def certifi_bundle() -> str:
     return certifi.where()
 
 
-SASL = Settings(
+SASL = Settings.of(
     broker="127.0.0.1:1",
     security_protocol="SASL_SSL",
     sasl_mechanism="SCRAM-SHA-512",
@@ -67,11 +67,11 @@ class _FakeClient:
         return None
 
     async def list_topics(self) -> list[str]:
-        return [SASL.topic(name) for name in topics.load_topics()]
+        return [SASL.kafka.topic(name) for name in topics.load_topics()]
 
 
 def assert_secured(kwargs: dict[str, Any], settings: Settings = SASL) -> None:
-    assert kwargs["bootstrap_servers"] == settings.broker
+    assert kwargs["bootstrap_servers"] == settings.kafka.broker
     assert kwargs["security_protocol"] == "SASL_SSL"
     assert kwargs["sasl_mechanism"] == "SCRAM-SHA-512"
     assert kwargs["sasl_plain_username"] == USER
@@ -87,9 +87,9 @@ def test_every_aiokafka_client_gets_sasl_and_ssl(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(aiokafka.admin, "AIOKafkaAdminClient", admins)
 
-    kafka.make_producer(SASL)
-    kafka.make_consumer(SASL, "events")
-    asyncio.run(topics.apply_topics(SASL))
+    kafka.make_producer(SASL.kafka)
+    kafka.make_consumer(SASL.kafka, "events")
+    asyncio.run(topics.apply_topics(SASL.kafka))
 
     class NoModel:
         device = "cpu"
@@ -105,7 +105,7 @@ def test_every_aiokafka_client_gets_sasl_and_ssl(monkeypatch: pytest.MonkeyPatch
 
 
 def test_no_module_builds_kafka_clients_around_the_settings() -> None:
-    """Every aiokafka client is built in kafka.py / topics.py from ``kafka_client_kwargs`` — no side doors."""
+    """Every aiokafka client is built in kafka.py / topics.py from ``client_kwargs`` — no side doors."""
     pattern = re.compile(r"AIOKafka(Producer|Consumer|AdminClient)\(")
     offenders = [
         f"{p.relative_to(SRC)}:{n}"
@@ -114,7 +114,7 @@ def test_no_module_builds_kafka_clients_around_the_settings() -> None:
         if pattern.search(line) and p.relative_to(SRC).as_posix() not in ("io/kafka.py", "io/topics.py")
     ]
     assert offenders == []
-    assert "AIOKafkaAdminClient(**settings.kafka_client_kwargs())" in (SRC / "io" / "topics.py").read_text()
+    assert "AIOKafkaAdminClient(**client_kwargs(kafka))" in (SRC / "io" / "topics.py").read_text()
 
 
 def test_faust_worker_clients_get_the_credentials(tmp_path: Path) -> None:
@@ -135,13 +135,16 @@ def test_faust_worker_clients_get_the_credentials(tmp_path: Path) -> None:
 def test_ssl_only_and_plaintext() -> None:
     from streamrec.worker.app import faust_credentials
 
-    tls = Settings(security_protocol="SSL", ssl_cafile=certifi_bundle())
-    kw = tls.kafka_client_kwargs()
+    tls = Settings.of(security_protocol="SSL", ssl_cafile=certifi_bundle())
+    kw = kafka.client_kwargs(tls.kafka)
     assert kw["security_protocol"] == "SSL" and isinstance(kw["ssl_context"], ssl.SSLContext)
     assert "sasl_plain_password" not in kw
     assert credentials_to_aiokafka_auth(faust_credentials(tls))["security_protocol"] == "SSL"
     assert faust_credentials(Settings()) is None
-    assert Settings().kafka_client_kwargs() == {"bootstrap_servers": "127.0.0.1:9092", "security_protocol": "PLAINTEXT"}
+    assert kafka.client_kwargs(Settings().kafka) == {
+        "bootstrap_servers": "127.0.0.1:9092",
+        "security_protocol": "PLAINTEXT",
+    }
 
 
 def test_security_settings_from_environment() -> None:
@@ -153,13 +156,13 @@ def test_security_settings_from_environment() -> None:
         "STREAMREC_MAX_MESSAGE_BYTES": "128",
     }
     s = Settings.from_env(env)
-    assert (s.security_protocol, s.sasl_mechanism, s.sasl_username, s.sasl_password) == (
+    assert (s.kafka.security_protocol, s.kafka.sasl_mechanism, s.kafka.sasl_username, s.kafka.sasl_password) == (
         "SASL_PLAINTEXT",
         "SCRAM-SHA-256",
         USER,
         PASSWORD,
     )
-    assert s.max_message_bytes == 128
+    assert s.kafka.max_message_bytes == 128
 
 
 def test_password_never_in_reprs_or_logs(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
@@ -177,14 +180,16 @@ def test_password_never_in_reprs_or_logs(caplog: pytest.LogCaptureFixture, tmp_p
 
 async def _start_and_fail(settings: Settings) -> None:
     """A real aiokafka producer with these credentials against a port where nothing listens: it logs, fails."""
-    producer = kafka.make_producer(settings, request_timeout_ms=1000, retry_backoff_ms=50, metadata_max_age_ms=1000)
+    producer = kafka.make_producer(
+        settings.kafka, request_timeout_ms=1000, retry_backoff_ms=50, metadata_max_age_ms=1000
+    )
     with pytest.raises(Exception):  # noqa: B017 - aiokafka's connection error type varies by version
         await asyncio.wait_for(producer.start(), 5)
     await producer.stop()
 
 
 def test_payload_limit_configurable_and_enforced() -> None:
-    limit = Settings.from_env({"STREAMREC_MAX_MESSAGE_BYTES": "200"}).max_message_bytes
+    limit = Settings.from_env({"STREAMREC_MAX_MESSAGE_BYTES": "200"}).kafka.max_message_bytes
     ok = orjson.dumps({"user_id": "u", "item_id": "i", "type": "view", "ts": 1, "session_id": "s" * 100})
     assert len(ok) <= limit
     assert parse_event(ok, limit).session_id == "s" * 100
@@ -192,4 +197,4 @@ def test_payload_limit_configurable_and_enforced() -> None:
     with pytest.raises(InvalidMessage, match=f"payload of {len(big)} bytes exceeds the limit of 200 bytes"):
         parse_event(big, limit)
     with pytest.raises(ValueError, match="max_message_bytes must be > 0"):
-        Settings(max_message_bytes=0)
+        Settings.of(max_message_bytes=0)

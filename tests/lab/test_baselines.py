@@ -12,7 +12,7 @@ DAY = 24 * 3600.0
 
 
 def settings() -> Settings:
-    return Settings(embedding_dim=4, popularity_half_life_s=DAY)
+    return Settings.of(embedding_dim=4, popularity_half_life_s=DAY)
 
 
 def embedding(item_id: str, vector: list[float]) -> ItemEmbedding:

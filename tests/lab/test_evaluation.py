@@ -42,7 +42,7 @@ def records() -> list[Record]:
 
 
 def job(recs: list[Record]) -> _Job:
-    s = Settings(embedding_dim=8)
+    s = Settings.of(embedding_dim=8)
     embs = {
         i: ItemEmbedding(Item(r.key, "", 0.0, category="c"), np.ones(8, np.float32) / np.sqrt(8), "m", "category")
         for i, r in enumerate(recs)
@@ -89,14 +89,14 @@ def test_evaluate_reports_every_system_and_the_counts(taobao_path: Path) -> None
 def test_streamrec_system_is_the_production_core() -> None:
     from streamrec.model.recommender import Recommender
 
-    system = StreamrecSystem(Settings(embedding_dim=8))
+    system = StreamrecSystem(Settings.of(embedding_dim=8))
     assert type(system.recommender) is Recommender
 
 
 def test_sharded_system_routes_users_by_partition_and_shares_one_model() -> None:
     from streamrec.lab.evaluation import ShardedStreamrecSystem, partition_of
 
-    system = ShardedStreamrecSystem(Settings(embedding_dim=8), workers=2, sync_every=3)
+    system = ShardedStreamrecSystem(Settings.of(embedding_dim=8), workers=2, sync_every=3)
     users = [str(u) for u in range(12)]
     # Kafka's default partitioner (murmur2): the same users the producers send to partition p
     assert {u: partition_of(u, 6) for u in ["1", "100", "1000"]} == {"1": 3, "100": 3, "1000": 4}

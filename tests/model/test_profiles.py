@@ -20,7 +20,7 @@ from streamrec.model.profiles import (
 )
 from streamrec.settings import Settings
 
-S = Settings(embedding_dim=3, recent_items=3, max_categories=2, profile_half_life_s=10.0, intent_half_life_s=1.0)
+S = Settings.of(embedding_dim=3, recent_items=3, max_categories=2, profile_half_life_s=10.0, intent_half_life_s=1.0)
 E1 = np.array([1.0, 0.0, 0.0], np.float32)
 E2 = np.array([0.0, 1.0, 0.0], np.float32)
 
@@ -32,8 +32,8 @@ def test_decay_halves_per_half_life() -> None:
 
 def test_weighted_decayed_sum_and_intent() -> None:
     p = UserProfile.new("u", 3)
-    apply_event(p, Event("u", "purchase", 0.0, item_id="a"), E1, "x", S)
-    apply_event(p, Event("u", "view", 10.0, item_id="b"), E2, "y", S)
+    apply_event(p, Event("u", "purchase", 0.0, item_id="a"), E1, "x", S.profile)
+    apply_event(p, Event("u", "view", 10.0, item_id="b"), E2, "y", S.profile)
     # long term: purchase weight 3 halved once, plus view 0.3
     np.testing.assert_allclose(p.long_term, [1.5, 0.3, 0.0], rtol=1e-6)
     # intent: 10 half-lives later the purchase is almost gone
@@ -45,7 +45,7 @@ def test_weighted_decayed_sum_and_intent() -> None:
 def test_bounded_state() -> None:
     p = UserProfile.new("u", 3)
     for i, cat in enumerate(["a", "b", "c", "c", "a"]):
-        apply_event(p, Event("u", "click", float(i), item_id=f"i{i}"), E1, cat, S)
+        apply_event(p, Event("u", "click", float(i), item_id=f"i{i}"), E1, cat, S.profile)
     assert p.recent == ["i2", "i3", "i4"]
     assert len(p.categories) == 2
 
@@ -53,23 +53,23 @@ def test_bounded_state() -> None:
 def test_revisit_moves_item_to_front() -> None:
     p = UserProfile.new("u", 3)
     for item in ["a", "b", "a"]:
-        apply_event(p, Event("u", "click", 1.0, item_id=item), E1, None, S)
+        apply_event(p, Event("u", "click", 1.0, item_id=item), E1, None, S.profile)
     assert p.recent == ["b", "a"]
 
 
 def test_redelivered_offsets_are_noops() -> None:
     p = UserProfile.new("u", 3)
-    assert apply_event(p, Event("u", "click", 1.0, item_id="a"), E1, None, S, partition=0, offset=5)
+    assert apply_event(p, Event("u", "click", 1.0, item_id="a"), E1, None, S.profile, partition=0, offset=5)
     before = p.to_bytes()
-    assert not apply_event(p, Event("u", "click", 1.0, item_id="a"), E1, None, S, partition=0, offset=5)
-    assert not apply_event(p, Event("u", "click", 1.0, item_id="a"), E1, None, S, partition=0, offset=4)
+    assert not apply_event(p, Event("u", "click", 1.0, item_id="a"), E1, None, S.profile, partition=0, offset=5)
+    assert not apply_event(p, Event("u", "click", 1.0, item_id="a"), E1, None, S.profile, partition=0, offset=4)
     assert p.to_bytes() == before
-    assert apply_event(p, Event("u", "click", 2.0, item_id="b"), E1, None, S, partition=0, offset=6)
+    assert apply_event(p, Event("u", "click", 2.0, item_id="b"), E1, None, S.profile, partition=0, offset=6)
 
 
 def test_search_updates_intent_only() -> None:
     p = UserProfile.new("u", 3)
-    apply_event(p, Event("u", "search", 0.0, query="q"), E2, None, S)
+    apply_event(p, Event("u", "search", 0.0, query="q"), E2, None, S.profile)
     np.testing.assert_allclose(p.long_term, 0.0)
     np.testing.assert_allclose(p.intent, [0.0, 0.5, 0.0])
     assert p.recent == []
@@ -77,7 +77,7 @@ def test_search_updates_intent_only() -> None:
 
 def test_serialisation_is_compact_and_lossless_enough() -> None:
     s = Settings()
-    p = UserProfile.new("user-1", s.embedding_dim)
+    p = UserProfile.new("user-1", s.retrieval.embedding_dim)
     rng = np.random.default_rng(0)
     for i in range(50):
         apply_event(
@@ -85,7 +85,7 @@ def test_serialisation_is_compact_and_lossless_enough() -> None:
             Event("user-1", "click", float(i), item_id=f"item-{i}"),
             rng.normal(size=384).astype(np.float32),
             f"c{i % 7}",
-            s,
+            s.profile,
         )
     raw = p.to_bytes()
     q = UserProfile.from_bytes(raw)
@@ -104,7 +104,7 @@ def _busy_profile() -> UserProfile:
             Event("user-7", kind, 10.0 + i, item_id=f"i{i}"),
             np.arange(4, dtype=np.float32) + i,
             f"c{i}",
-            Settings(embedding_dim=4),
+            Settings().profile,
             partition=part,
             offset=100 + i,
         )

@@ -18,7 +18,7 @@ def _batch(feature: str, n: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def test_sgd_step_moves_theta_along_negative_gradient() -> None:
-    r = FusionRanker(Settings(learning_rate=0.1, l2=0.0, optimizer="sgd"))
+    r = FusionRanker(Settings.of(learning_rate=0.1, l2=0.0, optimizer="sgd").ranker)
     w0 = r.weights.copy()
     loss = r.step(*_batch("freshness"))
     i = FEATURES.index("freshness")
@@ -32,13 +32,13 @@ def test_sgd_step_moves_theta_along_negative_gradient() -> None:
 
 
 def test_learning_reduces_loss_over_steps() -> None:
-    r = FusionRanker(Settings(learning_rate=0.2))
+    r = FusionRanker(Settings.of(learning_rate=0.2).ranker)
     losses = [r.step(*_batch("price")) for _ in range(20)]
     assert losses[-1] < losses[0]
 
 
 def test_padding_and_no_negative_events_do_not_count() -> None:
-    r = FusionRanker(Settings(learning_rate=0.1, optimizer="sgd"))
+    r = FusionRanker(Settings.of(learning_rate=0.1, optimizer="sgd").ranker)
     pos, neg, _, w = _batch("price", 2)
     w0 = r.weights.copy()
     r.step(pos, neg, np.zeros(2, np.int64), w)
@@ -46,16 +46,16 @@ def test_padding_and_no_negative_events_do_not_count() -> None:
 
 
 def test_frozen_ranker_does_not_learn() -> None:
-    r = FusionRanker(Settings(learn=False))
+    r = FusionRanker(Settings.of(learn=False).ranker)
     r.step(*_batch("price"))
     assert r.steps == 0 and r.weight("price") == PRIOR_WEIGHTS["price"]
 
 
 def test_snapshot_restore_roundtrip() -> None:
-    a = FusionRanker(Settings(learning_rate=0.3))
+    a = FusionRanker(Settings.of(learning_rate=0.3).ranker)
     for _ in range(5):
         a.step(*_batch("seen"))
-    b = FusionRanker(Settings())
+    b = FusionRanker(Settings().ranker)
     b.restore(a.snapshot())
     np.testing.assert_array_equal(a.weights, b.weights)
     assert b.version == a.version == "fusion@5"
@@ -65,7 +65,7 @@ def test_snapshot_restore_roundtrip() -> None:
 
 
 def test_reasons_name_the_largest_contributions() -> None:
-    r = FusionRanker(Settings())
+    r = FusionRanker(Settings().ranker)
     x = np.zeros(F, np.float32)
     x[FEATURES.index("category")] = 0.9
     x[FEATURES.index("popularity")] = 1.0
@@ -76,7 +76,7 @@ def test_reasons_name_the_largest_contributions() -> None:
 
 @pytest.mark.parametrize("top", [1, 2, 3, 4])
 def test_reasons_for_many_rows_are_each_rows_largest_positive_terms(top: int) -> None:
-    r = FusionRanker(Settings())
+    r = FusionRanker(Settings().ranker)
     x = np.random.default_rng(3).normal(size=(50, F)).astype(np.float32)
     expected = []
     for row in x:
@@ -91,8 +91,8 @@ def test_closed_form_gradient_equals_autograd() -> None:
     """The hand-derived BPR gradient must match torch autograd on the same loss."""
     import torch
 
-    s = Settings(learning_rate=0.3, l2=0.01, optimizer="sgd")
-    r = FusionRanker(s)
+    s = Settings.of(learning_rate=0.3, l2=0.01, optimizer="sgd")
+    r = FusionRanker(s.ranker)
     rng = np.random.default_rng(3)
     pos = rng.normal(size=(4, F)).astype(np.float32)
     neg = rng.normal(size=(4, 5, F)).astype(np.float32)
@@ -114,7 +114,7 @@ def test_closed_form_gradient_equals_autograd() -> None:
 # --- one model across workers ---------------------------------------------------------------------------------
 def _worker(worker_id: str, feature: str, steps: int) -> SharedModel:
     """A worker's shared model after ``steps`` SGD steps of its own on batches favouring ``feature``."""
-    shared = SharedModel(FusionRanker(Settings(learning_rate=0.1, optimizer="sgd")), worker_id)
+    shared = SharedModel(FusionRanker(Settings.of(learning_rate=0.1, optimizer="sgd").ranker), worker_id)
     for _ in range(steps):
         shared.ranker.step(*_batch(feature))
     return shared
@@ -149,9 +149,9 @@ def test_a_restarted_worker_resumes_its_contribution_steps_and_optimizer_state()
     a, b = _worker("a", "price", 4), _worker("b", "freshness", 2)
     a.merge(b.contribution())
     snaps = {a.key: a.contribution(), b.key: b.contribution()}
-    fresh = SharedModel(FusionRanker(Settings(learning_rate=0.1, optimizer="sgd")), "a")
+    fresh = SharedModel(FusionRanker(Settings.of(learning_rate=0.1, optimizer="sgd").ranker), "a")
     assert fresh.restore(snaps)
     np.testing.assert_allclose(fresh.ranker.weights, a.ranker.weights, atol=1e-6)
     assert fresh.ranker.steps == a.ranker.steps == 6 and fresh.own_steps == 4
     assert fresh.ranker.snapshot()["params"]["grad_sq"] == a.ranker.snapshot()["params"]["grad_sq"]
-    assert not SharedModel(FusionRanker(Settings()), "c").restore({})
+    assert not SharedModel(FusionRanker(Settings().ranker), "c").restore({})

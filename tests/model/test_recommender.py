@@ -15,7 +15,7 @@ CATS = ("shoes", "coffee", "books")
 
 def build(settings: Settings | None = None, n_per_cat: int = 10) -> Recommender:
     """A catalogue whose embeddings cluster by category (unit directions + noise)."""
-    s = settings or Settings(embedding_dim=DIM, top_k=5, seed=1)
+    s = settings or Settings.of(embedding_dim=DIM, top_k=5, seed=1)
     rec = Recommender(s)
     rng = np.random.default_rng(0)
     centres = {c: np.eye(DIM)[i] for i, c in enumerate(CATS)}
@@ -70,7 +70,7 @@ def test_per_user_order_within_a_batch_and_one_list_per_user() -> None:
 
 
 def test_learns_only_when_the_taken_item_was_a_candidate() -> None:
-    rec = build(Settings(embedding_dim=DIM, top_k=5, seed=1, candidates_per_source=6))
+    rec = build(Settings.of(embedding_dim=DIM, top_k=5, seed=1, candidates_per_source=6))
     store = DictProfileStore()
     rec.process([Event("u", "click", 1.0, item_id="shoes-1")], store)
     pool = {rec.catalog.item_id(int(r)) for r in rec.offers.pool("u")}
@@ -96,7 +96,7 @@ def test_redelivered_batch_is_not_applied_twice() -> None:
 
 def test_search_blends_query_with_profile() -> None:
     query_vec = np.eye(DIM)[CATS.index("books")].astype(np.float32)
-    s = Settings(embedding_dim=DIM, top_k=5, seed=1)
+    s = Settings.of(embedding_dim=DIM, top_k=5, seed=1)
     rec = build(s)
     rec.encode_queries = lambda qs: np.stack([query_vec for _ in qs])
     store = DictProfileStore()
@@ -110,7 +110,7 @@ def test_search_blends_query_with_profile() -> None:
 
 def test_learning_moves_the_ranker_toward_what_users_take() -> None:
     """Users always take the most popular shown item: the popularity weight must grow."""
-    s = Settings(embedding_dim=DIM, top_k=5, seed=1, learning_rate=0.1, negatives_sampled=8)
+    s = Settings.of(embedding_dim=DIM, top_k=5, seed=1, learning_rate=0.1, negatives_sampled=8)
     rec = build(s)
     store = DictProfileStore()
     before = rec.ranker.weight("popularity")
@@ -143,7 +143,7 @@ def test_unknown_items_still_count_for_collaborative_signals() -> None:
 
 
 def test_learn_disabled_freezes_parameters() -> None:
-    rec = build(Settings(embedding_dim=DIM, top_k=5, learn=False))
+    rec = build(Settings.of(embedding_dim=DIM, top_k=5, learn=False))
     w = rec.ranker.weights.copy()
     store = DictProfileStore()
     rec.process([Event("u", "click", 1.0, item_id="shoes-1")], store)
@@ -161,7 +161,7 @@ def test_k_override(k: int) -> None:
 
 
 def test_repeated_queries_are_encoded_once_and_the_cache_is_bounded() -> None:
-    s = Settings(embedding_dim=DIM, top_k=5, seed=1, query_cache_size=2)
+    s = Settings.of(embedding_dim=DIM, top_k=5, seed=1, query_cache_size=2)
     rec = build(s)
     encoded: list[list[str]] = []
 

@@ -15,7 +15,7 @@ from streamrec.model.retrieval import (
 )
 from streamrec.settings import Settings
 
-S = Settings(embedding_dim=4, popularity_half_life_s=10.0, cooc_window=2)
+S = Settings.of(embedding_dim=4, popularity_half_life_s=10.0, cooc_window=2)
 
 
 def emb(item_id: str, vec: list[float], ts: float = 1.0, category: str | None = "c") -> ItemEmbedding:
@@ -25,7 +25,7 @@ def emb(item_id: str, vec: list[float], ts: float = 1.0, category: str | None = 
 
 
 def test_upsert_replaces_vector_and_ignores_stale_versions() -> None:
-    cat = Catalog(S)
+    cat = Catalog(S.retrieval)
     assert cat.upsert(emb("a", [1, 0, 0, 0], ts=5.0))
     assert cat.upsert(emb("b", [0, 1, 0, 0]))
     _, rows = cat.search(np.array([[0, 1, 0, 0]], np.float32), 1)
@@ -39,7 +39,7 @@ def test_upsert_replaces_vector_and_ignores_stale_versions() -> None:
 
 
 def test_capacity_grows_and_id_only_items_are_not_indexed() -> None:
-    cat = Catalog(S)
+    cat = Catalog(S.retrieval)
     for i in range(2500):
         cat.upsert(emb(f"i{i}", [1, i % 7, 0, 1]))
     row = cat.ensure("unknown-item")
@@ -48,7 +48,7 @@ def test_capacity_grows_and_id_only_items_are_not_indexed() -> None:
 
 
 def test_decayed_popularity_ranks_recent_activity_higher() -> None:
-    cat = Catalog(S)
+    cat = Catalog(S.retrieval)
     for name in "abc":
         cat.ensure(name)
     cat.add_popularity(cat.row_of["a"], 4.0, ts=0.0)
@@ -59,7 +59,7 @@ def test_decayed_popularity_ranks_recent_activity_higher() -> None:
 
 def test_most_popular_set_follows_every_update_like_a_full_sort() -> None:
     """The incrementally kept top set equals sorting the whole catalogue, ties broken by lower row."""
-    cat = Catalog(Settings(embedding_dim=4, popularity_half_life_s=1.0, candidates_per_source=8))
+    cat = Catalog(Settings.of(embedding_dim=4, popularity_half_life_s=1.0, candidates_per_source=8).retrieval)
     rng = np.random.default_rng(7)
     for i in range(60):
         cat.ensure(f"i{i}")
@@ -86,7 +86,7 @@ def dict_walk(cv: CoVisitation, seeds: list[int], ts: float) -> dict[int, float]
 
 
 def random_covisitation(steps: int, seed: int = 5) -> tuple[CoVisitation, list[int]]:
-    cv = CoVisitation(Settings(cooc_window=4, cooc_max_neighbours=6, popularity_half_life_s=7.0))
+    cv = CoVisitation(Settings.of(cooc_window=4, cooc_max_neighbours=6, popularity_half_life_s=7.0).retrieval)
     rng = np.random.default_rng(seed)
     history: list[int] = []
     for step in range(steps):
@@ -134,7 +134,7 @@ def test_decay_clock_rescale_keeps_ratios() -> None:
 
 
 def test_covisitation_is_symmetric_recency_weighted_and_bounded() -> None:
-    cv = CoVisitation(Settings(cooc_window=2, cooc_max_neighbours=2, popularity_half_life_s=1e9))
+    cv = CoVisitation(Settings.of(cooc_window=2, cooc_max_neighbours=2, popularity_half_life_s=1e9).retrieval)
     cv.add([], 1, 1.0, 0.0)
     cv.add([1], 2, 1.0, 0.0)
     cv.add([1, 2], 3, 1.0, 0.0)  # 3 co-visits 2 (distance 1) and 1 (distance 2)
@@ -147,7 +147,7 @@ def test_covisitation_is_symmetric_recency_weighted_and_bounded() -> None:
 
 
 def test_a_batched_coembedding_step_takes_every_gradient_at_the_vectors_before_the_batch() -> None:
-    emb = CoEmbedding(Settings(coemb_negatives=0, coemb_learning_rate=0.5, seed=4))
+    emb = CoEmbedding(Settings.of(coemb_negatives=0, coemb_learning_rate=0.5, seed=4).retrieval)
     emb.add([], 9)  # rows 0..9 exist
     v = emb.vectors.copy()
     emb.add_many([([3, 5], 7), ([7], 3)])
@@ -168,7 +168,7 @@ def similarity(emb: CoEmbedding, user: np.ndarray | None, rows: np.ndarray) -> n
 
 def _trained_coembedding(sessions: list[list[int]], repeats: int, batched: bool = False) -> CoEmbedding:
     """One visit at a time, or (``batched``) one :meth:`CoEmbedding.add_many` step per pass over the sessions."""
-    emb = CoEmbedding(Settings(cooc_window=3, seed=1))
+    emb = CoEmbedding(Settings.of(cooc_window=3, seed=1).retrieval)
     for _ in range(repeats):
         visits = [(session[:i], row) for session in sessions for i, row in enumerate(session)]
         if batched:
@@ -213,8 +213,8 @@ def test_freshness_halves() -> None:
 
 
 def test_ivf_index_is_built_at_the_threshold_and_retrained_as_the_catalogue_doubles() -> None:
-    s = Settings(embedding_dim=8, ann_threshold=3_000, ann_nprobe=64, seed=3)
-    cat = Catalog(s)
+    s = Settings.of(embedding_dim=8, ann_threshold=3_000, ann_nprobe=64, seed=3)
+    cat = Catalog(s.retrieval)
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((6_100, 8)).astype(np.float32)
     lists = []
@@ -232,8 +232,8 @@ def test_ivf_index_is_built_at_the_threshold_and_retrained_as_the_catalogue_doub
 
 
 def test_relative_popularity_is_scaled_by_the_most_popular_item_across_rescales() -> None:
-    s = Settings(embedding_dim=4, popularity_half_life_s=1.0)
-    cat = Catalog(s)
+    s = Settings.of(embedding_dim=4, popularity_half_life_s=1.0)
+    cat = Catalog(s.retrieval)
     for item_id in "abc":
         cat.upsert(emb(item_id, [1, 0, 0, 0]))
     rows = np.array([0, 1, 2])

@@ -32,7 +32,7 @@ def item_values() -> list[bytes | None]:
 
 def drive(core_process: bool, warm_up: int = 0) -> tuple[Any, ...]:
     """Load a catalogue, run two batches (the second reads the profiles the first wrote) and a forget."""
-    settings = Settings(embedding_dim=DIM, top_k=5, seed=3, core_process=core_process)
+    settings = Settings.of(embedding_dim=DIM, top_k=5, seed=3, core_process=core_process)
     client = CoreClient(settings, "w1", with_query_encoder=False)
 
     async def run() -> tuple[Any, ...]:
@@ -103,7 +103,7 @@ def test_warming_the_core_up_changes_no_result() -> None:
 
 
 def test_a_dead_core_process_fails_every_call_at_once() -> None:
-    client = CoreClient(Settings(embedding_dim=DIM, core_process=True), "w1", with_query_encoder=False)
+    client = CoreClient(Settings.of(embedding_dim=DIM, core_process=True), "w1", with_query_encoder=False)
 
     async def run() -> None:
         await client.call("trim")

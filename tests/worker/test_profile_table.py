@@ -13,10 +13,10 @@ from streamrec.worker.app import ProfileTable, applied_events
 
 
 def _profile(user: str, n: int) -> bytes:
-    s = Settings(embedding_dim=2)
+    s = Settings.of(embedding_dim=2)
     p = UserProfile.new(user, 2)
     for i in range(n):
-        apply_event(p, Event(user, "view", float(i), item_id=f"i{i}"), None, None, s, 0, i)
+        apply_event(p, Event(user, "view", float(i), item_id=f"i{i}"), None, None, s.profile, 0, i)
     return p.to_bytes()
 
 
