@@ -13,7 +13,6 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 READY_TIMEOUT_S = 15.0
@@ -112,9 +111,3 @@ class LocalBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-@contextlib.contextmanager
-def running_broker(port: int | None = None) -> Iterator[LocalBroker]:
-    with LocalBroker(port) as broker:
-        yield broker

@@ -145,13 +145,3 @@ async def wait_for_services(
                 raise RuntimeError(f"{s.name} exited while waiting for {what}:\n{s.tail()}")
         await asyncio.sleep(poll_s)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def wait_until(predicate: object, timeout: float, interval: float = 0.2) -> bool:
-    """Poll a zero-argument callable until it returns truthy or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(interval)
-    return False
