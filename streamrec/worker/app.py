@@ -703,7 +703,7 @@ class Worker:
         consumer = make_consumer(self.settings.kafka, fetch_max_wait_ms=self.settings.kafka.follow_fetch_wait_ms)
         await consumer.start()
         try:
-            tps = await partitions_of(consumer, topic)
+            tps = await partitions_of(self.settings.kafka, consumer, topic)
             if not tps:
                 log.warning("no %s topic: item statistics are not shared (run `streamrec topics apply`)", topic)
                 return
