@@ -126,8 +126,8 @@ def patch_message_handoff() -> None:
     """Hand each fetched message to the streams directly while flow is running (Faust races four tasks per message).
 
     Faust's fetch loop delivers every message with ``wait_first(callback(message), suspend_flow.wait())``,
-    which creates four tasks and an ``asyncio.wait`` per message: that caps a do-nothing agent at ~4,000
-    events/s, against ~9,400/s when the callback is awaited directly (docs/performance.md). The race only
+    which creates four tasks and an ``asyncio.wait`` per message: that capped a do-nothing agent at ~4,000
+    events/s, against ~9,400/s when the callback is awaited directly. The race only
     matters while a rebalance suspends flow, so the direct path is taken only when flow is not suspended and
     the consumer is neither stopping nor crashed; every other call goes through Faust's own ``wait_first``.
     """
