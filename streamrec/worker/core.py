@@ -6,10 +6,10 @@ the loop held the GIL ~43% of the time and the core ~45%, so a batch took ~2.5×
 With ``core_process`` (the default) the core runs in its own process, so both work at once on two cores.
 
 The worker talks to :class:`CoreService` only through :class:`CoreClient`, whose typed methods mirror the
-service's: each call is one request (the service method itself and its arguments) and one reply over a pipe, in
-order (batches stay strictly sequential). Profiles cross as the table's bytes, read
-before a batch and written back after it, so the changelog-backed table stays in the Faust process. The
-same :class:`CoreService` runs in a thread when ``core_process`` is off: one implementation either way.
+service's: each call is one request (the service method itself and its arguments) and one reply over a
+pipe, in order (batches stay strictly sequential). Profiles cross as the table's bytes, read before a batch
+and written back after it, so the changelog-backed table stays in the Faust process. The same
+:class:`CoreService` runs in a thread when ``core_process`` is off: one implementation either way.
 """
 
 from __future__ import annotations
