@@ -2,14 +2,14 @@
 
 The worker's throughput is bounded by its Faust process as much as by its core. This drains a pre-filled
 ``events`` backlog with the worker's own Faust app (:func:`streamrec.worker.app.faust_app`: same settings and
-patches) and its batching (:func:`streamrec.worker.app.natural_batches`), in two phases, each a fresh process and
-consumer group on the local broker:
+patches) and its batching (:func:`streamrec.worker.batching.natural_batches`), in two phases, each a fresh process
+and consumer group on the local broker:
 
 * ``bare`` — decode each event (as the worker does), nothing else;
 * ``publish`` — also publish what the worker publishes per batch: for each user of the batch a profile to
   a changelog on the event's partition and a recommendation list keyed by user, both real-sized (a stored
   :class:`~streamrec.model.profiles.UserProfile` and a ``top_k`` list), through the worker's own
-  :class:`streamrec.worker.app.BatchPublisher`.
+  :class:`streamrec.worker.publisher.BatchPublisher`.
 
 Prints one JSON object: events/s and the CPU cores the Faust process and the broker used meanwhile::
 
@@ -44,7 +44,9 @@ from streamrec.model.events import Event, dumps, event_from_dict, loads_message
 from streamrec.model.profiles import UserProfile
 from streamrec.model.recommender import RankedList, Recommendation
 from streamrec.settings import Settings
-from streamrec.worker.app import BatchPublisher, faust_app, natural_batches
+from streamrec.worker.app import faust_app
+from streamrec.worker.batching import natural_batches
+from streamrec.worker.publisher import BatchPublisher
 
 PHASES = ("bare", "publish")
 BROKER_PID_ENV = "STREAMREC_FLOOR_BROKER_PID"

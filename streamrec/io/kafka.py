@@ -23,6 +23,7 @@ LINGER_MS = 5
 IDLE_POLL_MS = 300
 """A compacted topic counts as fully read after one empty poll this long past its reported end."""
 DISCOVER_TIMEOUT_S = 10.0
+DISCOVER_POLL_S = 0.1
 
 
 def client_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
@@ -107,17 +108,32 @@ async def send_batched(producer: AIOKafkaProducer, messages: Sequence[OutMessage
     return futures
 
 
-async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    """All partitions of ``topic`` (waits for metadata; empty list if the topic does not exist)."""
+async def partitions_of(kafka: KafkaSettings, consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """All partitions of ``topic`` (waits for metadata; empty list if the topic does not exist).
+
+    The consumer's metadata (loaded when it started) answers at once; a topic it has not seen yet is looked up
+    with an admin client's metadata for *all* topics, retried until :data:`DISCOVER_TIMEOUT_S`. Never a request
+    that names the topic: a broker that auto-creates topics (the local one does) would create it.
+    """
+    parts = consumer.partitions_for_topic(topic)
+    if parts:
+        return [TopicPartition(topic, p) for p in sorted(parts)]
+    from aiokafka.admin import AIOKafkaAdminClient
+
     deadline = asyncio.get_running_loop().time() + DISCOVER_TIMEOUT_S
-    while True:
-        parts = consumer.partitions_for_topic(topic)
-        if parts:
-            return [TopicPartition(topic, p) for p in sorted(parts)]
-        if asyncio.get_running_loop().time() > deadline:
-            return []
-        await consumer._client.force_metadata_update()
-        await asyncio.sleep(0.1)
+    admin = AIOKafkaAdminClient(**client_kwargs(kafka))
+    await admin.start()
+    try:
+        while True:
+            described = {t["topic"]: t for t in await admin.describe_topics()}  # no names: every topic
+            found = described.get(topic)
+            if found is not None and found["partitions"]:
+                return [TopicPartition(topic, p) for p in sorted(int(d["partition"]) for d in found["partitions"])]
+            if asyncio.get_running_loop().time() > deadline:
+                return []
+            await asyncio.sleep(DISCOVER_POLL_S)
+    finally:
+        await admin.close()
 
 
 async def true_end_offsets(kafka: KafkaSettings, reported: Mapping[Any, int]) -> dict[Any, int]:
@@ -174,7 +190,7 @@ async def read_to_end(
     if own:
         await consumer.start()
     try:
-        tps = partitions or await partitions_of(consumer, topic)
+        tps = partitions or await partitions_of(kafka, consumer, topic)
         if not tps:
             return 0
         consumer.assign(tps)

@@ -31,7 +31,7 @@ async def latest_recommendation(kafka: KafkaSettings, user_id: str) -> dict[str,
     consumer = make_consumer(kafka)
     await consumer.start()
     try:
-        tps = await partitions_of(consumer, topic)
+        tps = await partitions_of(kafka, consumer, topic)
         if not tps:
             return None
         partition = key_partition(key, [tp.partition for tp in tps])
@@ -71,7 +71,7 @@ class RecommendationWatcher:
     async def start(self) -> None:
         self._consumer = make_consumer(self.kafka)
         await self._consumer.start()
-        tps = await partitions_of(self._consumer, self.kafka.topic("recommendations"))
+        tps = await partitions_of(self.kafka, self._consumer, self.kafka.topic("recommendations"))
         self._consumer.assign(tps)
         await self._consumer.seek_to_beginning(*tps)
         self._task = asyncio.create_task(self._run())

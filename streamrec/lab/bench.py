@@ -145,7 +145,7 @@ async def ceiling(settings: Settings, n: int) -> float:
     consumer = make_consumer(settings.kafka, fetch_max_wait_ms=FETCH_MS)
     await consumer.start()
     try:
-        tps = await partitions_of(consumer, settings.kafka.topic("events"))
+        tps = await partitions_of(settings.kafka, consumer, settings.kafka.topic("events"))
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         seen = 0

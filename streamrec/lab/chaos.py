@@ -38,7 +38,7 @@ from streamrec.model.events import dumps
 from streamrec.model.profiles import UserProfile
 from streamrec.model.ranker import snapshot_key
 from streamrec.settings import Settings
-from streamrec.worker.app import changelog_topic
+from streamrec.worker.profile_table import changelog_topic
 
 REPORT_KEYS = ("events_in", "events_applied", "lost", "duplicates_applied", "dead_letters", "recovery_s", "workers")
 """The figures the issue asks for (the report holds more)."""

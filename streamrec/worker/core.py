@@ -5,10 +5,11 @@ delivering and producing messages) and the core (learning and ranking) took turn
 the loop held the GIL ~43% of the time and the core ~45%, so a batch took ~2.5× what the core alone needs.
 With ``core_process`` (the default) the core runs in its own process, so both work at once on two cores.
 
-The worker talks to :class:`CoreService` only through :class:`CoreClient`: each call is one request and one
-reply over a pipe, in order (batches stay strictly sequential). Profiles cross as the table's bytes, read
-before a batch and written back after it, so the changelog-backed table stays in the Faust process. The
-same :class:`CoreService` runs in a thread when ``core_process`` is off: one implementation either way.
+The worker talks to :class:`CoreService` only through :class:`CoreClient`, whose typed methods mirror the
+service's: each call is one request (the service method itself and its arguments) and one reply over a
+pipe, in order (batches stay strictly sequential). Profiles cross as the table's bytes, read before a batch
+and written back after it, so the changelog-backed table stays in the Faust process. The same
+:class:`CoreService` runs in a thread when ``core_process`` is off: one implementation either way.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import logging
 import multiprocessing
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from streamrec.encoding.threads import limit_threads
 from streamrec.model.events import Event, InvalidMessage, dumps, parse_item_embedding
@@ -33,7 +34,7 @@ from streamrec.model.recommender import Recommender
 from streamrec.settings import Settings
 from streamrec.worker.memory import release_free_memory, rss_bytes
 
-log = logging.getLogger("streamrec.worker.core")
+log = logging.getLogger(__name__)
 
 ITEM_UPDATES_PER_MESSAGE = 256
 """Item updates per ``item-updates`` message (~50 KB): far below broker limits whatever the batch size."""
@@ -43,6 +44,9 @@ STOP_TIMEOUT_S = 10.0
 WARM_UP_QUERY = "warm-up"
 WARM_UP_USER = "streamrec-warm-up"
 """Id prefix of the made-up users :meth:`CoreService.warm_up` ranks for (never stored or published)."""
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,10 +201,9 @@ class CoreService:
     def apply_item_updates(self, updates: Sequence[ItemUpdate]) -> int:
         return self.recommender.apply_item_updates(updates)
 
-    def restore_model(self, shared: dict[bytes, dict[str, Any]], single: dict[str, Any] | None) -> None:
-        """Resume from the workers' contributions, or from a single-worker snapshot when there are none."""
-        if not self.shared.restore(shared) and single is not None:
-            self.recommender.ranker.restore(single)
+    def restore_model(self, contributions: dict[bytes, dict[str, Any]]) -> None:
+        """Resume this worker's own contribution and merge every peer's (:meth:`SharedModel.restore`)."""
+        self.shared.restore(contributions)
 
     def merge_and_snapshot(self, pending: dict[bytes, dict[str, Any]]) -> dict[str, Any]:
         """Add peers' newest contributions (never mid-step), then snapshot this worker's own."""
@@ -226,13 +229,13 @@ def _serve(conn: Connection, settings: Settings, worker_id: str, with_query_enco
         raise
     while True:
         try:
-            method, args = conn.recv()
+            method, args, kwargs = conn.recv()
         except (EOFError, OSError):
             return
         try:
-            reply = (True, getattr(service, method)(*args), service.state())
+            reply = (True, method(service, *args, **kwargs), service.state())
         except Exception as exc:
-            log.exception("core call %s failed", method)
+            log.exception("core call %s failed", method.__name__)
             reply = (False, exc, service.state())
         try:
             conn.send(reply)
@@ -245,12 +248,24 @@ class CoreError(RuntimeError):
 
 
 class CoreClient:
-    """The worker's handle on its core; every call runs in order on one thread that waits for the reply."""
+    """The worker's handle on its core: one typed method per :class:`CoreService` method.
 
-    def __init__(self, settings: Settings, worker_id: str, with_query_encoder: bool) -> None:
+    Every call runs on the core (its process, or this process's core thread) after every call made before it,
+    on one thread that waits for the reply. A failed call raises :class:`CoreError`; when the core process is
+    gone, ``on_gone`` is called first (the worker stops: it cannot serve its partitions without its core).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        worker_id: str,
+        with_query_encoder: bool,
+        on_gone: Callable[[], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.worker_id = worker_id
         self.with_query_encoder = with_query_encoder
+        self.on_gone = on_gone
         self.state = CoreState()
         self._thread = ThreadPoolExecutor(
             1,
@@ -261,6 +276,48 @@ class CoreClient:
         self._service: CoreService | None = None
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
+
+    # --- the core's methods -------------------------------------------------------------------------
+    async def process(
+        self, events: Sequence[Event], positions: Sequence[tuple[int, int] | None], raw: dict[str, bytes | None]
+    ) -> CoreBatch:
+        """Learn from a batch and refresh its users' lists (:meth:`CoreService.process`)."""
+        return await self._run(CoreService.process, events, positions, raw)
+
+    async def upsert_items(self, values: Sequence[bytes | None], live: bool) -> CatalogUpdate:
+        """Apply ``item-embeddings`` record values (:meth:`CoreService.upsert_items`)."""
+        return await self._run(CoreService.upsert_items, values, live)
+
+    async def warm_up(self, users: int) -> None:
+        """Rank once for made-up users, changing nothing (:meth:`CoreService.warm_up`)."""
+        await self._run(CoreService.warm_up, users)
+
+    async def trim(self) -> None:
+        """Hand the core process's freed heap back to the system (:meth:`CoreService.trim`)."""
+        await self._run(CoreService.trim)
+
+    async def apply_item_updates(self, updates: Sequence[ItemUpdate]) -> int:
+        """Fold peers' item updates into the item statistics; returns how many applied."""
+        return await self._run(CoreService.apply_item_updates, updates)
+
+    async def restore_model(self, contributions: dict[bytes, dict[str, Any]]) -> None:
+        """Resume this worker's contribution and merge its peers' (:meth:`CoreService.restore_model`)."""
+        await self._run(CoreService.restore_model, contributions)
+
+    async def merge_and_snapshot(self, pending: dict[bytes, dict[str, Any]]) -> dict[str, Any]:
+        """Merge peers' newest contributions, then snapshot this worker's (:meth:`CoreService.merge_and_snapshot`)."""
+        return await self._run(CoreService.merge_and_snapshot, pending)
+
+    # --- running a call -----------------------------------------------------------------------------
+    async def _run(self, method: Callable[Concatenate[CoreService, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run ``method`` on the core's service, after every call made before it."""
+        try:
+            result: R = await asyncio.get_running_loop().run_in_executor(self._thread, self._call, method, args, kwargs)
+        except CoreError:
+            if not self.alive and self.on_gone is not None:
+                self.on_gone()
+            raise
+        return result
 
     def _start(self) -> None:
         if self.settings.batching.core_process:
@@ -296,19 +353,19 @@ class CoreClient:
         """False once the core process has exited (it never restarts: the worker must stop)."""
         return self._process is None or self._process.is_alive()
 
-    def _call(self, method: str, args: tuple[Any, ...]) -> Any:
+    def _call(self, method: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self._service is None and self._conn is None:
             self._start()
         if self._service is not None:
             try:
-                return getattr(self._service, method)(*args)
+                return method(self._service, *args, **kwargs)
             except Exception as exc:
                 raise CoreError(f"the core failed: {exc!r}") from exc
             finally:
                 self.state = self._service.state()
         assert self._conn is not None
         try:
-            self._conn.send((method, args))
+            self._conn.send((method, args, kwargs))
         except OSError as exc:  # the pipe broke: the process is gone
             raise CoreError(f"the core process exited (code {self._exitcode()})") from exc
         return self._receive()
@@ -318,10 +375,6 @@ class CoreClient:
             self._process.join(0.5)
             return self._process.exitcode
         return None
-
-    async def call(self, method: str, *args: Any) -> Any:
-        """Run ``CoreService.<method>(*args)`` on the core, after every call made before it."""
-        return await asyncio.get_running_loop().run_in_executor(self._thread, self._call, method, args)
 
     @property
     def pid(self) -> int | None:

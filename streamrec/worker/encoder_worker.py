@@ -24,7 +24,7 @@ from streamrec.io.kafka import DeadLetters, make_consumer, make_producer
 from streamrec.model.events import InvalidMessage, Item, dumps, parse_item
 from streamrec.settings import Settings
 
-log = logging.getLogger("streamrec.encoding.encoder")
+log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 CHILD_STOP_TIMEOUT_S = 10.0

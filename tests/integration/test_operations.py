@@ -37,7 +37,7 @@ from streamrec.lab.processes import Service, settings_env, worker_stats
 from streamrec.model.events import Event, Item, ItemEmbedding, dumps
 from streamrec.model.profiles import UserProfile
 from streamrec.settings import Settings
-from streamrec.worker.app import changelog_topic
+from streamrec.worker.profile_table import changelog_topic
 from streamrec.worker.telemetry import parse
 from tests.integration.test_pipeline import publish, read_all, wait_for
 

@@ -13,6 +13,7 @@ import pytest
 
 from streamrec.model.events import Event, Item, ItemEmbedding, dumps
 from streamrec.model.profiles import UserProfile
+from streamrec.model.ranker import snapshot_key
 from streamrec.settings import Settings
 from streamrec.worker.core import CoreBatch, CoreClient, CoreError
 
@@ -36,8 +37,8 @@ def drive(core_process: bool, warm_up: int = 0) -> tuple[Any, ...]:
     client = CoreClient(settings, "w1", with_query_encoder=False)
 
     async def run() -> tuple[Any, ...]:
-        loaded = await client.call("upsert_items", item_values(), False)
-        await client.call("warm_up", warm_up)
+        loaded = await client.upsert_items(item_values(), False)
+        await client.warm_up(warm_up)
         table: dict[str, bytes] = {}
         batches: list[CoreBatch] = []
         for n, events in enumerate(
@@ -48,15 +49,15 @@ def drive(core_process: bool, warm_up: int = 0) -> tuple[Any, ...]:
         ):
             raw = {e.user_id: table.get(e.user_id) for e in events}
             positions = [(0, 10 * n + i) for i in range(len(events))]
-            batch: CoreBatch = await client.call("process", events, positions, raw)
+            batch = await client.process(events, positions, raw)
             for user, value in batch.profiles.items():
                 if value is None:
                     table.pop(user, None)
                 else:
                     table[user] = value
             batches.append(batch)
-        with pytest.raises(CoreError, match="no_such_method"):
-            await client.call("no_such_method")
+        with pytest.raises(CoreError, match="features"):  # a failure in the core comes back as a CoreError
+            await client.restore_model({snapshot_key("w1"): {"contribution": {}, "features": ["not", "ours"]}})
         return loaded, batches, table, client.state
 
     try:
@@ -102,17 +103,26 @@ def test_warming_the_core_up_changes_no_result() -> None:
     assert lists(warm[1]) == lists(cold[1])
 
 
-def test_a_dead_core_process_fails_every_call_at_once() -> None:
-    client = CoreClient(Settings.of(embedding_dim=DIM, core_process=True), "w1", with_query_encoder=False)
+def test_a_dead_core_process_fails_every_call_at_once_and_says_it_is_gone() -> None:
+    gone: list[bool] = []
+    client = CoreClient(
+        Settings.of(embedding_dim=DIM, core_process=True),
+        "w1",
+        with_query_encoder=False,
+        on_gone=lambda: gone.append(True),
+    )
 
     async def run() -> None:
-        await client.call("trim")
-        assert client.alive and client.pid is not None
+        await client.trim()
+        with pytest.raises(CoreError, match="features"):  # a failed call on a live core: not gone
+            await client.restore_model({snapshot_key("w1"): {"contribution": {}, "features": ["x"]}})
+        assert client.alive and client.pid is not None and gone == []
         os.kill(client.pid, signal.SIGKILL)
         for _ in range(2):
             with pytest.raises(CoreError, match="exited"):
-                await client.call("trim")
+                await client.trim()
         assert not client.alive
+        assert gone == [True, True]  # the worker's hook (it stops the worker) runs on every failed call
 
     try:
         asyncio.run(run())

@@ -9,7 +9,7 @@ import faust
 from streamrec.model.events import Event
 from streamrec.model.profiles import UserProfile, apply_event
 from streamrec.settings import Settings
-from streamrec.worker.app import ProfileTable, applied_events
+from streamrec.worker.profile_table import ProfileTable, applied_events
 
 
 def _profile(user: str, n: int) -> bytes:

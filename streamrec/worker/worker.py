@@ -1,0 +1,298 @@
+"""What the worker's agents do: batches through the core and out, the followers, telemetry (:class:`Worker`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import faust
+import orjson
+from aiokafka.structs import ConsumerRecord
+
+from streamrec.io.kafka import DeadLetters
+from streamrec.model.events import Event, InvalidMessage, dumps, event_from_dict, loads_message
+from streamrec.model.itemstats import ItemUpdate, decode_updates
+from streamrec.model.ranker import SNAPSHOT_KEY_PREFIX, snapshot_key
+from streamrec.settings import Settings
+from streamrec.worker.core import TRIM_AFTER_EVENTS, CoreClient, CoreError
+from streamrec.worker.follow import follow
+from streamrec.worker.gaps import GapFiller
+from streamrec.worker.memory import release_free_memory, rss_bytes
+from streamrec.worker.profile_table import TableProfileStore
+from streamrec.worker.publisher import BatchPublisher
+from streamrec.worker.stats import Reading, WorkerStats, metrics, stats_json
+from streamrec.worker.telemetry import Histogram, Metric
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    """Wires the core to Faust: holds the core client, the counters, the followers' state and the output path."""
+
+    def __init__(self, settings: Settings, app: faust.App, with_query_encoder: bool = True) -> None:
+        self.settings = settings
+        self.app = app
+        self.worker_id = settings.batching.worker_id or f"{socket.gethostname()}:{settings.web.web_port}"
+        self.core = CoreClient(settings, self.worker_id, with_query_encoder, on_gone=self._core_gone)
+        """The recommender and this worker's share of the model (:mod:`streamrec.worker.core`)."""
+        self.snapshot_key = snapshot_key(self.worker_id)
+        self.incarnation = uuid.uuid4().hex
+        self.item_updates_key = f"{self.worker_id}/{self.incarnation}".encode()
+        """Key of this process's ``item-updates`` messages: its own are skipped without decoding them, an earlier
+        run's (another incarnation) are applied."""
+        self.restored_steps = 0
+        """The ranker's step count right after start-up: > 0 when it resumed from snapshots."""
+        self.restored_own_steps = 0
+        """This worker's own steps taken back from its last snapshot at start-up (0 on a first start)."""
+        self._snapshots: dict[bytes, dict[str, Any]] = {}
+        """Newest snapshot per key not handed to the core yet: all of them until the model is restored, then
+        peers' (merged by the core, between batches, at the next sync)."""
+        self.stats = WorkerStats()
+        self.catalog_ready = asyncio.Event()
+        self.model_ready = asyncio.Event()
+        self._published_own_steps = -1
+        self.dead_letters = DeadLetters(settings.kafka, self._send_raw)
+        self.latency = Histogram()
+        """Event published (its Kafka timestamp) → its user's recommendation sent, in ms."""
+        self.gaps = GapFiller(app, settings.kafka, self.stats)
+        self.next_offset: dict[int, int] = {}
+        """Per events partition, the offset after the last event this worker processed: lag = highwater − it."""
+        self.publisher = BatchPublisher(app)
+
+    def _core_gone(self) -> None:
+        """The core process died: stop this worker (its partitions go to the group, and nothing unprocessed was
+        acknowledged) instead of holding partitions it can no longer serve."""
+        log.critical("the core process is gone: stopping this worker")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    async def _send_raw(self, topic: str, key: bytes, value: bytes | None) -> None:
+        await self.app.producer.send(topic, key, value, partition=None, timestamp=None, headers=None)
+
+    # --- events -------------------------------------------------------------------------------------
+    async def handle_batch(self, batch: Sequence[Any], store: TableProfileStore) -> None:
+        """Apply a batch of Faust events: invalid ones to dead-letters, the rest through the core, then publish
+        the changed profiles, the refreshed lists and the item updates as one send per partition."""
+        await self.catalog_ready.wait()
+        await self.model_ready.wait()
+        t0 = time.perf_counter()
+        if self.stats.first_batch_at is None:
+            self.stats.first_batch_at = time.time()
+        batch = await self.gaps.fill(batch)
+        valid: list[Event] = []
+        positions: list[tuple[int, int] | None] = []
+        stamps: list[float] = []
+        changelog_partition: dict[str, int] = {}
+        """Per user, the partition of their events: their profile's changelog partition."""
+        for fevent in batch:
+            msg = fevent.message
+            try:
+                obj = loads_message(fevent.value, self.settings.kafka.max_message_bytes)
+                event = event_from_dict(obj)
+            except InvalidMessage as exc:
+                await self.dead_letters.reject(msg.topic, fevent.value, str(exc), msg.key, msg.partition, msg.offset)
+                continue
+            changelog_partition[event.user_id] = msg.partition
+            if msg.timestamp:
+                stamps.append(msg.timestamp)
+            valid.append(event)
+            positions.append((msg.partition, msg.offset))
+        if valid:
+            raw = store.raw_for(changelog_partition)
+            # the core runs elsewhere: meanwhile the loop keeps fetching, so the next batch is ready
+            result = await self.core.process(valid, positions, raw)
+            topic = self.settings.kafka.topic("recommendations")
+            updates = self.settings.kafka.topic("item-updates")
+            # tombstones first: lists made after a forget (fresh profile) must win
+            await self.publisher.publish(
+                store.write(result.profiles, changelog_partition)
+                + [(topic, None, user_id.encode(), None) for user_id in result.forgotten]
+                + [(topic, None, key, value) for key, value in result.recommendations]
+                + [(updates, None, self.item_updates_key, value) for value in result.item_updates]
+            )
+            if result.forgotten:
+                self.stats.forgotten += len(result.forgotten)
+                log.info("forgot %d user(s) on request", len(result.forgotten))  # never the ids: personal data
+            self.stats.events += result.applied
+            self.stats.duplicates += result.duplicates
+            self.stats.recommendations += len(result.recommendations)
+            if len(valid) >= TRIM_AFTER_EVENTS:  # this process's share: the batch's messages and the reply
+                release_free_memory()
+        now = time.time()
+        for stamp in stamps:
+            self.latency.observe((now - stamp) * 1000.0)
+        for fevent in batch:
+            msg = fevent.message
+            self.next_offset[msg.partition] = max(self.next_offset.get(msg.partition, 0), msg.offset + 1)
+        self.stats.batches += 1
+        self.stats.latencies_ms.append((time.perf_counter() - t0) * 1000.0)
+        self.stats.last_batch_at = time.time()
+
+    # --- telemetry ----------------------------------------------------------------------------------
+    def _assigned(self) -> list[Any]:
+        """The ``events`` partitions (TopicPartitions) this worker holds now; empty while between generations."""
+        topic = self.settings.kafka.topic("events")
+        try:
+            return [tp for tp in self.app.consumer.assignment() if tp.topic == topic]
+        except Exception as exc:  # the consumer is not started yet, or between generations
+            log.debug("assignment unavailable: %r", exc)
+            return []
+
+    def assigned_partitions(self) -> list[int]:
+        """Partitions of ``events`` this worker holds now (empty while between generations)."""
+        return sorted(tp.partition for tp in self._assigned())
+
+    def consumer_lag(self) -> dict[int, int]:
+        """Events not processed yet, per assigned partition of ``events`` (highwater − next offset).
+
+        On the local broker highwaters can lag the true end by a batch (see its notes), so this is a floor.
+        """
+        lag: dict[int, int] = {}
+        for tp in self._assigned():
+            try:
+                high = self.app.consumer.highwater(tp)
+            except Exception as exc:  # the consumer is between generations
+                log.debug("consumer lag unavailable: %r", exc)
+                break
+            if high is not None:
+                lag[tp.partition] = max(0, int(high) - self.next_offset.get(tp.partition, 0))
+        return lag
+
+    def reading(self, table: Mapping[bytes, bytes] | None = None) -> Reading:
+        """Everything ``/stats`` and ``/metrics`` show, read now (``table``: the profiles table)."""
+        return Reading(
+            stats=self.stats,
+            core=self.core.state,
+            core_pid=self.core.pid,
+            dead_letters=self.dead_letters.count,
+            table=table,
+            worker_id=self.worker_id,
+            assigned_partitions=self.assigned_partitions(),
+            next_offsets=dict(self.next_offset),
+            consumer_lag=self.consumer_lag(),
+            latency=self.latency,
+            model_ready=self.model_ready.is_set(),
+            restored_steps=self.restored_steps,
+            restored_own_steps=self.restored_own_steps,
+            rss_bytes=rss_bytes() + self.core.rss_bytes(),
+        )
+
+    def stats_dict(self, table: Mapping[bytes, bytes] | None = None) -> dict[str, Any]:
+        """Everything ``/stats`` shows: counters, plus who this worker is, what it holds and its model."""
+        return stats_json(self.reading(table))
+
+    def metrics(self, table: Mapping[bytes, bytes] | None = None) -> list[Metric]:
+        """Everything ``/metrics`` shows (Prometheus computes events/s from the counters)."""
+        return metrics(self.reading(table))
+
+    # --- catalogue ----------------------------------------------------------------------------------
+    async def follow_catalog(self) -> None:
+        """Load every item embedding, mark the catalogue ready, then keep applying new ones."""
+        await follow(
+            self.settings.kafka,
+            self.settings.kafka.topic("item-embeddings"),
+            self._apply_items,
+            caught_up=self._catalog_loaded,
+        )
+
+    async def _apply_items(self, records: list[ConsumerRecord]) -> None:
+        """Upsert a run of ``item-embeddings`` records on the core (never under a running batch); bad ones go to
+        dead-letters."""
+        live = self.catalog_ready.is_set()
+        done = await self.core.upsert_items([r.value for r in records], live)
+        self.stats.item_visible_ms.extend(done.visible_ms)
+        for i, reason in done.rejected:
+            r = records[i]
+            await self.dead_letters.reject(r.topic, r.value, reason, r.key, r.partition, r.offset)
+
+    async def _catalog_loaded(self, records: int) -> None:
+        await self.core.warm_up(self.settings.batching.batch_size)  # one-time working memory, before the baseline
+        await self.core.trim()  # the baseline, like every big batch, without the loading's freed buffers
+        release_free_memory()
+        log.info("catalogue loaded: %d records, %d items indexed", records, self.core.state.items_indexed)
+        self.stats.catalog_ready_at = time.time()
+        self.stats.rss_ready_bytes = rss_bytes() + self.core.rss_bytes()
+        self.stats.core_rss_ready_bytes = self.core.rss_bytes()
+        self.catalog_ready.set()
+
+    # --- item statistics from the peers --------------------------------------------------------------
+    async def follow_item_updates(self) -> None:
+        """Apply every other worker's item updates (from the start of the topic: a restarted worker rebuilds its
+        item statistics from the whole retained history, its own earlier incarnation's included)."""
+        if not self.settings.batching.share_item_stats:
+            return
+        await self.catalog_ready.wait()
+        await follow(
+            self.settings.kafka,
+            self.settings.kafka.topic("item-updates"),
+            self._apply_peer_item_updates,
+            skip_key=self.item_updates_key,  # this very process's own: already applied
+        )
+
+    async def _apply_peer_item_updates(self, records: list[ConsumerRecord]) -> None:
+        updates: list[ItemUpdate] = []
+        for record in records:
+            try:
+                updates += decode_updates(record.value)
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as exc:
+                log.warning("ignoring an unreadable item-updates record: %r", exc)
+        if updates:
+            self.stats.item_updates_applied += await self.core.apply_item_updates(updates)
+
+    # --- model snapshots: one model across workers -----------------------------------------------------
+    async def restore_model(self) -> None:
+        """Resume this worker's own contribution and merge every peer's, then keep following the topic for
+        peers' newer snapshots, merged at each :meth:`sync_model`."""
+        await follow(
+            self.settings.kafka,
+            self.settings.kafka.topic("model-snapshots"),
+            self._keep_snapshots,
+            caught_up=self._resume_model,
+            skip_key=self.snapshot_key,  # once resumed, this worker's own snapshots are behind its model
+        )
+
+    async def _keep_snapshots(self, records: list[ConsumerRecord]) -> None:
+        for record in records:
+            if record.value is None or record.key is None:
+                continue
+            try:
+                self._snapshots[record.key] = orjson.loads(record.value)
+            except orjson.JSONDecodeError as exc:
+                log.warning("ignoring unreadable model snapshot %r: %s", record.key, exc)
+
+    async def _resume_model(self, records: int) -> None:
+        latest, self._snapshots = self._snapshots, {}
+        contributions = {k: v for k, v in latest.items() if k.startswith(SNAPSHOT_KEY_PREFIX.encode())}
+        try:
+            await self.core.restore_model(contributions)
+        except CoreError as exc:
+            log.warning("ignoring incompatible model snapshot: %s", exc.__cause__ or exc)
+        state = self.core.state
+        self.restored_steps = state.model_steps
+        self.restored_own_steps = state.own_steps
+        log.info(
+            "ranker %s resumed from %d snapshot records (own steps %d, peers %s)",
+            state.model_version,
+            records,
+            state.own_steps,
+            state.peers,
+        )
+        self._published_own_steps = state.own_steps
+        self.model_ready.set()
+
+    async def sync_model(self) -> None:
+        """Merge peers' contributions received since the last sync; publish ours if this worker learned."""
+        if not self.model_ready.is_set():
+            return
+        pending, self._snapshots = self._snapshots, {}
+        snap = await self.core.merge_and_snapshot(pending)
+        if snap["contribution"]["steps"] == self._published_own_steps:
+            return
+        await self._send_raw(self.settings.kafka.topic("model-snapshots"), self.snapshot_key, dumps(snap))
+        self._published_own_steps = snap["contribution"]["steps"]
