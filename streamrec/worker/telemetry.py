@@ -87,7 +87,7 @@ def render(metrics: Iterable[Metric]) -> str:
                 le = "+Inf" if bound == math.inf else f"{bound:g}"
                 lines.append(f'{m.name}_bucket{{le="{le}"}} {cum}')
             lines += [f"{m.name}_sum {h.total}", f"{m.name}_count {h.count}"]
-        elif m.labels:
+        elif m.labels or m.value is None:  # a labelled family with no label values yet has no samples
             lines += [f"{m.name}{_labels(key)} {value}" for key, value in sorted(m.labels.items())]
         else:
             lines.append(f"{m.name} {m.value}")

@@ -128,3 +128,15 @@ def test_a_figure_must_be_shown_somewhere_as_a_prometheus_type() -> None:
         Figure(None, None, COUNTER, "nowhere", lambda r: 0)
     with pytest.raises(ValueError, match="Prometheus type"):
         Figure("worker_id", "streamrec_worker_id", INFO, "not a number", lambda r: r.worker_id)
+
+
+def test_a_labelled_metric_without_label_values_has_no_sample_line() -> None:
+    """A worker between generations holds no partitions: its lag family is declared but has no samples."""
+    idle = reading()
+    idle = Reading(**{**idle.__dict__, "consumer_lag": {}, "assigned_partitions": []})
+    text = render(metrics(idle))
+    assert "# TYPE streamrec_consumer_lag gauge" in text
+    assert not [line for line in text.splitlines() if line.startswith("streamrec_consumer_lag ")]
+    samples = parse(text)  # what `streamrec status` reads: must not choke on the empty family
+    assert samples["streamrec_consumer_lag_total"] == 0.0
+    assert not [k for k in samples if k.startswith("streamrec_consumer_lag{")]
