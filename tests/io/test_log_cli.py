@@ -40,6 +40,7 @@ def _eval(f: Path, *extra: str) -> Result:
                    "--types", "view=view", *FAST, *extra)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_eval_ingests_the_ecommerce_fixture_with_only_columns_and_types(tmp_path: Path) -> None:
     out = tmp_path / "report.json"
     result = _invoke("eval", str(FIXTURE), "--format", "csv", "--columns", FIXTURE_COLUMNS, "--types", FIXTURE_TYPES,
