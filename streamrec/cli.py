@@ -106,6 +106,12 @@ def encoder(ctx: click.Context) -> None:
     encoder_main(_settings(ctx))
 
 
+EXIT_UNUSABLE_LOG = 3
+"""``replay``/``eval`` exit status when no row of the log could be used or too many were bad (2 is a usage error)."""
+DEFAULT_MAX_SKIPPED = "1%"
+"""Largest share of bad rows that ``replay`` and ``eval`` accept before they refuse a log."""
+
+
 def _csv_mapping(fmt: str, columns: str | None, type_map: str | None, ts_format: str, delimiter: str, no_header: bool):  # type: ignore[no-untyped-def]
     from streamrec.io.logs import CsvMapping
 
@@ -121,21 +127,83 @@ def _csv_mapping(fmt: str, columns: str | None, type_map: str | None, ts_format:
         raise click.UsageError(str(exc)) from None
 
 
+def read_input(
+    file: Path, fmt: str, mapping: Any, limit: int | None, max_skipped: float, need_events: bool
+) -> list[Any]:
+    """Read a log for ``replay`` or ``eval`` and report on it (stderr): counts, then the first skip reasons.
+
+    Exits with :data:`EXIT_UNUSABLE_LOG` before anything is published or evaluated when no row could be used
+    or more than ``max_skipped`` of the rows were bad.
+    """
+    from streamrec.io.logs import ReplayStats, ingest_report, read_log
+
+    stats = ReplayStats()
+    try:
+        records = list(read_log(file, fmt, mapping=mapping, limit=limit, stats=stats))
+    except (OSError, ValueError) as exc:
+        click.echo(f"error: cannot read {file}: {exc}", err=True)
+        sys.exit(EXIT_UNUSABLE_LOG)
+    lines, problem = ingest_report(stats, max_skipped, need_events)
+    for line in lines:
+        click.echo(line, err=True)
+    if problem:
+        click.echo(f"error: {problem}; nothing was {'evaluated' if need_events else 'published'}", err=True)
+        sys.exit(EXIT_UNUSABLE_LOG)
+    return records
+
+
+class Share(click.ParamType):
+    """A share of rows: ``0.01`` or ``1%``, between 0 and 1."""
+
+    name = "share"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        text = str(value).strip()
+        try:
+            share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            self.fail(f"{value!r} is not a share (e.g. 0.01 or 1%)", param, ctx)
+        if not 0.0 <= share <= 1.0:
+            self.fail(f"{value!r} is not between 0 and 1 (0% and 100%)", param, ctx)
+        return share
+
+
 def csv_options(f: Any) -> Any:
-    """The generic-CSV mapping options shared by ``replay`` and ``eval``."""
+    """The input options shared by ``replay`` and ``eval``: the generic-CSV mapping and the bad-row limit."""
     for option in reversed(
         [
             click.option(
-                "--columns", default=None, help="csv: column mapping, e.g. user=uid,item=sku,type=action,ts=time."
+                "--columns",
+                default=None,
+                help="csv: column mapping, e.g. user=uid,item=sku,type=action,ts=time[,session=sid,category=cat,"
+                "brand=brand,price=price,title=name,description=text].",
             ),
             click.option(
-                "--types", "type_map", default=None, help="csv: event names, e.g. pageview=view,order=purchase."
+                "--types",
+                "type_map",
+                default=None,
+                help="csv: event names, e.g. pageview=view,order=purchase; NAME=drop leaves a type out (counted "
+                "as dropped, not bad).",
             ),
             click.option(
-                "--ts-format", type=click.Choice(["unix", "unix_ms", "iso"]), default="unix", show_default=True
+                "--ts-format",
+                type=click.Choice(["auto", "unix", "unix_ms", "iso"]),
+                default="auto",
+                show_default=True,
+                help="csv: auto reads ISO 8601 (T or space, Z, offsets, ' UTC') and unix s or ms (by magnitude).",
             ),
             click.option("--delimiter", default=",", show_default=True),
             click.option("--no-header", is_flag=True, help="csv: no header row (columns are 0-based indexes)."),
+            click.option(
+                "--max-skipped",
+                type=Share(),
+                default=DEFAULT_MAX_SKIPPED,
+                show_default=True,
+                help=f"Largest share of bad rows accepted (0.01 or 1%); above it, or with no usable row, exit "
+                f"{EXIT_UNUSABLE_LOG}.",
+            ),
         ]
     ):
         f = option(f)
@@ -160,19 +228,16 @@ def replay(
     ts_format: str,
     delimiter: str,
     no_header: bool,
+    max_skipped: float,
 ) -> None:
     """Publish an event log to Kafka in timestamp order (items before the events that use them)."""
-    from streamrec.io.logs import ReplayStats, publish, read_log
+    from streamrec.io.logs import publish
 
     mapping = _csv_mapping(fmt, columns, type_map, ts_format, delimiter, no_header)
-    stats = ReplayStats()
-    records = list(read_log(file, fmt, mapping=mapping, limit=limit, stats=stats))
+    records = read_input(file, fmt, mapping, limit, max_skipped, need_events=False)
     sent = asyncio.run(publish(records, _settings(ctx).kafka, speed=speed, progress=True, total=len(records)))
-    click.echo(f"published {sent} records ({stats.events} events, {stats.items} item upserts)")
-    if stats.skipped:
-        click.echo(f"skipped {stats.skipped} bad row(s); first reasons:", err=True)
-        for reason in stats.reasons[:5]:
-            click.echo(f"  {reason}", err=True)
+    events = sum(r.topic == "events" for r in records)
+    click.echo(f"published {sent} records ({events} events, {len(records) - events} item upserts)")
 
 
 @cli.command("eval")
@@ -209,6 +274,7 @@ def eval_cmd(
     ts_format: str,
     delimiter: str,
     no_header: bool,
+    max_skipped: float,
     k: int,
     json_out: Path | None,
     plot_out: Path | None,
@@ -221,7 +287,6 @@ def eval_cmd(
     sync_every: int,
 ) -> None:
     """Prequential (test-then-train) evaluation of streamrec and baselines on a log, in process."""
-    from streamrec.io.logs import ReplayStats, read_log
     from streamrec.lab.evaluation import ALL_SYSTEMS, evaluate, format_table, plot
     from streamrec.settings import ENV_PREFIX
 
@@ -239,8 +304,7 @@ def eval_cmd(
         settings = settings.replace(learn=False)
     limit_threads(settings.encoder.torch_threads)
     mapping = _csv_mapping(fmt, columns, type_map, ts_format, delimiter, no_header)
-    stats = ReplayStats()
-    records = list(read_log(file, fmt, mapping=mapping, limit=limit, stats=stats))
+    records = read_input(file, fmt, mapping, limit, max_skipped, need_events=True)
     names = [n.strip() for n in systems.split(",") if n.strip()]
     unknown = set(names) - set(ALL_SYSTEMS)
     if unknown:

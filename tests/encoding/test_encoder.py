@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -15,10 +16,13 @@ from streamrec.encoding.encoder import (
     MODEL_NAME_ENV,
     EncoderError,
     TextEncoder,
+    category_words,
     fallback_vector,
+    has_item_text,
     item_text,
     join_sentences,
     length_buckets,
+    price_band,
     resolve_device,
     resolve_model_path,
 )
@@ -311,3 +315,69 @@ def test_resolve_device_auto_prefers_cuda(monkeypatch: pytest.MonkeyPatch) -> No
 def test_fp16_on_cpu_is_refused() -> None:
     with pytest.raises(EncoderError, match="fp16"):
         TextEncoder.from_settings(Settings.of(device="cpu"), half=True)
+
+
+# --- items without a title ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("item", "text"),
+    [
+        (
+            Item("p1", "", 1.0, category="electronics.audio.headphone", brand="sony", price=79.9),
+            "Category: electronics audio headphone. Brand: sony. Price: mid-range",
+        ),
+        (
+            Item("p2", "", 1.0, category="computers.components.power_supply", price=24.99),
+            "Category: computers components power supply. Price: budget",
+        ),
+        (
+            Item("p3", "", 1.0, category="2053013552226107603", brand="lucente", price=250.0),
+            "Brand: lucente. Price: premium",
+        ),
+        (Item("p4", "", 1.0, category="Kitchen", price=0.0), "Category: Kitchen"),  # no positive price: no band
+        (Item("p5", "", 1.0, price=12.0, description="A pan"), "Price: budget. A pan"),
+        (Item("p6", "", 1.0, category="2520377"), ""),  # only an opaque id: nothing to read
+        (Item("p7", "", 1.0, category="2520377", price=30.0), ""),  # a band alone would make every item alike
+        (Item("p8", "", 1.0, brand="  "), ""),
+        # a title names the product: no band, and opaque ids stay out of the text
+        (Item("t1", "Kettle 1.7 l", 1.0, category="123", brand="bosch", price=30.0), "Kettle 1.7 l. Brand: bosch"),
+        (Item("t2", "Toy Story (1995)", 1.0, category="Children's"), "Toy Story (1995). Category: Children's"),
+    ],
+)
+def test_item_text_without_a_title(item: Item, text: str) -> None:
+    assert item_text(item) == text
+    assert has_item_text(item) == bool(text)
+
+
+@pytest.mark.parametrize(
+    ("price", "band"),
+    [(None, None), (0.0, None), (-3.0, None), (math.inf, None), (0.5, "budget"), (24.99, "budget"),
+     (25.0, "mid-range"), (249.99, "mid-range"), (250.0, "premium"), (1e6, "premium")],
+)  # fmt: skip
+def test_price_bands(price: float | None, band: str | None) -> None:
+    assert price_band(price) == band
+
+
+def test_category_words() -> None:
+    assert category_words(" electronics.audio.headphone ") == "electronics audio headphone"
+    assert category_words("apparel.shoes__sport..kids") == "apparel shoes sport kids"
+    assert category_words("Shoes > Running") == "Shoes > Running"  # a phrase, not a code
+    assert category_words("Sci-Fi") == "Sci-Fi"
+
+
+def test_embed_items_reads_title_less_items_with_words_and_keeps_opaque_ones_hashed(encoder: TextEncoder) -> None:
+    items = [
+        Item("p1", "", 1.0, category="electronics.audio.headphone", brand="sony", price=79.9),
+        Item("p2", "", 1.0, category="2520377"),
+        Item("p3", "", 1.0, category="electronics.audio.headphone", brand="jbl", price=15.0),
+        Item("p4", "", 1.0, category="appliances.kitchen.kettle", brand="tefal", price=30.0),
+    ]
+    embeddings = encoder.embed_items(items)
+    assert [e.source for e in embeddings] == ["text", "category", "text", "text"]
+    expected = encoder.encode([item_text(items[0]), item_text(items[2]), item_text(items[3])])
+    for e, vector in zip([embeddings[0], embeddings[2], embeddings[3]], expected, strict=True):
+        assert float(e.vector @ vector) >= SAME_TEXT_COSINE
+    np.testing.assert_array_equal(embeddings[1].vector, fallback_vector(items[1], DIM, Settings().retrieval.seed)[0])
+    headphones = float(embeddings[0].vector @ embeddings[2].vector)
+    assert headphones > float(embeddings[0].vector @ embeddings[3].vector)  # the words carry the category
