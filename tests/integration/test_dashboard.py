@@ -166,12 +166,14 @@ def test_the_page_shows_the_pipeline_working(demo: tuple[Settings, list[Service]
         def charts_ready() -> dict[str, Any] | None:
             state = driver.execute_script(CHART_STATE)
             full = all(state[c]["points"] > 0 and state[c]["drawn"] for c in needed)
-            return state if full and state["chart-latency-hist"]["events"] > 0 else None
+            overview = driver.execute_script("return window.streamrec.state.overview")
+            caught_up = overview is not None and overview["totals"]["events"] >= shop["events"]
+            return state if full and caught_up and state["chart-latency-hist"]["events"] > 0 else None
 
         charts = wait_until(charts_ready, "every chart to have data", services)
         assert charts["chart-latency-hist"]["drawn"] and charts["chart-latency-hist"]["points"] > 0
         overview = driver.execute_script("return window.streamrec.state.overview")
-        assert overview["totals"]["events"] >= shop["events"] and overview["totals"]["workers_up"] == 1
+        assert overview["totals"]["workers_up"] == 1
         assert overview["totals"]["items_indexed"] == ITEMS
         # online quality comes from workers that measure it; until then the page says so
         quality = charts["chart-quality"]
@@ -222,10 +224,41 @@ def test_the_page_shows_the_pipeline_working(demo: tuple[Settings, list[Service]
         assert severe == []
     finally:
         SCREENSHOT.parent.mkdir(exist_ok=True)
-        height = driver.execute_script("return document.documentElement.scrollHeight")
-        driver.set_window_size(1400, min(max(height, 1000), 4000))
+        for _ in range(2):  # the page reflows at the new size: measure again
+            height = driver.execute_script("return document.documentElement.scrollHeight")
+            driver.set_window_size(1400, min(max(height, 1000), 4000))
         driver.execute_script("window.scrollTo(0, 0)")
         driver.save_screenshot(str(SCREENSHOT))
+
+
+def test_a_dashboard_without_a_list_finds_the_worker_on_model_snapshots(
+    demo: tuple[Settings, list[Service], dict[str, Any]], tmp_path: Path
+) -> None:
+    settings, services, shop = demo
+    own = settings.replace(dashboard_workers="", dashboard_port=free_port())
+    finder = Service("dashboard-discovery", ["dashboard"], own, tmp_path).start()
+    try:
+
+        def found() -> dict[str, Any] | None:
+            overview = asyncio.run(get_json(f"{dashboard_url(own)}api/overview"))
+            workers = (overview or {}).get("workers", [])
+            return overview if [w["up"] for w in workers] == [True] and workers[0]["events"] >= 1 else None
+
+        overview = wait_until(found, "the discovered worker", [*services, finder])
+        (worker,) = overview["workers"]
+        assert overview["discovery"] == "model-snapshots"
+        assert worker["url"] == f"http://127.0.0.1:{settings.web.web_port}"
+        assert worker["events"] >= shop["events"]
+    finally:
+        assert finder.stop() == 0
+
+
+async def get_json(url: str) -> dict[str, Any] | None:
+    try:
+        async with aiohttp.ClientSession() as session, session.get(url) as resp:
+            return await resp.json() if resp.status == 200 else None
+    except (aiohttp.ClientError, OSError):
+        return None
 
 
 def test_the_grafana_board_queries_only_what_a_live_worker_exports(
