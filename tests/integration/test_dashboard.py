@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -27,36 +25,15 @@ from streamrec.lab.demo import dashboard_url, pipeline_settings, publish_catalog
 from streamrec.lab.processes import Service, worker_stats
 from streamrec.lab.synthetic import make_events, make_shop
 from streamrec.settings import Settings
+from tests.dashboard.browser import CHART_STATE, browser_paths, chrome, console_errors
 from tests.dashboard.test_grafana import BOARD, board_queries, exported_families, unknown_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 SCREENSHOT = REPO / "out" / "dashboard.png"
 ITEMS, USERS, EVENTS, RATE = 60, 12, 600, 150.0
 WAIT_S = 60.0
-CHROME_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1400,1000",
-)
-
-
-def browser_paths() -> tuple[str, str]:
-    pytest.importorskip("selenium", reason="needs selenium (the dev tools) to drive the browser")
-    chromium = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
-    driver = CHROMEDRIVER if Path(CHROMEDRIVER).exists() else shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.skip("needs Debian's chromium and chromium-driver packages (/usr/bin/chromium, /usr/bin/chromedriver)")
-    return chromium, driver
 
 
 async def stream_shop(settings: Settings, services: list[Service]) -> dict[str, Any]:
@@ -130,28 +107,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, l
 
 @pytest.fixture()
 def driver(tmp_path: Path) -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service as DriverService
-
-    chromium, chromedriver = browser_paths()
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for flag in (*CHROME_FLAGS, f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}"):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    d = webdriver.Chrome(service=DriverService(chromedriver), options=opts)
-    try:
+    with chrome(tmp_path) as d:
         yield d
-    finally:
-        d.quit()
-
-
-CHART_STATE = """
-return Object.fromEntries([...document.querySelectorAll('.chart')].map(e => [e.id, {
-  points: Number(e.dataset.points || 0), events: Number(e.dataset.events || 0), state: e.dataset.state || null,
-  drawn: !!(window.streamrec.charts[e.id] && e.querySelector('canvas')),
-}]));
-"""
 
 
 def test_the_page_shows_the_pipeline_working(demo: tuple[Settings, list[Service], dict[str, Any]], driver: Any) -> None:
@@ -220,8 +177,7 @@ def test_the_page_shows_the_pipeline_working(demo: tuple[Settings, list[Service]
             assert "not available from this worker version" in result.text
 
         # no script errors, no blocked requests (everything is served by the dashboard itself)
-        severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-        assert severe == []
+        assert console_errors(driver) == []
     finally:
         SCREENSHOT.parent.mkdir(exist_ok=True)
         for _ in range(2):  # the page reflows at the new size: measure again
