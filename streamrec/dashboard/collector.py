@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,7 @@ import orjson
 
 from streamrec.dashboard.feeds import CatalogueLog, DeadLetterLog, TopicFollower, WeightHistory
 from streamrec.dashboard.readings import (
+    OnlineQuality,
     WorkerReading,
     histogram_quantile,
     rate,
@@ -41,6 +43,9 @@ POLL_S = 2.0
 HISTORY_POINTS = 900
 """Poll rounds kept: half an hour at :data:`POLL_S`."""
 HTTP_TIMEOUT_S = 1.5
+STATS_EVERY_S = 10.0
+"""A worker's ``/stats`` is read this often (``/metrics`` at every poll): some of its figures cost the worker a
+pass over its profile table, and what the page takes from it (partitions, model, quality) changes slowly."""
 LATENCY_WINDOW_S = 60.0
 """The latency histogram shows the events of the last minute (or, when there were none, all since start)."""
 LOOKUP_TIMEOUT_S = 20.0
@@ -117,6 +122,10 @@ class Collector:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._events_end: tuple[float, int] | None = None
+        self._stats_at: dict[str, float] = {}
+        """Per worker, when its ``/stats`` was last read."""
+        self._quality_base: dict[str, OnlineQuality] = {}
+        """Per worker, the online quality it reported at the last read of ``/stats`` (the base of the next delta)."""
 
     # --- running ------------------------------------------------------------------------------------------
     async def start(self, background: bool = True) -> None:
@@ -158,14 +167,16 @@ class Collector:
     def discovery(self) -> str:
         return "list" if self.configured else "model-snapshots"
 
-    async def _get(self, url: str) -> tuple[str, dict[str, Any]]:
-        """A worker's ``/metrics`` text and ``/stats`` JSON (``{}`` when ``/stats`` is missing)."""
+    async def _get(self, url: str, with_stats: bool) -> tuple[str, dict[str, Any] | None]:
+        """A worker's ``/metrics`` text and, ``with_stats``, its ``/stats`` JSON (``{}`` when it has none)."""
         session = self._session
         if session is None:
             raise RuntimeError("the collector is not started")
         async with session.get(f"{url}/metrics") as resp:
             resp.raise_for_status()
             metrics = await resp.text()
+        if not with_stats:
+            return metrics, None
         stats: dict[str, Any] = {}
         async with session.get(f"{url}/stats") as resp:
             if resp.status == 200:
@@ -175,11 +186,18 @@ class Collector:
         return metrics, stats
 
     async def _read(self, url: str, t: float) -> WorkerPoint:
+        """One worker now; its ``/stats`` only every :data:`STATS_EVERY_S` (in between, the last one read)."""
+        before = self.latest.get(url)
+        kept = before.reading.stats if before is not None and before.reading is not None else None
+        with_stats = kept is None or t - self._stats_at.get(url, -math.inf) >= STATS_EVERY_S
         try:
-            metrics, stats = await self._get(url)
-            return WorkerPoint(url, WorkerReading.from_pages(url, t, metrics, stats))
+            metrics, stats = await self._get(url, with_stats)
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             return WorkerPoint(url, None, error=f"{type(exc).__name__}: {exc}".strip(": "))
+        if stats is not None:
+            self._stats_at[url] = t
+        reading = WorkerReading.from_pages(url, t, metrics, kept if stats is None else stats, stats is not None)
+        return WorkerPoint(url, reading)
 
     async def poll_once(self, t: float | None = None) -> Round:
         """Read every worker now and record the round (rates against the previous one)."""
@@ -187,6 +205,8 @@ class Collector:
         urls = self.worker_urls()
         for gone in set(self.latest) - set(urls):  # no longer listed or discovered
             del self.latest[gone]
+            self._stats_at.pop(gone, None)
+            self._quality_base.pop(gone, None)
         points = await asyncio.gather(*(self._read(u, t) for u in urls))
         rnd = Round(t)
         for point in points:
@@ -198,16 +218,8 @@ class Collector:
                 point.events_per_s = rate(prev.events_total, now.events_total, dt)
                 point.recommendations_per_s = rate(prev.recommendations_total, now.recommendations_total, dt)
                 point.latency_delta = now.latency_delta(prev)
-                q_now, q_prev = now.online_quality, prev.online_quality
-                if q_now is not None and q_prev is not None and q_now.scored >= q_prev.scored:
-                    point.quality_delta = (
-                        q_now.scored - q_prev.scored,
-                        q_now.recall * q_now.scored - q_prev.recall * q_prev.scored,
-                        q_now.ndcg * q_now.scored - q_prev.ndcg * q_prev.scored,
-                    )
-            weights = now.ranker_weights if now is not None else None
-            if weights:
-                self.weights.add(t, weights, "stats")
+            if now is not None and now.stats_fresh:
+                self._new_stats(point, now, t)
             rnd.points[point.url] = point
             self.latest[point.url] = point if now is not None else self._keep_last(point, before)
         end = self.follower.end_offsets.get(self.settings.kafka.topic("events"))
@@ -217,6 +229,21 @@ class Collector:
             self._events_end = (t, end)
         self.rounds.append(rnd)
         return rnd
+
+    def _new_stats(self, point: WorkerPoint, now: WorkerReading, t: float) -> None:
+        """Online quality since the worker's previous ``/stats`` (none across a restart), and its ranker weights."""
+        q_now, q_prev = now.online_quality, self._quality_base.get(point.url)
+        if q_now is not None and q_prev is not None and q_now.scored >= q_prev.scored:
+            point.quality_delta = (
+                q_now.scored - q_prev.scored,
+                q_now.recall * q_now.scored - q_prev.recall * q_prev.scored,
+                q_now.ndcg * q_now.scored - q_prev.ndcg * q_prev.scored,
+            )
+        if q_now is not None:
+            self._quality_base[point.url] = q_now
+        weights = now.ranker_weights
+        if weights:
+            self.weights.add(t, weights, "stats")
 
     @staticmethod
     def _keep_last(failed: WorkerPoint, before: WorkerPoint | None) -> WorkerPoint:

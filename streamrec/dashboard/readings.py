@@ -107,9 +107,13 @@ class WorkerReading:
     items_indexed: float | None = None
     users: float | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    stats_fresh: bool = True
+    """Whether ``stats`` was read with this reading (False: the last one read, kept; ``/stats`` is read less often)."""
 
     @classmethod
-    def from_pages(cls, url: str, t: float, metrics_text: str, stats: dict[str, Any] | None) -> WorkerReading:
+    def from_pages(
+        cls, url: str, t: float, metrics_text: str, stats: dict[str, Any] | None, stats_fresh: bool = True
+    ) -> WorkerReading:
         samples = parse_samples(metrics_text)
         lag: dict[int, float] = {}
         buckets: list[tuple[float, float]] = []
@@ -140,6 +144,7 @@ class WorkerReading:
             items_indexed=samples.get("streamrec_items_indexed"),
             users=samples.get("streamrec_users"),
             stats=dict(stats or {}),
+            stats_fresh=stats_fresh,
         )
 
     @property

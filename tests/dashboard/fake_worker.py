@@ -30,6 +30,7 @@ class FakeWorker:
     explain: dict[str, Any] | None = None
     """The ``/explain`` reply; None: no such page (an older worker)."""
     explained: list[str] = field(default_factory=list)
+    stats_reads: int = 0
     port: int = 0
 
     @property
@@ -60,6 +61,7 @@ class FakeWorker:
             return web.Response(text=self.metrics())
 
         async def stats(request: web.Request) -> web.Response:
+            self.stats_reads += 1
             return web.json_response(self.stats)
 
         async def explain(request: web.Request) -> web.Response:

@@ -20,6 +20,7 @@ from tests.dashboard.fake_worker import FakeWorker, serving
 def patient(monkeypatch: pytest.MonkeyPatch) -> None:
     """A slow answer on a busy test machine must not count as a worker that is down."""
     monkeypatch.setattr(collector_module, "HTTP_TIMEOUT_S", 10.0)
+    monkeypatch.setattr(collector_module, "STATS_EVERY_S", 0.0)  # /stats at every poll unless a test says otherwise
 
 
 def make_collector(*workers: FakeWorker) -> Collector:
@@ -245,3 +246,31 @@ def test_user_lookup_lists_titles_and_asks_the_worker_that_holds_the_user() -> N
     assert newer["explain"]["recent_items"][0]["title"] == "Espresso beans"
     assert nobody["recommendation"] is None
     assert calls == ["u7", "u7", "u8"]
+
+
+def test_stats_are_read_less_often_than_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    """/stats costs the worker a pass over its table: every STATS_EVERY_S, its last answer kept in between."""
+    monkeypatch.setattr(collector_module, "STATS_EVERY_S", 10.0)
+
+    async def go() -> tuple[FakeWorker, dict[str, Any]]:
+        a = FakeWorker(
+            stats={"assigned_partitions": [1], "online_quality": {"k": 5, "scored": 0, "recall": 0, "ndcg": 0}}
+        )
+        async with serving(a):
+            c = make_collector(a)
+
+            def later() -> None:
+                a.events += 10
+                a.stats = {
+                    "assigned_partitions": [2],
+                    "online_quality": {"k": 5, "scored": 10, "recall": 0.5, "ndcg": 0.3},
+                }
+
+            await polls(c, [(0.0, lambda: None), (2.0, later), (4.0, lambda: None), (10.0, lambda: None)])
+            return a, c.overview()
+
+    worker, o = asyncio.run(go())
+    assert worker.stats_reads == 2  # at 0 s and 10 s; /metrics at every poll
+    assert o["series"]["events_per_s"][worker.url] == [None, 5.0, 0.0, 0.0]
+    assert o["workers"][0]["assigned_partitions"] == [2]
+    assert o["quality"]["recall"] == [None, None, None, 0.5]  # one delta, from the two reads of /stats

@@ -110,6 +110,7 @@ def wait(check: Any, what: str) -> Any:
 def page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Running]]:
     browser_paths()
     monkeypatch.setattr(collector_module, "POLL_S", 0.5)
+    monkeypatch.setattr(collector_module, "STATS_EVERY_S", 1.0)
     with Running() as running, chrome(tmp_path) as driver:
         driver.get(address(running.settings))
         yield driver, running

@@ -68,10 +68,11 @@
     target.dataset.points = String(countPoints(data));
   }
 
-  function timeChart(id, t, named, unit) {
+  // spanGaps: join the points across polls without a value (quality comes with /stats, read less often).
+  function timeChart(id, t, named, unit, spanGaps) {
     const labels = Object.keys(named);
     const data = [t].concat(labels.map((l) => named[l]));
-    draw(id, labels, data, { opts: { axes: [{}, { size: 56, label: unit || "" }] } });
+    draw(id, labels, data, { opts: { axes: [{}, { size: 56, label: unit || "" }] }, series: { spanGaps: !!spanGaps } });
   }
 
   function latencyBars(hist) {
@@ -149,7 +150,7 @@
     $("chart-quality").hidden = !q.available;
     $("quality-k").textContent = q.k ? `k = ${q.k}` + (q.overall ? ` · since start: Recall ${fmt(q.overall.recall, num3)}, NDCG ${fmt(q.overall.ndcg, num3)} over ${fmt(q.overall.scored)} events` : "") : "";
     $("chart-quality").dataset.state = q.available ? "live" : "waiting";
-    if (q.available) timeChart("chart-quality", q.t, { [`Recall@${q.k}`]: q.recall, [`NDCG@${q.k}`]: q.ndcg }, "");
+    if (q.available) timeChart("chart-quality", q.t, { [`Recall@${q.k}`]: q.recall, [`NDCG@${q.k}`]: q.ndcg }, "", true);
 
     const w = o.weights;
     $("weights-source").textContent = w.source === "stats"
