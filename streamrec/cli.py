@@ -395,7 +395,11 @@ def dashboard(ctx: click.Context, host: str | None, port: int | None, workers: s
         settings = _settings(ctx).replace(**{k: v for k, v in given.items() if v is not None})
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
-    run_dashboard(settings)
+    try:
+        run_dashboard(settings)
+    except OSError as exc:  # the port is taken, or the address is not this machine's
+        web = settings.web
+        raise click.ClickException(f"cannot listen on {web.dashboard_host}:{web.dashboard_port}: {exc}") from None
 
 
 DEFAULT_TAOBAO = Path("../shared/datasets/taobao-userbehavior-sample/UserBehavior_head.csv")

@@ -52,7 +52,8 @@ POLL_MS = 200
 RESCAN_S = 10.0
 """How often the follower looks for topics or partitions that appeared since it started."""
 RETRY_S = 3.0
-"""Wait before reconnecting after a broker error."""
+RETRY_MAX_S = 30.0
+"""Wait before reconnecting after a broker error: RETRY_S, doubling while the broker stays away, up to this."""
 SIZE_EVERY_S = 2.0
 """How often topic end offsets (the topic table, events published per second) are read."""
 
@@ -278,18 +279,22 @@ class TopicFollower:
         self.error: str | None = None
 
     async def run(self) -> None:
+        wait = RETRY_S
         while True:
             consumer = make_consumer(self.kafka, fetch_max_wait_ms=self.kafka.follow_fetch_wait_ms)
             try:
                 await consumer.start()
+                wait = RETRY_S
                 await self._follow(consumer)
             except (KafkaError, OSError) as exc:
-                self.error = f"{type(exc).__name__}: {exc}"
-                log.warning("topic follower: %s; retrying in %.0fs", self.error, RETRY_S)
+                text = str(exc)
+                self.error = text if text.startswith(type(exc).__name__) else f"{type(exc).__name__}: {text}"
+                log.warning("topic follower: %s; retrying in %.0fs", self.error, wait)
             finally:
                 with contextlib.suppress(Exception):
                     await consumer.stop()
-            await asyncio.sleep(RETRY_S)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, RETRY_MAX_S)
 
     async def _scan(self, consumer: Any) -> bool:
         """Refresh partition lists; True when the followed partitions changed."""
