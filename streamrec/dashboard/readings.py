@@ -44,8 +44,8 @@ def _is_number(text: str) -> bool:
 
 def parse_samples(text: str) -> dict[str, float]:
     """A ``/metrics`` page's samples by full name (:func:`~streamrec.worker.telemetry.parse`), skipping any line
-    whose value is not a number instead of failing on the whole page (a labelled gauge with no label set, e.g.
-    consumer lag before partitions are assigned, renders as ``name None``)."""
+    whose value is not a number instead of failing on the whole page (older workers rendered a labelled family
+    with no label set, e.g. consumer lag before partitions are assigned, as ``name None``)."""
     kept = [
         line
         for line in text.splitlines()

@@ -45,17 +45,13 @@ def test_a_reading_holds_counters_lag_per_partition_and_the_latency_buckets() ->
     assert (r.worker_id, r.assigned_partitions) == ("w:1", [0])
 
 
-def test_a_labelled_gauge_without_labels_does_not_spoil_the_page() -> None:
-    """Before partitions are assigned the worker renders ``streamrec_consumer_lag None``: skip that line only."""
-    text = page(9, {}, [])
-    assert "streamrec_consumer_lag None" in text
-    with pytest.raises(ValueError):
-        from streamrec.worker.telemetry import parse
-
-        parse(text)
-    samples = parse_samples(text)
-    assert samples["streamrec_events_total"] == 9.0
-    assert not any(name.startswith("streamrec_consumer_lag{") for name in samples)
+def test_a_sample_that_is_not_a_number_does_not_spoil_the_page() -> None:
+    """Older workers rendered a labelled family with no label set (lag before any partition is assigned) as
+    ``name None``: that line is skipped, the rest of the page is read."""
+    text = "# TYPE streamrec_consumer_lag gauge\nstreamrec_consumer_lag None\nstreamrec_events_total 9\n"
+    assert parse_samples(text) == {"streamrec_events_total": 9.0}
+    r = WorkerReading.from_pages("u", 0.0, text, {})
+    assert (r.events_total, r.lag) == (9.0, {})
 
 
 def test_labels_are_split_and_unescaped() -> None:
