@@ -52,7 +52,7 @@ from streamrec.io.topics import load_topics
 from streamrec.model.events import Event, InvalidMessage, dumps, event_from_dict, loads_message
 from streamrec.model.itemstats import ItemUpdate, decode_updates
 from streamrec.model.profiles import applied_count
-from streamrec.model.ranker import SNAPSHOT_KEY_PREFIX, snapshot_key
+from streamrec.model.shared_model import SNAPSHOT_KEY_PREFIX, snapshot_key
 from streamrec.settings import Settings
 from streamrec.worker.core import TRIM_AFTER_EVENTS, CatalogUpdate, CoreBatch, CoreClient, CoreError
 from streamrec.worker.memory import release_free_memory, rss_bytes
