@@ -11,8 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from streamrec.model.numeric import segment_owners
-from streamrec.model.profiles import unit
+from streamrec.model.numeric import segment_owners, unit
 
 CANDIDATE_SOURCES = 3
 """Semantic, co-visited and popular: a pool holds at most this many times ``candidates_per_source`` rows."""

@@ -19,8 +19,8 @@ import numpy as np
 from streamrec.model.catalog import Catalog
 from streamrec.model.coembedding import CoEmbedding
 from streamrec.model.covisitation import CovisScores, covis_rank_table
-from streamrec.model.numeric import freshness, segment_owners
-from streamrec.model.profiles import UserProfile, unit
+from streamrec.model.numeric import decay, segment_owners, unit
+from streamrec.model.profiles import UserProfile
 from streamrec.model.ranker import FEATURES
 
 F_INDEX = {name: i for i, name in enumerate(FEATURES)}
@@ -101,7 +101,8 @@ def feature_matrix(
     x[:, F_INDEX["coemb"]] = coemb.similarity_many([u.coemb_vector for u in users], all_rows, seg)
     x[:, F_INDEX["price"]] = cat.price_feature[all_rows]
     item_ts = cat.item_ts[all_rows]
-    x[:, F_INDEX["freshness"]] = freshness(item_ts, now, freshness_half_life_s) * (item_ts > 0)
+    # 1 for an item published now, halving every half-life; items from the future count as new, unknown dates as 0
+    x[:, F_INDEX["freshness"]] = decay(now - item_ts, freshness_half_life_s) * (item_ts > 0)
     start = 0
     for user, r in zip(users, rows, strict=True):
         end = start + len(r)

@@ -1,9 +1,20 @@
-"""Small numeric helpers the model's modules share: exponential decay, the decayed counters' clock, segments.
+"""The model's shared arithmetic: exponential decay, the decayed counters' clock, unit vectors, segments.
 
-Kept in one place so that every part of the model decays, normalises and segments the same way.
+One definition of each, so that profiles, popularity, co-visitation and freshness all decay by the same formula.
+
+>>> decay(10.0, 10.0), decay(-5.0, 10.0), decay(np.array([0.0, 20.0]), 10.0).tolist()
+(0.5, 1.0, [1.0, 0.25])
+>>> clock = DecayClock(half_life_s=10.0)
+>>> clock.growth(0.0), clock.growth(20.0)  # the first time seen is the origin
+(1.0, 4.0)
+>>> unit(np.array([3.0, 4.0])).tolist(), unit(np.zeros(2)).tolist()
+([0.6, 0.8], [0.0, 0.0])
 """
 
 from __future__ import annotations
+
+import math
+from typing import overload
 
 import numpy as np
 
@@ -13,6 +24,33 @@ GROWTH_LOG2_BOUND = 4 * RESCALE_LOG2
 """``g(t)`` is clamped to 2^±240: an event or a read hundreds of half-lives away from the clock's origin (a stray
 ``ts`` of 0 among current ones, a far-future ``ts``) then weighs next to nothing, instead of overflowing
 (OverflowError) or underflowing to a zero divisor — either of which used to crash the worker's core."""
+
+
+@overload
+def halvings(n: float) -> float: ...
+@overload
+def halvings(n: np.ndarray) -> np.ndarray: ...
+def halvings(n: float | np.ndarray) -> float | np.ndarray:
+    """``0.5^n``: what is left of a quantity after ``n`` half-lives (``n < 0``: grown by ``2^-n``).
+
+    The one exponential of every decay here: a float goes through Python's ``**`` (libm's ``pow``), an array
+    through numpy's ``power``; ``halvings(-x)`` is bit for bit ``2.0 ** x``.
+    """
+    return 0.5**n
+
+
+@overload
+def decay(age: float, half_life: float) -> float: ...
+@overload
+def decay(age: np.ndarray, half_life: float) -> np.ndarray: ...
+def decay(age: float | np.ndarray, half_life: float) -> float | np.ndarray:
+    """The factor exponential decay with ``half_life`` applies over ``age`` (seconds): ``0.5^(age/half_life)``.
+
+    Ages ≤ 0 give 1 (nothing grows backwards: an event or item from the future counts as now). Floats or arrays.
+    """
+    if isinstance(age, np.ndarray):
+        return halvings(np.maximum(age, 0.0) / half_life)
+    return 1.0 if age <= 0.0 else float(halvings(age / half_life))
 
 
 class DecayClock:
@@ -28,7 +66,8 @@ class DecayClock:
         return (ts - self.t0) / self.half_life_s
 
     def growth(self, ts: float) -> float:
-        return float(2.0 ** min(max(self.log2_growth(ts), -GROWTH_LOG2_BOUND), GROWTH_LOG2_BOUND))
+        """``2^((ts - t0)/half_life)``, the inverse of :func:`decay` (clamped to 2^±:data:`GROWTH_LOG2_BOUND`)."""
+        return float(halvings(-min(max(self.log2_growth(ts), -GROWTH_LOG2_BOUND), GROWTH_LOG2_BOUND)))
 
     def needs_rescale(self, ts: float) -> bool:
         return self.log2_growth(ts) > RESCALE_LOG2
@@ -45,7 +84,7 @@ def segment_owners(lens: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(len(lens), dtype=np.int64), lens)
 
 
-def freshness(item_ts: np.ndarray, now: float, half_life_s: float) -> np.ndarray:
-    """1 for an item published now, halving every ``half_life_s``; items from the future count as new."""
-    age = np.maximum(now - item_ts, 0.0)
-    return np.power(0.5, age / half_life_s)
+def unit(v: np.ndarray) -> np.ndarray:
+    """``v`` scaled to unit length (zeros stay zeros)."""
+    n = math.sqrt(float(v @ v))  # what np.linalg.norm computes for a 1-D vector, without its overhead
+    return v / n if n > 0.0 else v

@@ -25,8 +25,9 @@ from streamrec.model.covisitation import CoVisitation, CovisScores
 from streamrec.model.events import ITEM_EVENT_TYPES, Event, ItemEmbedding
 from streamrec.model.features import ItemState, UserContext, feature_matrix, taste
 from streamrec.model.itemstats import ItemUpdate
+from streamrec.model.numeric import unit
 from streamrec.model.offers import OfferCache
-from streamrec.model.profiles import ProfileStore, UserProfile, apply_event, unit
+from streamrec.model.profiles import ProfileStore, UserProfile, apply_event
 from streamrec.model.ranker import FEATURES, FusionRanker
 from streamrec.settings import Settings
 

@@ -16,18 +16,12 @@ from streamrec.model.profiles import (
     applied_count,
     apply_event,
     category_affinity,
-    decay_factor,
 )
 from streamrec.settings import Settings
 
 S = Settings.of(embedding_dim=3, recent_items=3, max_categories=2, profile_half_life_s=10.0, intent_half_life_s=1.0)
 E1 = np.array([1.0, 0.0, 0.0], np.float32)
 E2 = np.array([0.0, 1.0, 0.0], np.float32)
-
-
-def test_decay_halves_per_half_life() -> None:
-    assert decay_factor(10.0, 10.0) == pytest.approx(0.5)
-    assert decay_factor(-5.0, 10.0) == 1.0
 
 
 def test_weighted_decayed_sum_and_intent() -> None:
