@@ -105,6 +105,22 @@ class BatchResult:
     item_updates: list[ItemUpdate] = field(default_factory=list)
     """What the batch taught the item statistics (recorded when ``share_item_stats``), for the peers."""
 
+    def merge(self, other: BatchResult) -> None:
+        """Add the result of the next part of the same batch: its lists, forgotten users and item updates follow
+        these, its counts and loss add up.
+
+        >>> a = BatchResult(applied=2, loss=0.5, forgotten=["u"], item_updates=[ItemUpdate("x", (), 1.0, 1.0)])
+        >>> a.merge(BatchResult([], 1, 1, 0.25, ["v"], [ItemUpdate("y", ("x",), 3.0, 2.0)]))
+        >>> a.applied, a.duplicates, a.loss, a.forgotten, [u.item_id for u in a.item_updates]
+        (3, 1, 0.75, ['u', 'v'], ['x', 'y'])
+        """
+        self.recommendations += other.recommendations
+        self.applied += other.applied
+        self.duplicates += other.duplicates
+        self.loss += other.loss
+        self.forgotten += other.forgotten
+        self.item_updates += other.item_updates
+
 
 @dataclass(slots=True)
 class _Example:
@@ -468,14 +484,9 @@ class Recommender:
         start = 0
         for idx in [*forgets, len(events)]:
             if idx > start:
-                part = self._process_run(
-                    events[start:idx], store, positions[start:idx] if positions is not None else None
+                total.merge(
+                    self._process_run(events[start:idx], store, positions[start:idx] if positions is not None else None)
                 )
-                total.recommendations += part.recommendations
-                total.applied += part.applied
-                total.duplicates += part.duplicates
-                total.loss += part.loss
-                total.item_updates += part.item_updates
             if idx < len(events):
                 user_id = events[idx].user_id
                 self.forget(user_id, store)
