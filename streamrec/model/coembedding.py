@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from streamrec.model.catalog import INITIAL_CAPACITY
+from streamrec.model.numeric import sigmoid
 from streamrec.settings import RetrievalSettings
 
 COEMB_INIT_SCALE = 0.1
@@ -79,7 +80,7 @@ class CoEmbedding:
         labels[: len(ctx)] = 1.0
         vc = self.vectors[centre]
         vo = self.vectors[other]
-        g = (self.lr * (labels - _sigmoid(np.einsum("nd,nd->n", vc, vo))))[:, None]
+        g = (self.lr * (labels - sigmoid(np.einsum("nd,nd->n", vc, vo))))[:, None]
         np.add.at(self.vectors, centre, g * vo)
         np.add.at(self.vectors, other, g * vc)
 
@@ -106,7 +107,3 @@ class CoEmbedding:
         dots = np.einsum("nd,nd->n", v, user_vecs[seg[known]])
         out[known] = dots / np.maximum(np.linalg.norm(v, axis=1), 1e-12)
         return out
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(x, -30.0, 30.0)))

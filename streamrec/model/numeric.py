@@ -1,4 +1,4 @@
-"""The model's shared arithmetic: exponential decay, the decayed counters' clock, unit vectors, segments.
+"""The model's shared arithmetic: exponential decay, the decayed counters' clock, sigmoid, unit vectors, segments.
 
 One definition of each, so that profiles, popularity, co-visitation and freshness all decay by the same formula.
 
@@ -77,6 +77,11 @@ class DecayClock:
         factor = 1.0 / self.growth(ts)
         self.t0 = ts
         return factor
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """The logistic function ``1/(1 + e^-x)``, written ``(1 + tanh(x/2))/2``: it cannot overflow, so needs no clip."""
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
 def segment_owners(lens: np.ndarray) -> np.ndarray:

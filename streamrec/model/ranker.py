@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from streamrec.model.numeric import sigmoid
 from streamrec.settings import RankerSettings
 
 FEATURES: tuple[str, ...] = (
@@ -88,10 +89,6 @@ def _reason_table(top: int) -> dict[int, tuple[str, ...]]:
 
 RMS_EPS = 1e-8
 DENOM_EPS = 1e-6
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
 class FusionRanker:
@@ -171,7 +168,7 @@ class FusionRanker:
         loss = float((np.logaddexp(0.0, -margin) * pair_w).sum()) + 0.5 * self.cfg.l2 * float(theta @ theta)
         # d softplus(-m)/dm = -sigmoid(-m); the L2 part is applied as plain (decoupled) weight decay, so
         # features that rarely fire (e.g. search similarity) are not normalised into fast shrinkage
-        grad = -np.einsum("bm,bmf->f", _sigmoid(-margin) * pair_w, diff)
+        grad = -np.einsum("bm,bmf->f", sigmoid(-margin) * pair_w, diff)
         step = np.float32(self.cfg.learning_rate) * (self._scale(grad) + np.float32(self.cfg.l2) * theta)
         self._weights_np = (theta - step).astype(np.float32)
         self.steps += 1

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamrec.model.numeric import DecayClock, decay, halvings, segment_owners, unit
+from streamrec.model.numeric import DecayClock, decay, halvings, segment_owners, sigmoid, unit
 
 
 def test_decay_clock_rescale_keeps_ratios() -> None:
@@ -37,3 +37,11 @@ def test_unit_and_segment_owners() -> None:
     assert unit(v).tolist() == pytest.approx([0.6, 0.0, 0.8]) and unit(v).dtype == np.float32
     assert unit(np.zeros(3)).tolist() == [0.0, 0.0, 0.0]
     assert segment_owners(np.array([2, 0, 3])).tolist() == [0, 0, 2, 2, 2]
+
+
+def test_sigmoid_is_the_logistic_function_and_cannot_overflow() -> None:
+    x = np.linspace(-20.0, 20.0, 81)
+    np.testing.assert_allclose(sigmoid(x), 1.0 / (1.0 + np.exp(-x)), rtol=1e-12, atol=1e-15)
+    with np.errstate(all="raise"):  # no overflow warning, where 1/(1 + e^-x) needed a clip
+        extreme = sigmoid(np.array([-1e4, -100.0, 0.0, 100.0, 1e4], np.float32))
+    assert extreme.tolist() == [0.0, 0.0, 0.5, 1.0, 1.0] and extreme.dtype == np.float32
