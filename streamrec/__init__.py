@@ -27,6 +27,7 @@ _PUBLIC = {
     "DictProfileStore": "streamrec.model.profiles",
     "ProfileStore": "streamrec.model.profiles",
     "FusionRanker": "streamrec.model.ranker",
+    "SharedModel": "streamrec.model.shared_model",
     "Recommender": "streamrec.model.recommender",
     "Recommendation": "streamrec.model.recommender",
     "TextEncoder": "streamrec.encoding.encoder",

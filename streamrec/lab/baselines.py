@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from streamrec.model.catalog import Catalog
+from streamrec.model.covisitation import CoVisitation
 from streamrec.model.events import Event, ItemEmbedding
-from streamrec.model.profiles import UserProfile, apply_event, unit
-from streamrec.model.retrieval import Catalog, CoVisitation, DecayClock
+from streamrec.model.numeric import DecayClock, unit
+from streamrec.model.profiles import UserProfile, apply_event
 from streamrec.settings import Settings
 
 RECENT_ITEMS = 20

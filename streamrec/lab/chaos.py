@@ -36,7 +36,7 @@ from streamrec.lab.broker import LocalBroker, free_port
 from streamrec.lab.processes import Service, wait_for_services, worker_stats
 from streamrec.model.events import dumps
 from streamrec.model.profiles import UserProfile
-from streamrec.model.ranker import snapshot_key
+from streamrec.model.shared_model import snapshot_key
 from streamrec.settings import Settings
 from streamrec.worker.profile_table import changelog_topic
 

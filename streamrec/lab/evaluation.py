@@ -9,7 +9,7 @@ with that item); all events are reported as a secondary metric.
 With ``workers > 1`` streamrec runs as that many workers would in a deployment
 (:class:`ShardedStreamrecSystem`): each user's events go to the worker holding the user's partition (Kafka's
 key hash), each worker has its own catalogue index, co-visitation, popularity and profiles, and the workers'
-rankers are kept one model by exchanging contributions with :class:`~streamrec.model.ranker.SharedModel`.
+rankers are kept one model by exchanging contributions with :class:`~streamrec.model.shared_model.SharedModel`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from streamrec.lab.baselines import CooccurrenceBaseline, OnlineMFBaseline, Popu
 from streamrec.model.events import ITEM_EVENT_TYPES, Event, Item, ItemEmbedding, event_from_dict, item_from_dict
 from streamrec.model.metrics import PrequentialScore, hit_rank
 from streamrec.model.profiles import DictProfileStore, UserProfile
-from streamrec.model.ranker import SharedModel
 from streamrec.model.recommender import Recommender
+from streamrec.model.shared_model import SharedModel
 from streamrec.settings import Settings
 
 DEFAULT_WINDOWS = 20

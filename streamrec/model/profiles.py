@@ -20,45 +20,34 @@ True
 
 from __future__ import annotations
 
-import base64
-import math
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import orjson
 
 from streamrec.model.events import Event
+from streamrec.model.numeric import decay
 from streamrec.settings import ProfileSettings
 
-FLOAT16_DTYPE = np.float16
-"""Vectors of format 1 (base64) and format 2 (raw) records."""
 FORMAT_VERSION = 3
-FLOAT16_FORMAT = 2
+"""The one format written and read (formats 1 and 2 were pre-release and are refused)."""
 MAGIC = b"\xa7"
-"""First byte of a binary profile: never ``{``, which starts a format-1 (JSON) one."""
+"""First byte of a stored profile."""
 HEADER = struct.Struct("<cBQdH")
 """magic, format version, applied events, last event time, embedding dimension."""
 SCALES = struct.Struct("<ff")
-"""Format 3: the largest absolute component of the long-term and of the intent vector."""
-READABLE_FORMATS = (FLOAT16_FORMAT, FORMAT_VERSION)
-"""Binary formats :meth:`UserProfile.from_bytes` reads (format 1 is JSON and recognised by its first byte)."""
+"""The largest absolute component of the long-term and of the intent vector."""
 INT8_LEVELS = 127
-"""Format 3 stores each component as round(v / max|v| · 127): a quarter of float32, and rounding every vector on
+"""Each component is stored as round(v / max|v| · 127): a quarter of float32, and rounding every vector on
 every write cost nothing measurable (batched replay, 30k rows: MovieLens and Taobao hits within ±0.6%)."""
 
 
-def decay_factor(dt: float, half_life: float) -> float:
-    """Multiplier that ages a quantity by ``dt`` seconds under exponential decay with ``half_life``."""
-    if dt <= 0.0:
-        return 1.0
-    return float(0.5 ** (dt / half_life))
-
-
 class ProfileFormatError(ValueError):
-    """A stored profile this version of streamrec cannot read (written by a newer one, or not a profile)."""
+    """A stored profile this version of streamrec cannot read (written by a newer or a pre-release one, or not
+    a profile)."""
 
 
 @dataclass(slots=True)
@@ -103,50 +92,18 @@ class UserProfile:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> UserProfile:
-        """A profile from any format this version wrote or reads (1, 2, 3); :class:`ProfileFormatError` otherwise.
+        """A profile from its stored record (format 3); :class:`ProfileFormatError` for anything else.
 
-        A record in an unknown format is refused rather than guessed at: after a rollback, a newer worker's
+        A record in another format is refused rather than guessed at: after a rollback, a newer worker's
         records would otherwise be read with the wrong layout and silently corrupt the user's state.
         """
-        if raw[:1] == b"{":
-            return cls._from_json(raw)
-        if raw[:1] != MAGIC or len(raw) < HEADER.size:
-            raise ProfileFormatError(f"not a stored profile: starts with {bytes(raw[:8])!r}")
-        _, version, events, last_ts, dim = HEADER.unpack_from(raw)
-        if version not in READABLE_FORMATS:
-            raise ProfileFormatError(
-                f"profile format {version} is not one this streamrec reads (1, {FLOAT16_FORMAT}, {FORMAT_VERSION}):"
-                " it was written by a newer version; run that version, or remove the user's profile to start afresh"
-            )
+        events, last_ts, dim = _header(raw)
         start = HEADER.size
-        if version == FLOAT16_FORMAT:
-            width = dim * np.dtype(FLOAT16_DTYPE).itemsize
-            long_term = np.frombuffer(raw, FLOAT16_DTYPE, dim, start).astype(np.float32)
-            intent = np.frombuffer(raw, FLOAT16_DTYPE, dim, start + width).astype(np.float32)
-            end = start + 2 * width
-        else:
-            long_scale, intent_scale = SCALES.unpack_from(raw, start)
-            start += SCALES.size
-            long_term = _dequantise(np.frombuffer(raw, np.int8, dim, start), long_scale)
-            intent = _dequantise(np.frombuffer(raw, np.int8, dim, start + dim), intent_scale)
-            end = start + 2 * dim
-        lists = orjson.loads(memoryview(raw)[end:])
-        return cls._with_lists(lists, long_term, intent, last_ts, events)
-
-    @classmethod
-    def _from_json(cls, raw: bytes) -> UserProfile:
-        """Format 1 (all JSON, vectors in base64), still read from changelogs written before format 2."""
-        d = orjson.loads(raw)
-        return cls._with_lists(d, _unpack_b64(d["l"]), _unpack_b64(d["i"]), d["t"], d["n"])
-
-    @classmethod
-    def _with_lists(
-        cls, d: dict[str, Any], long_term: np.ndarray, intent: np.ndarray, last_ts: float, events: int
-    ) -> UserProfile:
-        """A profile from its vectors and counters plus the JSON part both formats share (id and lists).
-
-        Records written before the last offered list moved out of the profile still carry it (``"s"``): ignored.
-        """
+        long_scale, intent_scale = SCALES.unpack_from(raw, start)
+        start += SCALES.size
+        long_term = _dequantise(np.frombuffer(raw, np.int8, dim, start), long_scale)
+        intent = _dequantise(np.frombuffer(raw, np.int8, dim, start + dim), intent_scale)
+        d = orjson.loads(memoryview(raw)[start + 2 * dim :])
         return cls(
             user_id=d["u"],
             long_term=long_term,
@@ -167,10 +124,31 @@ class UserProfile:
 
 
 def applied_count(raw: bytes) -> int:
-    """How many events a serialised profile has applied, read from its header (format 1: parsed)."""
-    if raw[:1] == b"{":
-        return int(orjson.loads(raw)["n"])
-    return int(HEADER.unpack_from(raw)[2])
+    """How many events a stored profile has applied, read from its header; :class:`ProfileFormatError` for a
+    record :meth:`UserProfile.from_bytes` would refuse."""
+    return _header(raw)[0]
+
+
+def _header(raw: bytes) -> tuple[int, float, int]:
+    """(applied events, last event time, embedding dimension) of a format-3 record, or :class:`ProfileFormatError`
+    saying why the record is not one."""
+    if raw[:1] != MAGIC or len(raw) < HEADER.size:
+        raise ProfileFormatError(
+            "not a stored profile (format-1 JSON profiles were pre-release and are no longer read):"
+            f" starts with {bytes(raw[:8])!r}"
+        )
+    _, version, events, last_ts, dim = HEADER.unpack_from(raw)
+    if version < FORMAT_VERSION:
+        raise ProfileFormatError(
+            f"profile format {version} is from a pre-release streamrec and no longer read (only format"
+            f" {FORMAT_VERSION}): remove the user's profile to start afresh"
+        )
+    if version > FORMAT_VERSION:
+        raise ProfileFormatError(
+            f"profile format {version} is not one this streamrec reads (only format {FORMAT_VERSION}): it was"
+            " written by a newer version; run that version, or remove the user's profile to start afresh"
+        )
+    return int(events), float(last_ts), int(dim)
 
 
 def _quantise(v: np.ndarray) -> tuple[float, bytes]:
@@ -186,10 +164,6 @@ def _dequantise(q: np.ndarray, peak: float) -> np.ndarray:
     """The int8 components back as float32; the largest comes back as exactly ``peak``, so a profile read and
     written unchanged gives the same bytes."""
     return (q.astype(np.float32) / np.float32(INT8_LEVELS)) * np.float32(peak)
-
-
-def _unpack_b64(s: str) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(s), dtype=FLOAT16_DTYPE).astype(np.float32)
 
 
 def _push_bounded(seq: list[str], value: str, limit: int) -> None:
@@ -218,8 +192,8 @@ def apply_event(
     if profile.already_applied(partition, offset):
         return False
     dt = event.ts - profile.last_ts if profile.events else 0.0
-    long_decay = decay_factor(dt, cfg.profile_half_life_s)
-    intent_decay = decay_factor(dt, cfg.intent_half_life_s)
+    long_decay = decay(dt, cfg.profile_half_life_s)
+    intent_decay = decay(dt, cfg.intent_half_life_s)
     weight = cfg.event_weight(event.type)
     profile.long_term *= long_decay
     profile.intent *= intent_decay
@@ -253,12 +227,6 @@ def category_affinity(profile: UserProfile, categories: Iterable[str | None]) ->
     if total <= 0.0:
         return np.zeros(len(list(categories)) if not isinstance(categories, list) else len(categories))
     return np.array([cats.get(c, 0.0) / total if c is not None else 0.0 for c in categories], dtype=np.float32)
-
-
-def unit(v: np.ndarray) -> np.ndarray:
-    """``v`` scaled to unit length (zeros stay zeros)."""
-    n = math.sqrt(float(v @ v))  # what np.linalg.norm computes for a 1-D vector, without its overhead
-    return v / n if n > 0.0 else v
 
 
 class ProfileStore(Protocol):

@@ -10,7 +10,6 @@ co-embeddings), and (5) retrieves and ranks candidates for all touched users wit
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -19,89 +18,22 @@ from typing import Any
 
 import numpy as np
 
+from streamrec.model.candidates import CANDIDATE_SOURCES, candidate_pools, retrieval_queries
+from streamrec.model.catalog import Catalog
+from streamrec.model.coembedding import CoEmbedding
+from streamrec.model.covisitation import CoVisitation, CovisScores
 from streamrec.model.events import ITEM_EVENT_TYPES, Event, ItemEmbedding
+from streamrec.model.features import ItemState, UserContext, feature_matrix, taste
 from streamrec.model.itemstats import ItemUpdate
+from streamrec.model.numeric import unit
 from streamrec.model.offers import OfferCache
-from streamrec.model.profiles import ProfileStore, UserProfile, apply_event, unit
+from streamrec.model.profiles import ProfileStore, UserProfile, apply_event
 from streamrec.model.ranker import FEATURES, FusionRanker
-from streamrec.model.retrieval import (
-    Catalog,
-    CoEmbedding,
-    CoVisitation,
-    CovisScores,
-    covis_rank_table,
-    freshness,
-    segment_owners,
-)
 from streamrec.settings import Settings
 
 QueryEncoder = Callable[[Sequence[str]], np.ndarray]
-F_INDEX = {name: i for i, name in enumerate(FEATURES)}
 SEARCH_KIND = "search"
 BEHAVIOUR_KIND = "behaviour"
-CANDIDATE_SOURCES = 3
-"""Semantic, co-visited and popular: a pool holds at most this many times ``candidates_per_source`` rows."""
-
-
-def candidate_pools(
-    semantic: np.ndarray, covisited: Sequence[np.ndarray], popular: np.ndarray, excluded: Sequence[Sequence[int]]
-) -> list[np.ndarray]:
-    """Each user's candidate rows: the sorted union of their semantic hits (``-1``: none), co-visited rows and
-    the popular rows, less their excluded rows — for a whole batch in a few array operations, not per user.
-
-    >>> pools = candidate_pools(np.array([[5, 1], [2, -1]]), [np.array([1, 7]), np.array([], np.int64)],
-    ...                         np.array([9]), [[7], []])
-    >>> [p.tolist() for p in pools]
-    [[1, 5, 9], [2, 9]]
-    """
-    n = len(covisited)
-    if n == 0:
-        return []
-    cov_lens = np.fromiter(map(len, covisited), np.int64, n)
-    cov = np.full((n, int(cov_lens.max(initial=0))), -1, np.int64)
-    cov[np.arange(cov.shape[1])[None, :] < cov_lens[:, None]] = np.concatenate([np.zeros(0, np.int64), *covisited])
-    pooled = np.concatenate(
-        [
-            semantic.astype(np.int64, copy=False).reshape(n, -1),
-            cov,
-            np.broadcast_to(popular.astype(np.int64, copy=False), (n, len(popular))),
-        ],
-        axis=1,
-    )
-    pooled.sort(axis=1)
-    keep = pooled >= 0
-    keep[:, 1:] &= pooled[:, 1:] != pooled[:, :-1]
-    ex_lens = np.fromiter(map(len, excluded), np.int64, n)
-    if ex_lens.any():
-        ex_rows = np.fromiter((r for rs in excluded for r in rs), np.int64, int(ex_lens.sum()))
-        width = int(max(pooled.max(initial=-1), ex_rows.max())) + 1
-        banned = np.sort(segment_owners(ex_lens) * width + ex_rows)
-        keys = np.arange(n, dtype=np.int64)[:, None] * width + pooled
-        at = np.minimum(np.searchsorted(banned, keys), len(banned) - 1)
-        keep &= banned[at] != keys
-    rows = pooled[keep]
-    bounds = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).tolist()
-    return [rows[a:b] for a, b in itertools.pairwise(bounds)]
-
-
-def keyed_lookup(tables: Sequence[tuple[np.ndarray, np.ndarray | float]], keys: np.ndarray) -> np.ndarray:
-    """Value of each of ``keys`` in the union of (keys, values) tables, 0 where absent (keys unique)."""
-    out = np.zeros(len(keys), np.float32)
-    parts = [
-        (k, v.astype(np.float32, copy=False) if isinstance(v, np.ndarray) else np.full(len(k), v, np.float32))
-        for k, v in tables
-        if len(k)
-    ]
-    if not parts or not len(keys):
-        return out
-    table_keys = np.concatenate([k for k, _ in parts])
-    table_vals = np.concatenate([v for _, v in parts])
-    order = np.argsort(table_keys)
-    table_keys = table_keys[order]
-    pos = np.searchsorted(table_keys, keys).clip(max=len(table_keys) - 1)
-    hit = table_keys[pos] == keys
-    out[hit] = table_vals[order[pos[hit]]]
-    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,29 +105,21 @@ class BatchResult:
     item_updates: list[ItemUpdate] = field(default_factory=list)
     """What the batch taught the item statistics (recorded when ``share_item_stats``), for the peers."""
 
+    def merge(self, other: BatchResult) -> None:
+        """Add the result of the next part of the same batch: its lists, forgotten users and item updates follow
+        these, its counts and loss add up.
 
-@dataclass(slots=True)
-class UserContext:
-    """One user's side of the features: profile, recent item rows, co-visited items, query, co-embedding."""
-
-    profile: UserProfile
-    seeds: list[int]
-    covis: CovisScores
-    taste: np.ndarray
-    """(2, D): the unit long-term and intent vectors."""
-    categories: dict[str, float]
-    """The user's decayed category weights."""
-    query_vector: np.ndarray | None = None
-    coemb_vector: np.ndarray | None = None
-
-
-@dataclass(slots=True)
-class ItemState:
-    """Item-side features that later events of a batch change in place, captured when a training example was
-    taken (co-embeddings change only after the batch's step, so they are read when featurising)."""
-
-    popularity: np.ndarray
-    codes: np.ndarray
+        >>> a = BatchResult(applied=2, loss=0.5, forgotten=["u"], item_updates=[ItemUpdate("x", (), 1.0, 1.0)])
+        >>> a.merge(BatchResult([], 1, 1, 0.25, ["v"], [ItemUpdate("y", ("x",), 3.0, 2.0)]))
+        >>> a.applied, a.duplicates, a.loss, a.forgotten, [u.item_id for u in a.item_updates]
+        (3, 1, 0.75, ['u', 'v'], ['x', 'y'])
+        """
+        self.recommendations += other.recommendations
+        self.applied += other.applied
+        self.duplicates += other.duplicates
+        self.loss += other.loss
+        self.forgotten += other.forgotten
+        self.item_updates += other.item_updates
 
 
 @dataclass(slots=True)
@@ -266,13 +190,8 @@ class Recommender:
         self, profile: UserProfile, seeds: list[int], covis: CovisScores, query_vector: np.ndarray | None
     ) -> UserContext:
         return UserContext(
-            profile, seeds, covis, self._taste(profile), profile.categories, query_vector, self.coemb.user_vector(seeds)
+            profile, seeds, covis, taste(profile), profile.categories, query_vector, self.coemb.user_vector(seeds)
         )
-
-    @staticmethod
-    def _taste(profile: UserProfile) -> np.ndarray:
-        """(2, D): the user's unit long-term and intent vectors (a copy: later events change the profile's)."""
-        return np.stack([unit(profile.long_term), unit(profile.intent)])
 
     def features(
         self, profile: UserProfile, rows: np.ndarray, now: float, query_vector: np.ndarray | None = None
@@ -287,66 +206,12 @@ class Recommender:
         now: float | np.ndarray,
         items: ItemState | None = None,
     ) -> np.ndarray:
-        """Feature matrices of several users' candidates, stacked: (sum of len(rows), F).
+        """Feature matrices of several users' candidates, stacked: (sum of len(rows), F) (see :mod:`.features`).
 
-        Item attributes are the same for every user, and the per-user lookups (co-visitation rank, category
-        share, seen, co-embedding) are keyed by (user, row) and done for the whole batch in one call each;
-        only the similarities to the user's vectors are a gather and a small matrix product per user.
         Training examples pass ``now`` per row and the item-side state captured with them (``items``).
         """
-        cat = self.catalog
-        n_users = len(users)
-        lens = np.fromiter((len(r) for r in rows), np.int64, n_users)
-        all_rows = np.concatenate(rows).astype(np.int64) if n_users else np.zeros(0, np.int64)
-        seg = segment_owners(lens)
-        x = np.zeros((len(all_rows), len(FEATURES)), np.float32)
-        if items is None:
-            items = ItemState(cat.relative_popularity(all_rows, float(now)), cat.category[all_rows])
-        x[:, F_INDEX["popularity"]] = items.popularity
-        x[:, F_INDEX["coemb"]] = self.coemb.similarity_many([u.coemb_vector for u in users], all_rows, seg)
-        x[:, F_INDEX["price"]] = cat.price_feature[all_rows]
-        item_ts = cat.item_ts[all_rows]
-        x[:, F_INDEX["freshness"]] = freshness(item_ts, now, self.settings.retrieval.freshness_half_life_s) * (
-            item_ts > 0
-        )
-        start = 0
-        for user, r in zip(users, rows, strict=True):
-            end = start + len(r)
-            vecs = cat.vectors[r]
-            x[start:end, F_INDEX["sim_long"] : F_INDEX["sim_intent"] + 1] = vecs @ user.taste.T
-            if user.query_vector is not None:
-                x[start:end, F_INDEX["sim_query"]] = vecs @ user.query_vector
-            start = end
-        # (user, row) keys: one sorted lookup per feature for the whole batch
-        width = len(cat) + 1
-        keys = seg * width + all_rows
-        x[:, F_INDEX["covisit"]] = keyed_lookup([covis_rank_table([user.covis for user in users], width)], keys)
-        seed_lens = np.fromiter((len(user.seeds) for user in users), np.int64, n_users)
-        seen = np.fromiter(itertools.chain.from_iterable(user.seeds for user in users), np.int64, int(seed_lens.sum()))
-        x[:, F_INDEX["seen"]] = keyed_lookup([(segment_owners(seed_lens) * width + seen, 1.0)], keys)
-        x[:, F_INDEX["category"]] = self._category_share(users, seg, items.codes)
-        return x
-
-    def _category_share(self, users: Sequence[UserContext], seg: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        """Each candidate's category's share of its user's (decayed) category weight."""
-        cat = self.catalog
-        width = len(cat.category_names) + 1  # codes shifted by one: NO_CATEGORY (-1) -> 0
-        code_of = cat.category_code
-        keys: list[int] = []
-        shares: list[float] = []
-        for u, user in enumerate(users):
-            weights = user.categories
-            total = sum(weights.values())
-            if total <= 0.0:
-                continue
-            base = u * width + 1
-            for name, w in weights.items():
-                code = code_of.get(name)
-                if code is not None:
-                    keys.append(base + code)
-                    shares.append(w / total)
-        table = (np.array(keys, np.int64), np.array(shares, np.float32))
-        return keyed_lookup([table], seg * width + codes.astype(np.int64) + 1)
+        half_life = self.settings.retrieval.freshness_half_life_s
+        return feature_matrix(self.catalog, self.coemb, users, rows, now, half_life, items)
 
     def _rows(self, item_ids: Sequence[str]) -> list[int]:
         row_of = self.catalog.row_of
@@ -426,7 +291,7 @@ class Recommender:
         return _Example(
             profile,
             self._rows(profile.recent),
-            self._taste(profile),
+            taste(profile),
             dict(profile.categories),
             rows,
             event.ts,
@@ -531,12 +396,9 @@ class Recommender:
         n_cand = self.settings.retrieval.candidates_per_source
         qvs = list(query_vectors) if query_vectors is not None else [None] * len(profiles)
         users = self.user_contexts(profiles, now, qvs)
-        retrieval = np.zeros((len(profiles), self.settings.retrieval.embedding_dim), np.float32)
-        blend = self.settings.retrieval.search_query_weight
-        for i, (user, qv) in enumerate(zip(users, qvs, strict=True)):
-            taste = unit(user.taste[0] + user.taste[1])
-            retrieval[i] = unit(blend * qv + (1.0 - blend) * taste) if qv is not None else taste
-        _, sem_rows = self.catalog.search(retrieval, n_cand)
+        cfg = self.settings.retrieval
+        queries = retrieval_queries([user.taste for user in users], qvs, cfg.search_query_weight, cfg.embedding_dim)
+        _, sem_rows = self.catalog.search(queries, n_cand)
         popular = self.catalog.top_popular(n_cand)
         excluded: list[list[int]] = []
         for profile, user, qv in zip(profiles, users, qvs, strict=True):
@@ -622,14 +484,9 @@ class Recommender:
         start = 0
         for idx in [*forgets, len(events)]:
             if idx > start:
-                part = self._process_run(
-                    events[start:idx], store, positions[start:idx] if positions is not None else None
+                total.merge(
+                    self._process_run(events[start:idx], store, positions[start:idx] if positions is not None else None)
                 )
-                total.recommendations += part.recommendations
-                total.applied += part.applied
-                total.duplicates += part.duplicates
-                total.loss += part.loss
-                total.item_updates += part.item_updates
             if idx < len(events):
                 user_id = events[idx].user_id
                 self.forget(user_id, store)

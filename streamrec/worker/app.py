@@ -9,7 +9,7 @@
   group: each worker needs every item) and upserts items into its FAISS index as they arrive (:mod:`.follow`).
 * one model across workers — every worker publishes its ranker contribution every ``snapshot_interval_s`` to
   the compacted ``model-snapshots`` topic under its own key, follows its peers' and adds theirs into its own
-  parameters (:class:`~streamrec.model.ranker.SharedModel`); at start-up it resumes from its own last snapshot.
+  parameters (:class:`~streamrec.model.shared_model.SharedModel`); at start-up it resumes from its own last snapshot.
 * the Faust workarounds it runs with (fetch wait, true highwaters for table recovery, direct message
   hand-off) are installed by :func:`streamrec.worker.faust_compat.apply`.
 """

@@ -29,8 +29,8 @@ from streamrec.encoding.threads import limit_threads
 from streamrec.model.events import Event, InvalidMessage, dumps, parse_item_embedding
 from streamrec.model.itemstats import ItemUpdate, encode_updates
 from streamrec.model.profiles import UserProfile
-from streamrec.model.ranker import SharedModel
 from streamrec.model.recommender import Recommender
+from streamrec.model.shared_model import SharedModel
 from streamrec.settings import Settings
 from streamrec.worker.memory import release_free_memory, rss_bytes
 

@@ -19,7 +19,7 @@ from aiokafka.structs import ConsumerRecord
 from streamrec.io.kafka import DeadLetters
 from streamrec.model.events import Event, InvalidMessage, dumps, event_from_dict, loads_message
 from streamrec.model.itemstats import ItemUpdate, decode_updates
-from streamrec.model.ranker import SNAPSHOT_KEY_PREFIX, snapshot_key
+from streamrec.model.shared_model import SNAPSHOT_KEY_PREFIX, snapshot_key
 from streamrec.settings import Settings
 from streamrec.worker.core import TRIM_AFTER_EVENTS, CoreClient, CoreError
 from streamrec.worker.follow import follow

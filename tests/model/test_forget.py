@@ -6,9 +6,9 @@ import numpy as np
 
 from streamrec.lab.evaluation import _replay
 from streamrec.model.events import Event
+from streamrec.model.numeric import GROWTH_LOG2_BOUND, DecayClock
 from streamrec.model.profiles import DictProfileStore
 from streamrec.model.recommender import Recommender
-from streamrec.model.retrieval import GROWTH_LOG2_BOUND, DecayClock
 from tests.model.test_recommender import build
 
 

@@ -16,18 +16,12 @@ from streamrec.model.profiles import (
     applied_count,
     apply_event,
     category_affinity,
-    decay_factor,
 )
 from streamrec.settings import Settings
 
 S = Settings.of(embedding_dim=3, recent_items=3, max_categories=2, profile_half_life_s=10.0, intent_half_life_s=1.0)
 E1 = np.array([1.0, 0.0, 0.0], np.float32)
 E2 = np.array([0.0, 1.0, 0.0], np.float32)
-
-
-def test_decay_halves_per_half_life() -> None:
-    assert decay_factor(10.0, 10.0) == pytest.approx(0.5)
-    assert decay_factor(-5.0, 10.0) == 1.0
 
 
 def test_weighted_decayed_sum_and_intent() -> None:
@@ -132,21 +126,7 @@ def test_binary_format_round_trips_and_its_header_gives_the_applied_count() -> N
     assert q.to_bytes() == raw  # read and written unchanged: the same bytes
 
 
-def _same_profile_with_float16_vectors(q: UserProfile, p: UserProfile) -> None:
-    assert (q.user_id, q.recent, q.purchased, q.offsets, q.events, q.last_ts) == (
-        p.user_id,
-        p.recent,
-        p.purchased,
-        p.offsets,
-        p.events,
-        p.last_ts,
-    )
-    assert q.categories == pytest.approx(p.categories)
-    np.testing.assert_array_equal(q.long_term, p.long_term.astype(np.float16).astype(np.float32))
-    np.testing.assert_array_equal(q.intent, p.intent.astype(np.float16).astype(np.float32))
-
-
-def test_format_2_float16_profiles_from_older_changelogs_still_load() -> None:
+def test_a_format_2_float16_profile_from_a_pre_release_is_refused_clearly() -> None:
     p = _busy_profile()
     lists = {"u": p.user_id, "r": p.recent, "c": p.categories, "p": p.purchased, "s": ["x", "y"]}
     head = HEADER.pack(MAGIC, 2, p.events, p.last_ts, len(p.long_term))
@@ -158,22 +138,24 @@ def test_format_2_float16_profiles_from_older_changelogs_still_load() -> None:
             orjson.dumps(lists | {"o": {str(k): v for k, v in p.offsets.items()}}),
         )
     )
-    assert applied_count(old) == 3
-    _same_profile_with_float16_vectors(UserProfile.from_bytes(old), p)
+    for read in (UserProfile.from_bytes, applied_count):
+        with pytest.raises(ProfileFormatError, match="profile format 2 is from a pre-release streamrec and no longer"):
+            read(old)
 
 
 def test_a_profile_in_a_format_from_a_newer_version_is_refused_not_misread() -> None:
     raw = bytearray(_busy_profile().to_bytes())
     raw[1] = 4  # the version byte: a layout this version does not know
-    with pytest.raises(ProfileFormatError, match="profile format 4 is not one this streamrec reads"):
-        UserProfile.from_bytes(bytes(raw))
+    for read in (UserProfile.from_bytes, applied_count):
+        with pytest.raises(ProfileFormatError, match="profile format 4 is not one this streamrec reads"):
+            read(bytes(raw))
     with pytest.raises(ProfileFormatError, match="not a stored profile"):
         UserProfile.from_bytes(b"\x00" + bytes(raw[1:]))
     with pytest.raises(ProfileFormatError, match="not a stored profile"):
         UserProfile.from_bytes(MAGIC + b"\x03")  # shorter than a header
 
 
-def test_format_1_json_profiles_from_older_changelogs_still_load() -> None:
+def test_a_format_1_json_profile_from_a_pre_release_is_refused_clearly() -> None:
     p = _busy_profile()
     pack = lambda v: base64.b64encode(v.astype(np.float16).tobytes()).decode()  # noqa: E731
     old = orjson.dumps(
@@ -191,8 +173,9 @@ def test_format_1_json_profiles_from_older_changelogs_still_load() -> None:
             "o": {str(k): v for k, v in p.offsets.items()},
         }
     )
-    assert applied_count(old) == 3
-    _same_profile_with_float16_vectors(UserProfile.from_bytes(old), p)
+    for read in (UserProfile.from_bytes, applied_count):
+        with pytest.raises(ProfileFormatError, match="format-1 JSON profiles were pre-release"):
+            read(old)
 
 
 def test_stored_profiles_take_their_length_in_memory_not_a_serialiser_buffer() -> None:

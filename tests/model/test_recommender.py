@@ -3,10 +3,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from streamrec.model.candidates import candidate_pools
 from streamrec.model.events import Event, Item, ItemEmbedding
 from streamrec.model.profiles import DictProfileStore
 from streamrec.model.ranker import FEATURES
-from streamrec.model.recommender import Recommender, candidate_pools
+from streamrec.model.recommender import Recommender
 from streamrec.settings import Settings
 
 DIM = 8

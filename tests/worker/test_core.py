@@ -13,7 +13,7 @@ import pytest
 
 from streamrec.model.events import Event, Item, ItemEmbedding, dumps
 from streamrec.model.profiles import UserProfile
-from streamrec.model.ranker import snapshot_key
+from streamrec.model.shared_model import snapshot_key
 from streamrec.settings import Settings
 from streamrec.worker.core import CoreBatch, CoreClient, CoreError
 

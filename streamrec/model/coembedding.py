@@ -1,0 +1,109 @@
+"""Online co-embeddings: small item vectors learned from co-visits, relating items through shared neighbours."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from streamrec.model.catalog import INITIAL_CAPACITY
+from streamrec.model.numeric import sigmoid
+from streamrec.settings import RetrievalSettings
+
+COEMB_INIT_SCALE = 0.1
+"""Co-embeddings start as small random vectors (norm ≈ this), so the first co-visits decide their direction."""
+COEMB_GROWTH = 1.125
+"""Co-embedding capacity grows by this factor (at least to the row needed): the first visits reach the end of a
+loaded catalogue at once, and doubling from there left half the array allocated, initialised and never used
+(~6 MB of a 50,000-item catalogue's 13)."""
+
+
+class CoEmbedding:
+    """Online item embeddings learned from co-visits (skip-gram with negative sampling, one step per event).
+
+    Co-visitation counts only know pairs that were seen together; embeddings trained on the same pairs also
+    relate items through shared neighbours (two films each co-watched with a third), which is what a sparse,
+    young co-visitation graph misses. Vectors are small (``coemb_dim``) and updated in place.
+    """
+
+    def __init__(self, cfg: RetrievalSettings) -> None:
+        self.dim = cfg.coemb_dim
+        self.window = cfg.cooc_window
+        self.lr = cfg.coemb_learning_rate
+        self.negatives = cfg.coemb_negatives
+        self.rng = np.random.default_rng(cfg.seed)
+        self.min_visits = cfg.coemb_min_visits
+        self.vectors = self._init(INITIAL_CAPACITY)
+        self.visits = np.zeros(INITIAL_CAPACITY, np.int32)
+        self.n = 0
+
+    def _init(self, n: int) -> np.ndarray:
+        return (self.rng.standard_normal((n, self.dim)) / math.sqrt(self.dim) * COEMB_INIT_SCALE).astype(np.float32)
+
+    def _ensure(self, row: int) -> None:
+        if row >= len(self.vectors):
+            grow = max(row + 1, int(len(self.vectors) * COEMB_GROWTH)) - len(self.vectors)
+            self.vectors = np.concatenate([self.vectors, self._init(grow)])
+            self.visits = np.concatenate([self.visits, np.zeros(grow, np.int32)])
+        self.n = max(self.n, row + 1)
+
+    def add(self, previous_rows: Sequence[int], row: int) -> None:
+        """``row`` was visited after ``previous_rows``: pull it towards them, push it from random items."""
+        self.add_many([(previous_rows, row)])
+
+    def add_many(self, visits: Sequence[tuple[Sequence[int], int]]) -> None:
+        """One SGD step for a batch of visits (``(previous_rows, row)``, in stream order).
+
+        Every (item, context) and (item, negative) pair's gradient is taken at the vectors as they were before
+        the batch and all are added at once: two gathers and two scatter-adds per batch instead of a dozen
+        small array operations per event (the per-event loop was a quarter of the core's time on Taobao).
+        """
+        if not visits:
+            return
+        window = self.window
+        rows = np.fromiter((row for _, row in visits), np.int64, len(visits))
+        contexts = [[r for r in prev[-window:] if r != row] for prev, row in visits]
+        self._ensure(max(int(rows.max()), max((max(c) for c in contexts if c), default=0)))
+        np.add.at(self.visits, rows, 1)
+        lens = np.fromiter(map(len, contexts), np.int64, len(contexts))
+        learning = lens > 0
+        if not learning.any():
+            return
+        ctx = np.fromiter((r for c in contexts for r in c), np.int64, int(lens.sum()))
+        centres = rows[learning]
+        neg = self.rng.integers(0, self.n, size=(len(centres), self.negatives))
+        keep = neg != centres[:, None]
+        centre = np.concatenate([np.repeat(rows, lens), np.broadcast_to(centres[:, None], neg.shape)[keep]])
+        other = np.concatenate([ctx, neg[keep]])
+        labels = np.zeros(len(other), np.float32)
+        labels[: len(ctx)] = 1.0
+        vc = self.vectors[centre]
+        vo = self.vectors[other]
+        g = (self.lr * (labels - sigmoid(np.einsum("nd,nd->n", vc, vo))))[:, None]
+        np.add.at(self.vectors, centre, g * vo)
+        np.add.at(self.vectors, other, g * vc)
+
+    def user_vector(self, seed_rows: Sequence[int]) -> np.ndarray | None:
+        """The user's recent items' vectors, the most recent weighing most (unit length)."""
+        seeds = [r for r in seed_rows[-self.window :] if r < self.n and self.visits[r] >= self.min_visits]
+        if not seeds:
+            return None
+        w = 1.0 / np.arange(len(seeds), 0, -1, dtype=np.float32)
+        u = w @ self.vectors[seeds]
+        norm = float(np.linalg.norm(u))
+        return u / norm if norm > 0 else None
+
+    def similarity_many(self, users: Sequence[np.ndarray | None], rows: np.ndarray, seg: np.ndarray) -> np.ndarray:
+        """Cosine between ``users[seg[i]]`` and row ``rows[i]``'s vector; 0 for unknown rows or no user vector."""
+        out = np.zeros(len(rows), np.float32)
+        has_user = np.array([u is not None for u in users], bool)
+        if not has_user.any():
+            return out
+        user_vecs = np.stack([u if u is not None else np.zeros(self.dim, np.float32) for u in users])
+        known = (rows < self.n) & has_user[seg]
+        known[known] = self.visits[rows[known]] >= self.min_visits
+        v = self.vectors[rows[known]]
+        dots = np.einsum("nd,nd->n", v, user_vecs[seg[known]])
+        out[known] = dots / np.maximum(np.linalg.norm(v, axis=1), 1e-12)
+        return out
