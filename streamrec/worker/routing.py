@@ -79,9 +79,23 @@ class Routes:
         return True
 
 
+REKEYED_POSITIONS = 1 << 20
+"""Events of the re-keyed topic (``repartition``) are recorded in profiles under partition ``REKEYED_POSITIONS + p``
+(:func:`position_key`): its offsets start at 0, and compared with those of ``events``' own partitions they would
+make a profile skip new events as redeliveries when re-keying is switched on (or off) for a running deployment."""
 UNKNOWN_PARTITION = -1
 """Stands for the partitions of a stored profile this version cannot read: no worker owns it, so any forget copy
 erases such a profile (:func:`stored_offsets`)."""
+
+
+def position_key(partition: int, rekeyed: bool) -> int:
+    """The partition number a profile records an event's offset under (a key of its per-partition offsets)."""
+    return REKEYED_POSITIONS + partition if rekeyed else partition
+
+
+def position_partition(key: int) -> int:
+    """The partition of a profile's offsets key, of ``events`` or of the re-keyed topic alike."""
+    return key % REKEYED_POSITIONS if key >= 0 else key
 
 
 def stored_offsets(raw: bytes | None) -> dict[int, int]:
@@ -116,8 +130,10 @@ def plan_forgets(
 ) -> ForgetPlan:
     """Decide, in stream order, what each copy of a forget request does on this worker.
 
-    ``positions``: each event's (partition, offset); ``profile_offsets``: per user with a forget in the batch, the
-    stored profile's highest applied offset per partition; ``owned``: the partitions this worker holds.
+    ``positions``: each event's (partition, offset), the partition as profiles record it (:func:`position_key`);
+    ``profile_offsets``: per user with a forget in the batch, the stored profile's highest applied offset per
+    partition (so recorded); ``owned``: the partitions this worker holds, so recorded (a profile's events of
+    ``events`` count as not owned once re-keying is on, and the other way round: no copy comes for them there).
 
     Every copy on partition p writes a tombstone to changelog partition p: whatever a record there holds was
     written by an event of p before the copy (records go to the partition of the event that wrote them), so every
@@ -138,22 +154,24 @@ def plan_forgets(
         return plan
     held = {u: dict(profile_offsets.get(u, {})) for u in forgetting}
     owned = set(owned)
-    for i, (event, (partition, offset)) in enumerate(zip(events, positions, strict=True)):
+    owned_partitions = {position_partition(k) for k in owned}
+    for i, (event, (key, offset)) in enumerate(zip(events, positions, strict=True)):
         user = event.user_id
         if user not in forgetting:
             continue
         offsets = held[user]
         if not event.is_forget:
-            offsets[partition] = max(offsets.get(partition, -1), offset)
+            offsets[key] = max(offsets.get(key, -1), offset)
             continue
         plan.records += 1
-        if offset <= offsets.get(partition, -1):  # redelivered: the profile holds events sent after it
+        if offset <= offsets.get(key, -1):  # redelivered: the profile holds events sent after it
             plan.keep[i] = False
             continue
+        partition = position_partition(key)
         erased = plan.tombstones.setdefault(user, set())
         erased.add(partition)
-        if partition in offsets or not offsets.keys() <= owned or (not offsets and partition == home(user)):
-            erased.update(offsets.keys() & owned)
+        if key in offsets or not offsets.keys() <= owned or (not offsets and partition == home(user)):
+            erased.update({position_partition(k) for k in offsets} & owned_partitions)
             held[user] = {}
         else:
             plan.keep[i] = False

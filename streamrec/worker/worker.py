@@ -27,7 +27,7 @@ from streamrec.worker.gaps import GapFiller
 from streamrec.worker.memory import release_free_memory, rss_bytes
 from streamrec.worker.profile_table import TableProfileStore
 from streamrec.worker.publisher import BatchPublisher
-from streamrec.worker.routing import Routes, plan_forgets, stored_offsets
+from streamrec.worker.routing import Routes, plan_forgets, position_key, stored_offsets
 from streamrec.worker.stats import Reading, WorkerStats, metrics, stats_json
 from streamrec.worker.telemetry import Histogram, Metric
 
@@ -104,7 +104,7 @@ class Worker:
         users: set[str] = set()
         changelog_partition: dict[str, int] = {}
         """Per user, the partition of their latest event in the batch: their profile's changelog partition."""
-        check_routes = self.source_topic == self.settings.kafka.topic("events")  # re-keyed events are routed right
+        check_routes = self.source_topic == self.settings.kafka.topic("events")  # else re-keyed: routed right
         forgets = 0
         for fevent in batch:
             msg = fevent.message
@@ -124,7 +124,7 @@ class Worker:
             if msg.timestamp:
                 stamps.append(msg.timestamp)
             valid.append(event)
-            positions.append((msg.partition, msg.offset))
+            positions.append((position_key(msg.partition, not check_routes), msg.offset))
         if valid:
             raw = store.raw_for(users)
             tombstones: dict[str, set[int]] = {}
@@ -166,7 +166,8 @@ class Worker:
         """The batch without the forget copies that erase nothing here, and the tombstones of those that do
         (:func:`~streamrec.worker.routing.plan_forgets`)."""
         offsets = {e.user_id: stored_offsets(raw.get(e.user_id)) for e in events if e.is_forget}
-        owned = set(self.assigned_partitions()) | {p for p, _ in positions}
+        rekeyed = self.source_topic != self.settings.kafka.topic("events")
+        owned = {position_key(p, rekeyed) for p in self.assigned_partitions()} | {key for key, _ in positions}
         plan = plan_forgets(events, positions, offsets, owned, self.routes.home)
         kept = [i for i, keep in enumerate(plan.keep) if keep]
         return [events[i] for i in kept], [positions[i] for i in kept], plan.tombstones

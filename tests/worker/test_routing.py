@@ -10,7 +10,15 @@ import pytest
 from streamrec.model.events import FORGET_USER, Event
 from streamrec.model.profiles import UserProfile
 from streamrec.worker import routing
-from streamrec.worker.routing import UNKNOWN_PARTITION, Routes, plan_forgets, stored_offsets
+from streamrec.worker.routing import (
+    REKEYED_POSITIONS,
+    UNKNOWN_PARTITION,
+    Routes,
+    plan_forgets,
+    position_key,
+    position_partition,
+    stored_offsets,
+)
 
 # Kafka's own murmur2 test vectors (clients/src/test/java/org/apache/kafka/common/utils/UtilsTest.java), as signed
 # 32-bit ints; the Java client's partition is toPositive(hash) % partitions.
@@ -141,3 +149,20 @@ def test_with_repartition_on_the_warning_says_what_the_copy_costs(caplog: pytest
     assert routes.misrouted == 1
     [warning] = [r.getMessage() for r in caplog.records]
     assert "re-keys them" in warning and "STREAMREC_REPARTITION=true re-keys" in warning
+
+
+def test_re_keyed_positions_are_kept_apart_from_events_own() -> None:
+    # the profile applied events' partition 0 up to offset 900; re-keying was switched on since: the re-keyed
+    # topic's partition 0 starts again at offset 0, recorded under its own key
+    key = position_key(0, rekeyed=True)
+    assert (key, position_partition(key), position_key(0, rekeyed=False)) == (REKEYED_POSITIONS, 0, 0)
+    profile = UserProfile.new("a", 4)
+    profile.offsets = {0: 900}
+    assert not profile.already_applied(key, 3)  # not skipped as a redelivery
+    # a re-keyed copy at offset 5 is no redelivery either, and it erases what was applied from events' own
+    # partition 0 (no copy comes there any more): tombstone on changelog partition 0
+    plan = plan_forgets([forget("a")], [(key, 5)], {"a": {0: 900}}, {key}, HOME.__getitem__)
+    assert plan.keep == [True] and plan.tombstones == {"a": {0}}
+    # and once re-keying is off again, what was applied from the re-keyed topic is erased the same way
+    plan = plan_forgets([forget("b")], [(2, 7)], {"b": {position_key(2, rekeyed=True): 9}}, {2}, HOME.__getitem__)
+    assert plan.keep == [True] and plan.tombstones == {"b": {2}}
