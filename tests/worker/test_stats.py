@@ -6,7 +6,7 @@ import pytest
 
 from streamrec.worker.core import CoreState
 from streamrec.worker.stats import COUNTER, FIGURES, INFO, Figure, Reading, WorkerStats, metrics, stats_json
-from streamrec.worker.telemetry import Histogram, parse, render
+from streamrec.worker.telemetry import Histogram, format_status, parse, render
 
 STATS_KEYS = [
     "events",
@@ -110,6 +110,7 @@ def test_metrics_names_kinds_and_samples() -> None:
     samples = parse(render(shown))
     assert samples["streamrec_events_total"] == 7
     assert samples["streamrec_misrouted_events_total"] == 11
+    assert "misrouted events           11 (README: other clients)" in format_status(samples)
     assert samples["streamrec_users"] == 2
     assert samples['streamrec_consumer_lag{partition="0"}'] == 3
     assert samples['streamrec_consumer_lag{partition="2"}'] == 0
