@@ -114,8 +114,8 @@ def create_app(settings: Settings | None = None, with_query_encoder: bool = True
         settings,
         app,
         with_query_encoder,
-        partitions,
-        rekeyed.get_topic_name() if rekeyed is not None else None,
+        partitions=partitions,
+        source_topic=rekeyed.get_topic_name() if rekeyed is not None else None,
     )
     table = app.tables.add(
         ProfileTable(

@@ -46,7 +46,8 @@ class WorkerStats:
     """``forget_user`` records processed: ``streamrec forget`` publishes one per ``events`` partition, so one
     request adds the partition count summed over the workers (docs/privacy.md)."""
     misrouted: int = 0
-    """Events found on another ``events`` partition than the murmur2 partition of their user id."""
+    """Events found on another ``events`` partition than the murmur2 partition of their user id (as delivered:
+    an event redelivered after a crash or rebalance counts again)."""
     batches: int = 0
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     item_visible_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))

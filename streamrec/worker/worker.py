@@ -42,7 +42,8 @@ class Worker:
         settings: Settings,
         app: faust.App,
         with_query_encoder: bool = True,
-        partitions: int = 1,
+        *,
+        partitions: int,
         source_topic: str | None = None,
     ) -> None:
         self.settings = settings
@@ -163,8 +164,8 @@ class Worker:
     def _plan_forgets(
         self, events: list[Event], positions: list[tuple[int, int]], raw: Mapping[str, bytes | None]
     ) -> tuple[list[Event], list[tuple[int, int]], dict[str, set[int]]]:
-        """The batch without the forget copies that erase nothing here, and the tombstones of those that do
-        (:func:`~streamrec.worker.routing.plan_forgets`)."""
+        """The batch without the forget copies that leave this worker's profiles alone, and the changelog
+        tombstones the batch's copies write (:func:`~streamrec.worker.routing.plan_forgets`)."""
         offsets = {e.user_id: stored_offsets(raw.get(e.user_id)) for e in events if e.is_forget}
         rekeyed = self.source_topic != self.settings.kafka.topic("events")
         owned = {position_key(p, rekeyed) for p in self.assigned_partitions()} | {key for key, _ in positions}
