@@ -343,22 +343,29 @@ def recs(ctx: click.Context, user: str, as_json: bool) -> None:
         click.echo(f"{rank:3}. {item['item_id']:<20} {item['score']:8.3f}  {'; '.join(item['reasons'])}")
 
 
-async def publish_forget(settings: Settings, user_id: str) -> None:
-    """Publish a ``forget_user`` request for ``user_id`` on the events topic, keyed by the user.
+async def publish_forget(settings: Settings, user_id: str) -> int:
+    """Publish a ``forget_user`` request for ``user_id`` to every partition of the events topic; returns how many.
 
-    Keyed like the user's own events, so it lands on their partition and takes effect after everything they
-    did before it, and before anything they do after it.
+    Keyed by the user, once on each partition: on the partition that holds the user's events (the murmur2 one
+    when producers are compatible) it takes effect in stream order, after everything they did before it and
+    before anything they do after it; the copies on the other partitions reach state a producer with another
+    partitioner left there, whichever worker owns it (docs/privacy.md).
     """
     from streamrec.io.kafka import make_producer
     from streamrec.model.events import FORGET_USER, Event, dumps
 
-    request = Event(user_id, FORGET_USER, time.time())
+    request = dumps(Event(user_id, FORGET_USER, time.time()).to_dict())
+    topic = settings.kafka.topic("events")
     producer = make_producer(settings.kafka)
     await producer.start()
     try:
-        await producer.send_and_wait(settings.kafka.topic("events"), dumps(request.to_dict()), key=user_id.encode())
+        partitions = sorted(await producer.partitions_for(topic))
+        for p in partitions:
+            await producer.send(topic, request, key=user_id.encode(), partition=p)
+        await producer.flush()
     finally:
         await producer.stop()
+    return len(partitions)
 
 
 @cli.command()
@@ -367,15 +374,16 @@ async def publish_forget(settings: Settings, user_id: str) -> None:
 def forget(ctx: click.Context, user: str) -> None:
     """Delete everything kept about USER (privacy request): profile, state and recommendations.
 
-    Publishes a forget_user event; the worker deletes the profile (a tombstone in the table's changelog),
-    drops the user's in-memory state and publishes a tombstone for them on recommendations.
+    Publishes a forget_user event to every partition of events; the workers delete the user's profile wherever
+    it is (a tombstone in the table's changelog), drop the user's in-memory state and publish a tombstone for
+    them on recommendations.
     """
     from streamrec.model.events import MAX_ID_LEN
 
     if not 1 <= len(user) <= MAX_ID_LEN:
         raise click.UsageError(f"USER must have 1..{MAX_ID_LEN} characters")
-    asyncio.run(publish_forget(_settings(ctx), user))
-    click.echo(f"forget_user request for {user!r} published to {_settings(ctx).kafka.topic('events')}")
+    n = asyncio.run(publish_forget(_settings(ctx), user))
+    click.echo(f"forget_user request for {user!r} published to {_settings(ctx).kafka.topic('events')} ({n} partitions)")
 
 
 @cli.command()

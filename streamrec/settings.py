@@ -104,6 +104,11 @@ class BatchingSettings:
     share_item_stats: bool = True
     """Workers exchange their item-level updates (co-visitation, co-embeddings, popularity) over ``item-updates``,
     so each learns item statistics from every user, not only its partitions' (:mod:`streamrec.model.itemstats`)."""
+    repartition: bool = False
+    """Re-key every incoming event by its user id onto an internal topic (Faust's ``group_by``, murmur2 like
+    Kafka's Java client) before it reaches user state, so producers with any partitioner work: one copy of
+    every event more through the broker (docs/performance.md). Off: producers must partition ``events`` with
+    murmur2 of the user id (README, "Publishing from other clients")."""
 
     def __post_init__(self) -> None:
         _check(self, ("batch_size",))

@@ -43,7 +43,11 @@ class WorkerStats:
     """Events Faust's consumer skipped over after a rebalance, fetched directly and applied."""
     recommendations: int = 0
     forgotten: int = 0
-    """``forget_user`` requests carried out (profile and state deleted, tombstones published)."""
+    """``forget_user`` records processed: ``streamrec forget`` publishes one per ``events`` partition, so one
+    request adds the partition count summed over the workers (docs/privacy.md)."""
+    misrouted: int = 0
+    """Events found on another ``events`` partition than the murmur2 partition of their user id (as delivered:
+    an event redelivered after a crash or rebalance counts again)."""
     batches: int = 0
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     item_visible_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
@@ -156,8 +160,16 @@ FIGURES: tuple[Figure, ...] = (
         "forgotten_users",
         "streamrec_forgotten_users_total",
         COUNTER,
-        "forget_user requests carried out.",
+        "forget_user records processed (streamrec forget publishes one per events partition).",
         lambda r: r.stats.forgotten,
+    ),
+    Figure(
+        "misrouted_events",
+        "streamrec_misrouted_events_total",
+        COUNTER,
+        "Events on another events partition than the murmur2 partition of their user id (see the README's "
+        "'Publishing from other clients').",
+        lambda r: r.stats.misrouted,
     ),
     Figure("batches", None, COUNTER, "Batches processed.", lambda r: r.stats.batches),
     Figure(

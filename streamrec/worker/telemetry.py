@@ -128,6 +128,7 @@ def format_status(samples: dict[str, float]) -> str:
         ("latency p50 / p99", f"{quantile(0.5)} / {quantile(0.99)} ({total:,.0f} events)"),
         ("recommendations", f"{samples.get('streamrec_recommendations_total', 0):,.0f}"),
         ("dead letters", f"{samples.get('streamrec_dead_letters_total', 0):,.0f}"),
+        ("misrouted events", f"{samples.get('streamrec_misrouted_events_total', 0):,.0f} (README: other clients)"),
         ("model steps", f"{samples.get('streamrec_model_steps', 0):,.0f}"),
         ("items indexed", f"{samples.get('streamrec_items_indexed', 0):,.0f}"),
         ("users", f"{samples.get('streamrec_users', 0):,.0f}"),

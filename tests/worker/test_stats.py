@@ -6,7 +6,7 @@ import pytest
 
 from streamrec.worker.core import CoreState
 from streamrec.worker.stats import COUNTER, FIGURES, INFO, Figure, Reading, WorkerStats, metrics, stats_json
-from streamrec.worker.telemetry import Histogram, parse, render
+from streamrec.worker.telemetry import Histogram, format_status, parse, render
 
 STATS_KEYS = [
     "events",
@@ -16,6 +16,7 @@ STATS_KEYS = [
     "item_updates_applied",
     "recommendations",
     "forgotten_users",
+    "misrouted_events",
     "batches",
     "dead_letters",
     "items_indexed",
@@ -46,13 +47,14 @@ STATS_KEYS = [
     "core_pid",
     "core_rss_bytes",
 ]
-"""What /stats has always shown, in this order (``streamrec status``, the lab and the tests read these keys)."""
+"""What /stats shows, in this order (``streamrec status``, the lab and the tests read these keys)."""
 
 METRICS = {
     "streamrec_events_total": "counter",
     "streamrec_events_per_second": "gauge",
     "streamrec_duplicates_total": "counter",
     "streamrec_forgotten_users_total": "counter",
+    "streamrec_misrouted_events_total": "counter",
     "streamrec_recommendations_total": "counter",
     "streamrec_dead_letters_total": "counter",
     "streamrec_consumer_lag": "gauge",
@@ -66,7 +68,7 @@ METRICS = {
 
 def reading() -> Reading:
     stats = WorkerStats(started=100.0, events=7, duplicates=2, recommendations=5, forgotten=1, batches=3)
-    stats.offset_gaps_filled, stats.item_updates_applied = 4, 6
+    stats.offset_gaps_filled, stats.item_updates_applied, stats.misrouted = 4, 6, 11
     stats.latencies_ms.extend([1.0, 3.0])
     stats.item_visible_ms.extend([2.0, 4.04])
     latency = Histogram((10.0, 100.0))
@@ -95,6 +97,7 @@ def test_stats_keys_and_values() -> None:
     assert list(shown) == STATS_KEYS
     assert shown["events"] == 7 and shown["events_per_s"] == 0.7 and shown["duplicates_skipped"] == 2
     assert (shown["offset_gaps_filled"], shown["item_updates_applied"], shown["forgotten_users"]) == (4, 6, 1)
+    assert shown["misrouted_events"] == 11
     assert (shown["profiles"], shown["profile_bytes"]) == (2, 5)
     assert shown["processing_ms_p50"] == 2.0 and shown["item_visible_ms_recent"] == [2.0, 4.0]
     assert shown["next_offsets"] == {"0": 10, "2": 5} and list(shown["next_offsets"]) == ["0", "2"]
@@ -106,6 +109,8 @@ def test_metrics_names_kinds_and_samples() -> None:
     assert {m.name: m.kind for m in shown} == METRICS
     samples = parse(render(shown))
     assert samples["streamrec_events_total"] == 7
+    assert samples["streamrec_misrouted_events_total"] == 11
+    assert "misrouted events           11 (README: other clients)" in format_status(samples)
     assert samples["streamrec_users"] == 2
     assert samples['streamrec_consumer_lag{partition="0"}'] == 3
     assert samples['streamrec_consumer_lag{partition="2"}'] == 0
@@ -118,7 +123,7 @@ def test_a_figure_on_both_pages_shows_the_same_value() -> None:
     r = reading()
     shown, samples = stats_json(r), parse(render(metrics(r)))
     both = [f for f in FIGURES if f.key is not None and f.metric is not None]
-    assert len(both) == 9
+    assert len(both) == 10
     for f in both:
         assert samples[f.metric] == shown[f.key], f.key  # type: ignore[index]
 
