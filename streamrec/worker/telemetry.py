@@ -133,6 +133,12 @@ def format_status(samples: dict[str, float]) -> str:
         return "-"
 
     lag = {k: v for k, v in samples.items() if k.startswith("streamrec_consumer_lag{")}
+
+    def discovery_sum(family: str) -> float:
+        return sum(v for k, v in samples.items() if k.startswith(family + "{") and 'discovery="discovery"' in k)
+
+    scored, hits = discovery_sum("streamrec_online_scored_total"), discovery_sum("streamrec_online_hits_total")
+    online = f"{hits / scored:.3f} ({scored:,.0f} discovery events)" if scored else "-"
     rows = [
         ("events applied", f"{samples.get('streamrec_events_total', 0):,.0f}"),
         ("events/s (since start)", f"{samples.get('streamrec_events_per_second', 0):,.1f}"),
@@ -140,6 +146,7 @@ def format_status(samples: dict[str, float]) -> str:
         ("latency p50 / p99", f"{quantile(0.5)} / {quantile(0.99)} ({total:,.0f} events)"),
         ("recommendations", f"{samples.get('streamrec_recommendations_total', 0):,.0f}"),
         ("dead letters", f"{samples.get('streamrec_dead_letters_total', 0):,.0f}"),
+        ("online hit rate", online),
         ("model steps", f"{samples.get('streamrec_model_steps', 0):,.0f}"),
         ("items indexed", f"{samples.get('streamrec_items_indexed', 0):,.0f}"),
         ("users", f"{samples.get('streamrec_users', 0):,.0f}"),

@@ -8,7 +8,7 @@ import pytest
 from streamrec.model.metrics import OnlineScores
 from streamrec.worker.core import CoreState
 from streamrec.worker.stats import COUNTER, FIGURES, INFO, Figure, Reading, WorkerStats, metrics, stats_json
-from streamrec.worker.telemetry import Histogram, parse, render
+from streamrec.worker.telemetry import Histogram, format_status, parse, render
 
 STATS_KEYS = [
     "events",
@@ -208,3 +208,10 @@ def test_a_labelled_metric_without_label_values_has_no_sample_line() -> None:
     fresh = render(metrics(Reading(**{**idle.__dict__, "core": CoreState()})))  # before the core's first reply
     assert "# TYPE streamrec_online_hit_rank histogram" in fresh
     assert not [line for line in fresh.splitlines() if line.startswith("streamrec_online")]
+
+
+def test_status_shows_the_online_hit_rate_of_discovery_events() -> None:
+    shown = format_status(parse(render(metrics(reading()))))
+    assert "online hit rate            0.750 (4 discovery events)" in shown  # 3 hits of 4, both list kinds
+    fresh = Reading(**{**reading().__dict__, "core": CoreState()})
+    assert "online hit rate            -" in format_status(parse(render(metrics(fresh))))
