@@ -264,6 +264,17 @@ def replay(
 @click.option(
     "--sync-every", type=int, default=1_000, show_default=True, help="Events between the workers' model exchanges."
 )
+@click.option(
+    "--protocol",
+    type=click.Choice(["prequential", "published"]),
+    default="prequential",
+    show_default=True,
+    help="published: score the lists streamrec publishes, replayed in micro-batches as a worker runs them "
+    "(what a worker's online quality shows; streamrec systems only).",
+)
+@click.option(
+    "--batch-size", type=int, default=1, show_default=True, help="Events per micro-batch of the published protocol."
+)
 @click.pass_context
 def eval_cmd(
     ctx: click.Context,
@@ -285,9 +296,11 @@ def eval_cmd(
     overrides: tuple[str, ...],
     workers: int,
     sync_every: int,
+    protocol: str,
+    batch_size: int,
 ) -> None:
     """Prequential (test-then-train) evaluation of streamrec and baselines on a log, in process."""
-    from streamrec.lab.evaluation import ALL_SYSTEMS, evaluate, format_table, plot
+    from streamrec.lab.evaluation import ALL_SYSTEMS, PUBLISHED, PUBLISHED_SYSTEMS, evaluate, format_table, plot
     from streamrec.settings import ENV_PREFIX
 
     env = dict(os.environ)
@@ -309,10 +322,29 @@ def eval_cmd(
     unknown = set(names) - set(ALL_SYSTEMS)
     if unknown:
         raise click.UsageError(f"unknown system(s) {sorted(unknown)}; choose from {', '.join(ALL_SYSTEMS)}")
-    if workers < 1 or sync_every < 1:
-        raise click.UsageError("--workers and --sync-every must be >= 1")
+    if workers < 1 or sync_every < 1 or batch_size < 1:
+        raise click.UsageError("--workers, --sync-every and --batch-size must be >= 1")
+    if protocol == PUBLISHED:
+        if workers > 1:
+            raise click.UsageError("--protocol published replays one worker: leave out --workers")
+        if set(names) - set(PUBLISHED_SYSTEMS):
+            names = [n for n in names if n in PUBLISHED_SYSTEMS] or ["streamrec"]
+            click.echo(f"--protocol published: replaying {', '.join(names)} only", err=True)
     dataset = f"{file.name} ({fmt})" + (f", streamrec as {workers} workers" if workers > 1 else "")
-    report = evaluate(records, settings, names, k=k, dataset=dataset, jobs=jobs, workers=workers, sync_every=sync_every)
+    if protocol == PUBLISHED:
+        dataset += f", published lists, batches of {batch_size}"
+    report = evaluate(
+        records,
+        settings,
+        names,
+        k=k,
+        dataset=dataset,
+        jobs=jobs,
+        workers=workers,
+        sync_every=sync_every,
+        protocol=protocol,
+        batch_size=batch_size,
+    )
     click.echo(format_table(report))
     click.echo(
         f"{report.events} events, {report.scored} discovery events scored, {report.events_per_s:,.0f} system-events/s"

@@ -6,6 +6,11 @@ that moment; the list is scored against the event's item; only then does the sys
 dict in place of the Faust table. Primary metrics count *discovery* events (the user's first interaction
 with that item); all events are reported as a secondary metric.
 
+With ``protocol="published"`` streamrec is replayed as the worker runs it instead (:func:`_replay_published`):
+in micro-batches through the worker's core, each item event scored against the list last *published* to its
+user, with the worker's bounded discovery rule — what a worker's ``/stats["online_quality"]`` shows after the
+same log (``docs/evaluation.md``, "Online quality").
+
 With ``workers > 1`` streamrec runs as that many workers would in a deployment
 (:class:`ShardedStreamrecSystem`): each user's events go to the worker holding the user's partition (Kafka's
 key hash), each worker has its own catalogue index, co-visitation, popularity and profiles, and the workers'
@@ -26,7 +31,7 @@ import numpy as np
 from streamrec.encoding.threads import limit_threads
 from streamrec.lab.baselines import CooccurrenceBaseline, OnlineMFBaseline, PopularityBaseline, TextOnlyBaseline
 from streamrec.model.events import ITEM_EVENT_TYPES, Event, Item, ItemEmbedding, event_from_dict, item_from_dict
-from streamrec.model.metrics import PrequentialScore, hit_rank
+from streamrec.model.metrics import OnlineCounts, PrequentialScore, hit_rank, quality
 from streamrec.model.profiles import DictProfileStore, UserProfile
 from streamrec.model.recommender import Recommender
 from streamrec.model.shared_model import SharedModel
@@ -37,6 +42,13 @@ DEFAULT_SYNC_EVENTS = 1_000
 """Events between model exchanges of simulated workers: the deployed workers exchange every
 ``snapshot_interval_s`` (10 s), in which a worker under load applies a few thousand events."""
 ALL_SYSTEMS = ("streamrec", "streamrec_no_learn", "popularity", "cooccurrence", "online_mf", "text_only")
+PREQUENTIAL = "prequential"
+"""Every item event scored against the list the system ranks for its user right then (the default)."""
+PUBLISHED = "published"
+"""Every item event scored against the list last published to its user, as a worker measures it live."""
+PROTOCOLS = (PREQUENTIAL, PUBLISHED)
+PUBLISHED_SYSTEMS = ("streamrec", "streamrec_no_learn")
+"""The systems the published protocol can replay: the worker's own core."""
 
 
 class System(Protocol):
@@ -178,9 +190,14 @@ class EvalReport:
     windows: dict[str, list[float]]
     seconds: dict[str, float]
     events_per_s: float
+    protocol: str = PREQUENTIAL
+    batch_size: int | None = None
+    """Events per micro-batch (the published protocol)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "protocol": self.protocol,
+            "batch_size": self.batch_size,
             "dataset": self.dataset,
             "events": self.events,
             "scored": self.scored,
@@ -203,6 +220,8 @@ class _Job:
     progress: bool
     workers: int = 1
     sync_every: int = DEFAULT_SYNC_EVENTS
+    batch_size: int = 1
+    """Events per micro-batch of the published protocol."""
 
 
 _JOB: _Job | None = None
@@ -242,6 +261,75 @@ def _replay(system: System, job: _Job, position: int = 0) -> tuple[list[int | No
     return ranks, discoveries, time.perf_counter() - t0
 
 
+def _replay_published(name: str, job: _Job, position: int = 0) -> tuple[OnlineCounts, float]:
+    """Replay the log as a worker runs it: items upserted as they come, events cut into micro-batches of
+    ``job.batch_size`` and fed to the worker's core (:class:`~streamrec.worker.core.CoreService`: profiles kept
+    as the table's bytes between batches, every touched user's list published after each batch). The core
+    scores each item event against its user's last published list before learning it (online quality, with
+    :func:`~streamrec.model.metrics.is_repeat` for discovery); returns its counts and the seconds taken.
+
+    A worker that applied the same events in the same batches shows the same counts; the worker's batches are
+    whatever has arrived (up to ``batch_size``), so only ``batch_size=1`` fixes them for a replay.
+    """
+    from tqdm import tqdm
+
+    from streamrec.worker.core import CoreService
+
+    settings = job.settings.replace(top_k=job.k, learn=job.settings.ranker.learn and name == "streamrec")
+    searches = any(r.topic == "events" and r.value.get("type") == "search" for r in job.records)
+    core = CoreService(settings, f"eval-{name}", with_query_encoder=searches, own_process=False)
+    table: dict[str, bytes] = {}
+    batch: list[Event] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        users = {e.user_id for e in batch}
+        done = core.process(batch, [None] * len(batch), {u: table.get(u) for u in users})
+        for user_id, raw in done.profiles.items():
+            if raw is None:
+                table.pop(user_id, None)
+            else:
+                table[user_id] = raw
+        batch.clear()
+
+    t0 = time.perf_counter()
+    bar = tqdm(job.records, desc=f"{name:20}", unit="rec", disable=not job.progress, position=position, mininterval=2.0)
+    for i, record in enumerate(bar):
+        if record.topic == "items":
+            flush()
+            core.recommender.upsert_item(job.embeddings[i])
+            continue
+        batch.append(event_from_dict(record.value))
+        if len(batch) >= job.batch_size:
+            flush()
+    flush()
+    return core.recommender.online.counts(), time.perf_counter() - t0
+
+
+def _evaluate_published(job: _Job, names: Sequence[str], dataset: str) -> EvalReport:
+    unknown = set(names) - set(PUBLISHED_SYSTEMS)
+    if unknown:
+        raise ValueError(f"the {PUBLISHED} protocol replays {list(PUBLISHED_SYSTEMS)} only, not {sorted(unknown)}")
+    t_start = time.perf_counter()
+    results = {name: _replay_published(name, job, pos) for pos, name in enumerate(names)}
+    elapsed = time.perf_counter() - t_start
+    systems = {name: quality(counts.since_start) for name, (counts, _) in results.items()}
+    n_events = sum(r.topic != "items" for r in job.records)
+    return EvalReport(
+        dataset=dataset,
+        events=n_events,
+        scored=int(next(iter(systems.values()))["scored"]) if systems else 0,
+        k=job.k,
+        systems=systems,
+        windows={name: [] for name in names},
+        seconds={name: secs for name, (_, secs) in results.items()},
+        events_per_s=n_events * len(names) / elapsed if elapsed > 0 else 0.0,
+        protocol=PUBLISHED,
+        batch_size=job.batch_size,
+    )
+
+
 def _replay_named(args: tuple[str, int]) -> tuple[str, list[int | None], list[bool], float]:
     name, position = args
     assert _JOB is not None
@@ -260,18 +348,29 @@ def evaluate(
     jobs: int = 1,
     workers: int = 1,
     sync_every: int = DEFAULT_SYNC_EVENTS,
+    protocol: str = PREQUENTIAL,
+    batch_size: int = 1,
 ) -> EvalReport:
     """Test-then-train over ``records`` (replay records in timestamp order) for every named system.
 
     Systems are independent, so with ``jobs > 1`` they replay in parallel processes (forked, sharing the
     records and item embeddings); each system still sees every event in order. ``workers`` runs the
     ``streamrec`` system as that many workers exchanging their model every ``sync_every`` events.
+    ``protocol="published"`` scores the lists streamrec publishes instead, replayed in micro-batches of
+    ``batch_size`` as a worker applies them (:func:`_replay_published`; streamrec systems only, one worker).
     """
     global _JOB
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose from {list(PROTOCOLS)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     records = list(records)
     item_idx = [i for i, r in enumerate(records) if r.topic == "items"]
     embedded = embed_catalog([item_from_dict(records[i].value) for i in item_idx], settings)
     job = _Job(records, dict(zip(item_idx, embedded, strict=True)), settings, k, progress, workers, sync_every)
+    if protocol == PUBLISHED:
+        job.batch_size = batch_size
+        return _evaluate_published(job, names, dataset)
     t_start = time.perf_counter()
     tasks = [(name, pos) for pos, name in enumerate(names)]
     if jobs > 1 and len(names) > 1:

@@ -160,6 +160,11 @@ def create_app(settings: Settings | None = None, with_query_encoder: bool = True
     async def stats_page(web: Any, request: Any) -> Any:
         return web.json(worker.stats_dict(table))
 
+    @app.page("/explain")
+    async def explain_page(web: Any, request: Any) -> Any:
+        status, body = await worker.explain(request.query.get("user", ""), table)
+        return web.json(body, status=status)
+
     return app, worker
 
 

@@ -28,7 +28,9 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from streamrec.encoding.threads import limit_threads
 from streamrec.model.events import Event, InvalidMessage, dumps, parse_item_embedding
 from streamrec.model.itemstats import ItemUpdate, encode_updates
+from streamrec.model.metrics import OnlineCounts
 from streamrec.model.profiles import UserProfile
+from streamrec.model.ranker import FEATURES
 from streamrec.model.recommender import Recommender
 from streamrec.model.shared_model import SharedModel
 from streamrec.settings import Settings
@@ -60,6 +62,10 @@ class CoreState:
     peers: tuple[str, ...] = ()
     rss_bytes: int = 0
     """Resident memory of the core's own process (0 when it runs in the worker's process)."""
+    ranker_weights: dict[str, float] = field(default_factory=dict)
+    """The fusion ranker's θ by feature."""
+    online: OnlineCounts | None = None
+    """Online quality: this core's scored events by list kind, discovery or repeat, and hit rank."""
 
 
 @dataclass(slots=True)
@@ -141,6 +147,8 @@ class CoreService:
             self.shared.own_steps,
             tuple(sorted(self.shared.peers)),
             rss_bytes() if self.own_process else 0,
+            dict(zip(FEATURES, rec.ranker.weights.tolist(), strict=True)),
+            rec.online.counts(),
         )
 
     def process(
@@ -200,6 +208,11 @@ class CoreService:
 
     def apply_item_updates(self, updates: Sequence[ItemUpdate]) -> int:
         return self.recommender.apply_item_updates(updates)
+
+    def explain(self, raw: bytes) -> dict[str, Any]:
+        """A user's list ranked now from their stored profile, with each feature's share of every score
+        (:meth:`Recommender.explain`); nothing is learned, remembered or published."""
+        return self.recommender.explain(UserProfile.from_bytes(raw))
 
     def restore_model(self, contributions: dict[bytes, dict[str, Any]]) -> None:
         """Resume this worker's own contribution and merge every peer's (:meth:`SharedModel.restore`)."""
@@ -299,6 +312,10 @@ class CoreClient:
     async def apply_item_updates(self, updates: Sequence[ItemUpdate]) -> int:
         """Fold peers' item updates into the item statistics; returns how many applied."""
         return await self._run(CoreService.apply_item_updates, updates)
+
+    async def explain(self, raw: bytes) -> dict[str, Any]:
+        """A user's list ranked now, with per-feature contributions (:meth:`CoreService.explain`)."""
+        return await self._run(CoreService.explain, raw)
 
     async def restore_model(self, contributions: dict[bytes, dict[str, Any]]) -> None:
         """Resume this worker's contribution and merge its peers' (:meth:`CoreService.restore_model`)."""

@@ -141,3 +141,70 @@ def test_two_workers_rank_as_well_as_one_on_taobao(taobao_path: Path) -> None:
     two = evaluate(recs, Settings(), ["streamrec"], progress=False, workers=2).systems["streamrec"]
     for metric in ("recall", "ndcg"):
         assert abs(two[metric] - one[metric]) <= 0.03 * one[metric], (metric, one[metric], two[metric])
+
+
+def textless_shop(n_events: int) -> list[Record]:
+    """A synthetic shop's log whose items have no text (numeric categories): embedded without the text model."""
+    import dataclasses
+
+    from streamrec.lab.synthetic import make_events, make_shop
+
+    shop = make_shop(60, 30)
+    items = [
+        dataclasses.replace(item, title="", description="", brand=None, category=str(n % 6))
+        for n, item in enumerate(shop.items)
+    ]
+    events = [e for e in make_events(shop, n_events) if e.type != "search"]
+    return [Record("items", i.item_id, i.to_dict(), i.ts) for i in items] + [
+        Record("events", e.user_id, e.to_dict(), e.ts) for e in events
+    ]
+
+
+def test_in_the_prequential_protocol_the_core_scores_the_very_lists_the_harness_scores() -> None:
+    from streamrec.lab.evaluation import embed_catalog
+    from streamrec.model.events import item_from_dict
+
+    recs = textless_shop(400)
+    settings = Settings.of(top_k=10)
+    items = [i for i, r in enumerate(recs) if r.topic == "items"]
+    embedded = embed_catalog([item_from_dict(recs[i].value) for i in items], settings)
+    system = StreamrecSystem(settings)
+    ranks, _, _ = _replay(system, _Job(recs, dict(zip(items, embedded, strict=True)), settings, 10, False))
+    counts = system.recommender.online.counts()
+    # the harness asks for a list (remembered, as published) right before each event: the core scores that list
+    assert counts.since_start.sum() == len(ranks) == len(recs) - len(items)
+    hit_ranks = [0] * 10
+    for rank in ranks:
+        if rank is not None:
+            hit_ranks[rank - 1] += 1
+    assert [sum(col) for col in zip(*counts.hit_ranks().values(), strict=True)] == hit_ranks
+    assert sum(hit_ranks) > 20
+
+
+def scored_in_batches(recs: list[Record], batch_size: int) -> int:
+    """Item events whose user was published a list before the event's batch (had an event in an earlier one)."""
+    events = [r.key for r in recs if r.topic == "events"]
+    seen: set[str] = set()
+    scored = 0
+    for start in range(0, len(events), batch_size):
+        batch = events[start : start + batch_size]
+        scored += sum(user in seen for user in batch)
+        seen.update(batch)
+    return scored
+
+
+def test_the_published_protocol_replays_the_worker_core_in_batches() -> None:
+    recs = textless_shop(300)
+    n_events = sum(r.topic == "events" for r in recs)
+    settings = Settings.of(top_k=10)
+    one = evaluate(recs, settings, ["streamrec", "streamrec_no_learn"], k=10, progress=False, protocol="published")
+    assert (one.protocol, one.batch_size, one.events) == ("published", 1, n_events)
+    for figures in one.systems.values():
+        assert figures["scored_all"] == scored_in_batches(recs, 1) < n_events  # each user's first: no list yet
+        assert 0.0 < figures["recall"] <= 1.0 and figures["scored"] == one.scored
+    assert one.systems["streamrec"] != one.systems["streamrec_no_learn"]
+    # bigger batches: a user's events in one batch are all scored against the list from before the batch
+    batched = evaluate(recs, settings, ["streamrec"], k=10, progress=False, protocol="published", batch_size=100)
+    assert batched.systems["streamrec"]["scored_all"] == scored_in_batches(recs, 100) < scored_in_batches(recs, 1)
+    with pytest.raises(ValueError, match="replays"):
+        evaluate(recs, settings, ["popularity"], progress=False, protocol="published")
