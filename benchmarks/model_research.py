@@ -28,7 +28,7 @@ from streamrec.io.logs import CsvMapping, read_log
 from streamrec.lab.evaluation import StreamrecSystem, embed_catalog
 from streamrec.model.events import ITEM_EVENT_TYPES, event_from_dict, item_from_dict
 from streamrec.model.metrics import hit_rank, mrr_at_rank, ndcg_at_rank
-from streamrec.model.ranker import FEATURES
+from streamrec.model.ranker import FEATURES, PRIOR_WEIGHTS
 from streamrec.settings import ENV_PREFIX, Settings
 
 DATASETS = {
@@ -48,6 +48,8 @@ ECOMMERCE_MAPPING = dict(
 )
 ECOMMERCE_TYPES = "view=view,cart=add_to_cart,purchase=purchase,remove_from_cart=drop"
 K = 20
+PRIOR = "prior_"
+_DEFAULT_PRIORS = dict(PRIOR_WEIGHTS)
 _STATE: dict[str, Any] = {}
 
 
@@ -79,11 +81,30 @@ def tail(records: list[Any], share: float) -> list[Any]:
     return [r for i, r in enumerate(records) if r.topic == "items" or i >= cut]
 
 
+def head(records: list[Any], events: int) -> list[Any]:
+    """The catalogue plus the first ``events`` events (a shorter screen from a cached longer prefix)."""
+    kept = 0
+    out = []
+    for r in records:
+        if r.topic != "items":
+            if kept >= events:
+                continue
+            kept += 1
+        out.append(r)
+    return out
+
+
 def settings_of(spec: str) -> Settings:
+    """Settings from ``name=value`` pairs; ``prior_<feature>=w`` sets the ranker's starting weight instead."""
     env = dict(os.environ)
+    PRIOR_WEIGHTS.update(_DEFAULT_PRIORS)
     for part in filter(None, spec.split(",")):
         name, _, value = part.partition("=")
-        env[ENV_PREFIX + name.strip().upper()] = value.strip()
+        name = name.strip()
+        if name.startswith(PRIOR):
+            PRIOR_WEIGHTS[name[len(PRIOR) :]] = float(value)
+            continue
+        env[ENV_PREFIX + name.upper()] = value.strip()
     return Settings.from_env(env)
 
 
@@ -138,6 +159,7 @@ def main() -> None:
     p.add_argument("log")
     p.add_argument("--limit", type=int)
     p.add_argument("--tail", type=float, help="keep only this last share of the events")
+    p.add_argument("--head", type=int, help="keep only the first this many events (after --limit)")
     p.add_argument("--run", action="append", default=[], help="label:setting=value,setting=value")
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--cache", type=Path, default=Path("/tmp/research-cache"))
@@ -145,6 +167,8 @@ def main() -> None:
     args = p.parse_args()
     limit_threads(1)
     records, embeddings = load(args.log, args.limit, args.cache)
+    if args.head:
+        records = head(records, args.head)
     if args.tail:
         records = tail(records, args.tail)
     _STATE.update(records=records, embeddings=embeddings)
@@ -164,7 +188,10 @@ def main() -> None:
         print("   ", r["weights"], flush=True)
         if args.out:
             with args.out.open("ab") as f:
-                f.write(orjson.dumps({"log": args.log, "limit": args.limit, "tail": args.tail, **r}) + b"\n")
+                f.write(
+                    orjson.dumps({"log": args.log, "limit": args.limit, "head": args.head, "tail": args.tail, **r})
+                    + b"\n"
+                )
     sys.stdout.flush()
 
 

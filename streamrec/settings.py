@@ -25,6 +25,7 @@ from typing import Any, Literal, get_args, get_origin
 Device = Literal["auto", "cpu", "cuda"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 Optimizer = Literal["sgd", "rmsprop"]
+SessionDecay = Literal["linear", "log", "none"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 ENV_PREFIX = "STREAMREC_"
@@ -193,11 +194,30 @@ class RetrievalSettings:
     """Uniformly sampled items pushed away from the visited one per event."""
     coemb_min_visits: int = 5
     """Items visited fewer times have no co-embedding similarity yet: their vector is still mostly its random start."""
+    session_gap_s: float = 0.5 * HOUR_S
+    """Events of a user further apart than this start a new session (when events carry no ``session_id``)."""
+    session_neighbours: int = 20
+    """Session-kNN: the most similar past sessions whose items are scored (:mod:`streamrec.model.sessions`)."""
+    session_sample: int = 500
+    """Session-kNN: of the sessions sharing an item with the user's, only this many most recent are compared."""
+    session_decay: SessionDecay = "log"
+    """Session-kNN: weight of the user's session items by position (the newest weighs most, except ``none``)."""
+    session_query_items: int = 50
+    """Session-kNN: the user's session is compared by its newest this many distinct items."""
+    session_max_items: int = 100
+    """Items each kept session holds (its newest)."""
+    session_capacity: int = 200_000
+    """Sessions kept in memory (the oldest make room); 0 turns the session source and feature off."""
     seed: int = 7
     """Seed of the model's random draws (negatives, co-embedding start, IVF training sample, fallback vectors)."""
 
     def __post_init__(self) -> None:
-        _check(self, ("top_k", "candidates_per_source"))
+        _check(
+            self,
+            ("top_k", "candidates_per_source", "session_neighbours", "session_sample", "session_query_items"),
+        )
+        if self.session_max_items < 1 or self.session_capacity < 0:
+            raise SettingsError("session_max_items must be >= 1 and session_capacity >= 0")
         if not 0.0 <= self.search_query_weight <= 1.0:
             raise SettingsError("search_query_weight must be within [0, 1]")
 
@@ -215,13 +235,13 @@ class RankerSettings:
     """Per labelled event, this many items from the list last shown to the user and not taken are negatives.
     Few on purpose: if the user never saw the list (replays, other surfaces), top-ranked "negatives" teach the
     ranker to distrust its own best signals."""
-    negatives_pool: int = 16
+    negatives_pool: int = 48
     """Negatives sampled from the user's last candidate pool: the ranker's real decision set."""
     negatives_sampled: int = 2
     """Uniform random catalogue items as negatives."""
     candidate_cache_users: int = 4096
     """Users whose last offer (the list and the candidate pool it was ranked from) is kept in memory, not persisted,
-    for learning against it: arrays reserved at start, (3·``candidates_per_source`` + ``top_k``) int32 per user."""
+    for learning against it: arrays reserved at start, (4·``candidates_per_source`` + ``top_k``) int32 per user."""
     learn: bool = True
     """Set to false to freeze the ranker (an evaluation ablation)."""
     online_window: int = 10_000

@@ -1,7 +1,8 @@
 """Candidate generation: the retrieval query for each user and the pool of rows the ranker then scores.
 
-A pool is the union of three sources — semantic (FAISS) hits for the user's taste (or search query), the items
-co-visited with their recent ones, and the currently popular items — less what the user must not be offered.
+A pool is the union of four sources — semantic (FAISS) hits for the user's taste (or search query), the items
+co-visited with their recent ones, the items of their session's neighbours (:mod:`streamrec.model.sessions`) and
+the currently popular items — less what the user must not be offered.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import numpy as np
 
 from streamrec.model.numeric import segment_owners, unit
 
-CANDIDATE_SOURCES = 3
-"""Semantic, co-visited and popular: a pool holds at most this many times ``candidates_per_source`` rows."""
+CANDIDATE_SOURCES = 4
+"""Semantic, co-visited, session neighbours' and popular: a pool holds at most this many times
+``candidates_per_source`` rows."""
 
 
 def retrieval_queries(

@@ -1,6 +1,7 @@
 """The fusion ranker's features: one (candidates, F) matrix for many users' candidates in one vectorised pass.
 
-Item attributes are the same for every user; the per-user lookups (co-visitation rank, category share, seen,
+Item attributes are the same for every user; the per-user lookups (co-visitation and session-neighbour rank,
+category share, seen,
 co-embedding) are keyed by (user, row) and done for the whole batch in one call each; only the similarities to
 the user's vectors are a gather and a small matrix product per user.
 
@@ -40,6 +41,8 @@ class UserContext:
     """The user's decayed category weights."""
     query_vector: np.ndarray | None = None
     coemb_vector: np.ndarray | None = None
+    session: CovisScores | None = None
+    """Items of the user's session neighbours and their scores (:mod:`streamrec.model.sessions`)."""
 
 
 @dataclass(slots=True)
@@ -115,6 +118,8 @@ def feature_matrix(
     width = len(cat) + 1
     keys = seg * width + all_rows
     x[:, F_INDEX["covisit"]] = keyed_lookup([covis_rank_table([user.covis for user in users], width)], keys)
+    sessions = [user.session or CovisScores.empty() for user in users]
+    x[:, F_INDEX["session"]] = keyed_lookup([covis_rank_table(sessions, width)], keys)
     seed_lens = np.fromiter((len(user.seeds) for user in users), np.int64, n_users)
     seen = np.fromiter(itertools.chain.from_iterable(user.seeds for user in users), np.int64, int(seed_lens.sum()))
     x[:, F_INDEX["seen"]] = keyed_lookup([(segment_owners(seed_lens) * width + seen, 1.0)], keys)

@@ -1,8 +1,8 @@
 """The fusion ranker: a linear model over retrieval and attribute features, learned online.
 
 ``score(user, item) = θ · x(user, item)`` where ``x`` holds semantic similarity (long-term, intent,
-query), collaborative signal (co-visitation rank, co-embedding similarity), category affinity and item
-attributes (popularity, price, freshness).
+query), collaborative signal (co-visitation rank, session-neighbour rank, co-embedding similarity), category
+affinity and item attributes (popularity, price, freshness).
 Each labelled event takes one SGD step ``θ ← θ − η∇L`` on a pairwise logistic (BPR) loss that ranks the
 taken item above items that were shown and not taken plus sampled ones, weighted by event strength.
 A linear model keeps every score explainable: the largest terms ``θ_i·x_i`` are the "reasons".
@@ -35,6 +35,7 @@ FEATURES: tuple[str, ...] = (
     "sim_intent",
     "sim_query",
     "covisit",
+    "session",
     "coemb",
     "category",
     "popularity",
@@ -48,6 +49,7 @@ PRIOR_WEIGHTS: dict[str, float] = {
     "sim_intent": 1.0,
     "sim_query": 4.0,
     "covisit": 0.5,
+    "session": 0.5,
     "coemb": 0.0,
     "category": 1.0,
     "popularity": 0.3,
@@ -60,6 +62,7 @@ REASON_LABELS: dict[str, str] = {
     "sim_intent": "matches what you are looking at now",
     "sim_query": "matches your search",
     "covisit": "often viewed together with your recent items",
+    "session": "in sessions like yours",
     "coemb": "picked by people who picked your recent items",
     "category": "from a category you like",
     "popularity": "popular right now",

@@ -32,6 +32,7 @@ from streamrec.model.numeric import unit
 from streamrec.model.offers import OfferCache
 from streamrec.model.profiles import ProfileStore, UserProfile, apply_event
 from streamrec.model.ranker import FEATURES, FusionRanker
+from streamrec.model.sessions import SessionIndex
 from streamrec.settings import Settings
 
 QueryEncoder = Callable[[Sequence[str]], np.ndarray]
@@ -162,6 +163,8 @@ class Recommender:
         self.catalog = Catalog(settings.retrieval)
         self.covis = CoVisitation(settings.retrieval)
         self.coemb = CoEmbedding(settings.retrieval)
+        self.sessions = SessionIndex(settings.retrieval)
+        """Users' recent sessions (personal: erased by :meth:`forget`), for session-neighbour candidates."""
         self.ranker = FusionRanker(settings.ranker)
         self.encode_queries = encode_queries
         self.rng = np.random.default_rng(settings.retrieval.seed)
@@ -186,7 +189,8 @@ class Recommender:
     def user_context(self, profile: UserProfile, now: float, query_vector: np.ndarray | None = None) -> UserContext:
         """What features need about a user besides the candidates, computed once per ranking."""
         seeds = self._rows(profile.recent)
-        return self._context(profile, seeds, self.covis.score_arrays(seeds, now), query_vector)
+        [session] = self.sessions.scores_many([profile.user_id])
+        return self._context(profile, seeds, self.covis.score_arrays(seeds, now), session, query_vector)
 
     def user_contexts(
         self, profiles: Sequence[UserProfile], now: float, query_vectors: Sequence[np.ndarray | None]
@@ -194,13 +198,29 @@ class Recommender:
         """:meth:`user_context` for many users, their co-visitation scores in one pass."""
         seeds = [self._rows(p.recent) for p in profiles]
         covis = self.covis.score_arrays_many(seeds, now)
-        return [self._context(p, s, c, qv) for p, s, c, qv in zip(profiles, seeds, covis, query_vectors, strict=True)]
+        sessions = self.sessions.scores_many([p.user_id for p in profiles])
+        return [
+            self._context(p, s, c, ss, qv)
+            for p, s, c, ss, qv in zip(profiles, seeds, covis, sessions, query_vectors, strict=True)
+        ]
 
     def _context(
-        self, profile: UserProfile, seeds: list[int], covis: CovisScores, query_vector: np.ndarray | None
+        self,
+        profile: UserProfile,
+        seeds: list[int],
+        covis: CovisScores,
+        session: CovisScores,
+        query_vector: np.ndarray | None,
     ) -> UserContext:
         return UserContext(
-            profile, seeds, covis, taste(profile), profile.categories, query_vector, self.coemb.user_vector(seeds)
+            profile,
+            seeds,
+            covis,
+            taste(profile),
+            profile.categories,
+            query_vector,
+            self.coemb.user_vector(seeds),
+            session,
         )
 
     def features(
@@ -315,9 +335,10 @@ class Recommender:
         lens = np.array([len(e.rows) for e in examples], np.int64)
         seeds = [e.seeds for e in examples]
         covis = self.covis.score_arrays_many(seeds, [e.ts for e in examples])
+        sessions = self.sessions.scores_many([e.profile.user_id for e in examples])
         users = [
-            UserContext(e.profile, s, c, e.taste, e.categories, None, self.coemb.user_vector(s))
-            for e, s, c in zip(examples, seeds, covis, strict=True)
+            UserContext(e.profile, s, c, e.taste, e.categories, None, self.coemb.user_vector(s), ss)
+            for e, s, c, ss in zip(examples, seeds, covis, sessions, strict=True)
         ]
         items = ItemState(np.concatenate([e.popularity for e in examples]), np.concatenate([e.codes for e in examples]))
         x = self.features_many(users, [e.rows for e in examples], np.repeat([e.ts for e in examples], lens), items)
@@ -348,6 +369,7 @@ class Recommender:
         searches: list[_Request] = []
         examples: list[_Example] = []
         visits: list[Any] = []
+        session_visits: list[tuple[str, str | None, int, float]] = []
         scored: tuple[list[str], list[int], list[bool]] = ([], [], [])
         """(user, item row, repeat) of the batch's item events whose user has a published list kept."""
         for idx, event in enumerate(events):
@@ -385,6 +407,7 @@ class Recommender:
                 apply_event(profile, event, vector, self.catalog.category_of(row), self.settings.profile, part, off)
                 self.offers.taken(event.user_id, row)  # no longer a shown-not-taken negative
                 self.fold_item_event(previous, row, weight, event.ts, visits)
+                session_visits.append((event.user_id, event.session_id, row, event.ts))
                 behaviour[event.user_id] = _Request(profile, event.ts)
             else:  # search: update intent with the query, answer with query-aware results
                 qv = qvecs.get(event.query or "")
@@ -396,6 +419,7 @@ class Recommender:
         if examples:
             result.loss = self._step(examples)
         self.fold_visits(visits)
+        self.sessions.add_many(session_visits)
         for profile in profiles.values():
             store.put(profile)
         return result, behaviour, searches
@@ -431,7 +455,8 @@ class Recommender:
             if self.settings.retrieval.exclude_seen and qv is None:
                 rows += user.seeds
             excluded.append(rows)
-        pools = candidate_pools(sem_rows, [user.covis.top(n_cand) for user in users], popular, excluded)
+        personal = [np.concatenate([user.covis.top(n_cand), _top(user.session, n_cand)]) for user in users]
+        pools = candidate_pools(sem_rows, personal, popular, excluded)
         x = self.features_many(users, pools, now)
         scores = self.ranker.score(x)
         tops: list[np.ndarray] = []
@@ -513,13 +538,15 @@ class Recommender:
         return result
 
     def forget(self, user_id: str, store: ProfileStore) -> None:
-        """Delete everything kept about a user (privacy requests): the profile and the in-memory last offer.
+        """Delete everything kept about a user (privacy requests): the profile, the in-memory last offer and their
+        sessions (the session-neighbour index).
 
         Aggregates the user's events contributed to (co-visitation, popularity, co-embeddings, the ranker's
         weights) are not per-user and stay; a later event for the user starts a fresh profile.
         """
         store.delete(user_id)
         self.offers.forget(user_id)
+        self.sessions.forget(user_id)
 
     def process(
         self,
@@ -551,3 +578,7 @@ class Recommender:
                 total.forgotten.append(user_id)
             start = idx + 1
         return total
+
+
+def _top(found: CovisScores | None, n: int) -> np.ndarray:
+    return found.top(n) if found is not None else np.zeros(0, np.int64)
