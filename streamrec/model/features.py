@@ -1,9 +1,8 @@
 """The fusion ranker's features: one (candidates, F) matrix for many users' candidates in one vectorised pass.
 
 Item attributes are the same for every user; the per-user lookups (co-visitation and session-neighbour rank,
-category share, seen,
-co-embedding) are keyed by (user, row) and done for the whole batch in one call each; only the similarities to
-the user's vectors are a gather and a small matrix product per user.
+category share, seen, co-embedding) are keyed by (user, row) and done for the whole batch in one call each; only
+the similarities to the user's vectors are a gather and a small matrix product per user.
 
 >>> keyed_lookup([(np.array([7, 3]), np.array([0.5, 2.0])), (np.array([9]), 1.0)], np.array([3, 4, 9, 7])).tolist()
 [2.0, 0.0, 1.0, 0.5]

@@ -6,8 +6,8 @@ apply in sequence — turning every labelled event into a training example score
 *before* the event, then folding the event into the profile and popularity, (3) scores every item event
 against the list last published to its user (online quality, :class:`~streamrec.model.metrics.OnlineScores`)
 and takes one SGD step on the fusion ranker for the whole batch, (4) folds the batch into the item-to-item
-statistics (co-visitation, co-embeddings), and (5) retrieves and ranks candidates for all touched users with
-one FAISS call.
+statistics (co-visitation, co-embeddings) and the users' sessions (session neighbours), and (5) retrieves and
+ranks candidates for all touched users with one FAISS call.
 """
 
 from __future__ import annotations
