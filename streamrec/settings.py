@@ -206,8 +206,9 @@ class RetrievalSettings:
     """Session-kNN: the user's session is compared by its newest this many distinct items."""
     session_max_items: int = 100
     """Items each kept session holds (its newest)."""
-    session_capacity: int = 200_000
-    """Sessions kept in memory (the oldest make room); 0 turns the session source and feature off."""
+    session_capacity: int = 0
+    """Sessions kept in memory (the oldest make room); 0 (the default) turns the session source and feature off:
+    on, they raised MovieLens and lowered the Taobao sample (docs/evaluation.md, "What we tried")."""
     seed: int = 7
     """Seed of the model's random draws (negatives, co-embedding start, IVF training sample, fallback vectors)."""
 
@@ -235,7 +236,7 @@ class RankerSettings:
     """Per labelled event, this many items from the list last shown to the user and not taken are negatives.
     Few on purpose: if the user never saw the list (replays, other surfaces), top-ranked "negatives" teach the
     ranker to distrust its own best signals."""
-    negatives_pool: int = 48
+    negatives_pool: int = 16
     """Negatives sampled from the user's last candidate pool: the ranker's real decision set."""
     negatives_sampled: int = 2
     """Uniform random catalogue items as negatives."""
