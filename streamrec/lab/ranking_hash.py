@@ -7,7 +7,8 @@ Two hashes per log, printed as JSON (``python -m streamrec.lab.ranking_hash FILE
   worker feeds it (user, kind, items and scores rounded to 1e-6).
 
 A hot-path change that keeps both hashes on both shared logs changed no ranking; otherwise each difference
-needs explaining (``docs/development.md``).
+needs explaining (``docs/development.md``). Item texts are embedded in fp32 unless ``--encoder-precision`` says
+otherwise, so that the reference values do not depend on whether the CPU runs the encoder in bf16.
 """
 
 from __future__ import annotations
@@ -94,8 +95,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("format", choices=["taobao", "movielens", "jsonl"])
     parser.add_argument("--limit", type=int, default=None, help="only the first N rows")
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="micro-batch size of the batched hash")
+    parser.add_argument(
+        "--encoder-precision", choices=["fp32", "bf16", "auto"], default="fp32", help="arithmetic of the text encoder"
+    )
     args = parser.parse_args(argv)
-    settings = Settings.from_env()
+    settings = Settings.from_env().replace(encoder_precision=args.encoder_precision)
     limit_threads(settings.encoder.torch_threads)
     records = list(read_log(args.file, args.format, limit=args.limit))
     if not records:
