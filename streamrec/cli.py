@@ -7,6 +7,7 @@ Every command reads :class:`Settings` from the environment (``STREAMREC_*``); ``
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
@@ -488,7 +489,7 @@ def taobao_option(flag: str, help_text: str) -> Any:
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write all figures here.")
 @click.option("--items", type=int, default=50_000, show_default=True, help="Synthetic catalogue size.")
 @click.option("--users", type=int, default=20_000, show_default=True, help="Synthetic users.")
-@click.option("--events", "n_events", type=int, default=300_000, show_default=True, help="Backlog of events.")
+@click.option("--events", "n_events", type=int, default=150_000, show_default=True, help="Backlog of events.")
 @click.option("--rate", type=float, default=500.0, show_default=True, help="Offered events/s, latency phase.")
 @click.option("--latency-seconds", type=float, default=20.0, show_default=True, help="Length of the latency phase.")
 @taobao_option("--taobao", "Taobao sample to drain as well (skipped when absent).")
@@ -499,6 +500,7 @@ def taobao_option(flag: str, help_text: str) -> Any:
     default=None,
     help="Encoder processes timed together (default: one per core, as STREAMREC_ENCODER_PROCESSES would run).",
 )
+@click.option("--quick", is_flag=True, help="A CI-sized run: small inputs, every figure (the other sizes ignored).")
 @click.pass_context
 def bench(
     ctx: click.Context,
@@ -511,22 +513,29 @@ def bench(
     taobao: Path,
     taobao_limit: int,
     encoder_processes: int | None,
+    quick: bool,
 ) -> None:
-    """Throughput, latency, encoder speed, item freshness and memory on the local broker (see README)."""
+    """The worker against its Faust floor and the transport (ratios), then throughput, latency, encoder speed,
+    item freshness and memory on this machine, on the local broker (docs/performance.md)."""
     from streamrec.lab.bench import BenchOptions, run_bench
 
     if not taobao.exists():
         click.echo(f"Taobao sample not found at {taobao}: measuring the synthetic stream only", err=True)
-    opts = BenchOptions(
-        items=items,
-        users=users,
-        events=n_events,
-        latency_rate=rate,
-        latency_s=latency_seconds,
-        taobao=taobao if taobao.exists() else None,
-        taobao_limit=taobao_limit,
-        **({"encoder_processes": encoder_processes} if encoder_processes else {}),
-    )
+    sample = taobao if taobao.exists() else None
+    processes = {"encoder_processes": encoder_processes} if encoder_processes else {}
+    if quick:
+        opts = dataclasses.replace(BenchOptions.quick(sample), **processes)
+    else:
+        opts = BenchOptions(
+            items=items,
+            users=users,
+            events=n_events,
+            latency_rate=rate,
+            latency_s=latency_seconds,
+            taobao=sample,
+            taobao_limit=taobao_limit,
+            **processes,
+        )
     run_bench(_settings(ctx), opts, json_out)
 
 
