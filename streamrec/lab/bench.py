@@ -318,9 +318,12 @@ async def drain_backlog(
     name: str,
     windows: int = 1,
     keep_running: bool = False,
+    program: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any], Service, RecommendationWatcher]:
-    """Time a worker draining the published backlog; its memory growth per new user over ``windows`` windows."""
-    worker = Service(f"worker-{name}", ["worker", "--loglevel", "warning"], settings, workdir).start()
+    """Time a worker draining the published backlog; its memory growth per new user over ``windows`` windows.
+
+    ``program``: what runs ``worker`` instead of ``python -m streamrec`` (a profiling wrapper)."""
+    worker = Service(f"worker-{name}", ["worker", "--loglevel", "warning"], settings, workdir, program).start()
     watcher = RecommendationWatcher(settings.kafka)
     samples: list[MemorySample] = []
     try:
