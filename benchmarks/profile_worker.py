@@ -7,7 +7,10 @@ in a thread of the worker's process (``core_process=false``) under two profilers
 * the core — every :meth:`CoreService.process <streamrec.worker.core.CoreService.process>` call (learning,
   ranking, profiles in and out, lists out), in the core's thread;
 * the Faust side — the event loop's thread from the moment the catalogue is loaded (fetching, decoding,
-  batching, the profile table, publishing).
+  batching, the profile table, publishing), without the ``/stats`` requests the drain is watched with.
+
+cProfile's cost per Python call inflates the Faust side (many small calls) far more than the core (numpy): read
+each side's shares, and take the sides' CPU per event from ``streamrec bench`` (``drain_cpu_cores``).
 
 Prints the events/s under the profilers, then for each side its CPU seconds, µs per event and the functions
 that take the most (cumulative and own time), as a share of that side and µs per event; the raw profiles are
@@ -57,8 +60,19 @@ def child(out: Path) -> None:
         await loaded(self, records)
         loop.enable()
 
+    stats_dict = worker_module.Worker.stats_dict
+
+    def unprofiled_stats(self: Any, *args: Any, **kwargs: Any) -> Any:
+        """The bench's own /stats polling is its cost, not the worker's: left out of the loop's profile."""
+        loop.disable()
+        try:
+            return stats_dict(self, *args, **kwargs)
+        finally:
+            loop.enable()
+
     CoreService.process = profiled_process  # type: ignore[method-assign]
     worker_module.Worker._catalog_loaded = profile_from_now  # type: ignore[method-assign]
+    worker_module.Worker.stats_dict = unprofiled_stats  # type: ignore[method-assign]
     settings = Settings.from_env()
     if settings.batching.core_process:
         raise SystemExit("profile_worker needs STREAMREC_CORE_PROCESS=false (the core's calls in this process)")

@@ -326,6 +326,9 @@ async def drain_backlog(
     worker = Service(f"worker-{name}", ["worker", "--loglevel", "warning"], settings, workdir, program).start()
     watcher = RecommendationWatcher(settings.kafka)
     samples: list[MemorySample] = []
+    meter: CpuMeter | None = None
+    metered_from = (0, 0.0)
+    """Events applied and the time when the meter started."""
     try:
         await wait_for_services(lambda: worker_stats(settings), STARTUP_TIMEOUT_S, "the worker", [worker])
         await watcher.start()
@@ -333,9 +336,14 @@ async def drain_backlog(
         n = len(events)
 
         async def drained() -> dict[str, Any] | None:
+            nonlocal meter, metered_from
             stats = await worker_stats(settings)
             if stats is None:
                 return None
+            if meter is None and stats["batches"] > 0:  # the CPU each process spends on the drain, from now on
+                pids = {"worker": worker.process.pid if worker.process else None, "core": stats.get("core_pid")}
+                meter = CpuMeter(pids).start()
+                metered_from = (int(stats["events"]), time.perf_counter())
             samples.append(_memory_sample(stats))
             if stats["events"] + stats["duplicates_skipped"] + stats["dead_letters"] < n:
                 return None
@@ -347,6 +355,8 @@ async def drain_backlog(
         await watcher.stop()
         worker.stop()
         raise
+    cores = meter.cores() if meter is not None else {}
+    metered_s, metered_events = time.perf_counter() - metered_from[1], max(len(events) - metered_from[0], 1)
     elapsed = watcher.last_record_ms / 1000.0 - stats["first_batch_at"]
     users = len(last_ts)
     ready = MemorySample(0, 0, stats["rss_ready_bytes"], stats["core_rss_ready_bytes"])
@@ -355,6 +365,8 @@ async def drain_backlog(
         "users": users,
         "worker_events_per_s": n / max(elapsed, 1e-9),
         "worker_seconds": elapsed,
+        "drain_cpu_cores": {name: round(c, 3) for name, c in cores.items()},
+        "drain_cpu_us_per_event": {name: round(c * metered_s / metered_events * 1e6, 1) for name, c in cores.items()},
         "recommendations": stats["recommendations"],
         "batches": stats["batches"],
         "batch_ms_p50": stats["processing_ms_p50"],
@@ -367,7 +379,10 @@ async def drain_backlog(
         "rss_core_bytes_per_user": statistics.median(core_per_user),
         "profile_bytes_per_user": stats["profile_bytes"] / max(stats["profiles"], 1),
     }
-    print(f"[{name}] worker drained {n:,} events in {elapsed:.1f}s: {figures['worker_events_per_s']:,.0f}/s")
+    cpu = ", ".join(
+        f"{k} {c:.2f} cores, {figures['drain_cpu_us_per_event'][k]:,.0f} µs/event" for k, c in cores.items()
+    )
+    print(f"[{name}] worker drained {n:,} events in {elapsed:.1f}s: {figures['worker_events_per_s']:,.0f}/s ({cpu})")
     if not keep_running:
         await watcher.stop()
         worker.stop()

@@ -80,6 +80,8 @@ def test_bench_measures_every_figure(tmp_path: Path, capsys: pytest.CaptureFixtu
     goals = data["targets"]
     assert sorted(goals) == sorted(TARGETS) and all(goals[k]["value"] == data[k] for k in RATIOS)
     assert goals["worker_over_floor"]["met"] == (data["worker_over_floor"] >= TARGETS["worker_over_floor"][1])
+    drain = data["drain_cpu_us_per_event"]  # what each of the worker's processes spent per event of the drain
+    assert sorted(drain) == sorted(data["drain_cpu_cores"]) == ["core", "worker"] and min(drain.values()) > 0
     cpu = data["latency_cpu_cores"]  # where the cores went while the latency was measured
     assert sorted(cpu) == ["bench", "broker", "core", "worker"] and all(0.0 < c < os.cpu_count() for c in cpu.values())
     assert 0 < data["new_item_visible_ms_p50"] <= data["new_item_visible_ms_p99"]
