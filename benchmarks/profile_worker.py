@@ -14,9 +14,12 @@ each side's shares, and take the sides' CPU per event from ``streamrec bench`` (
 
 Prints the events/s under the profilers, then for each side its CPU seconds, µs per event and the functions
 that take the most (cumulative and own time), as a share of that side and µs per event; the raw profiles are
-kept (``--out``) for ``python -m pstats``::
+kept (``--out``) for ``python -m pstats``. ``--timers`` instead times the core's main steps alone (thread CPU
+time around each of :data:`TIMED`, inclusive, a fraction of a µs per call), so their µs per event are what
+they cost without a profiler::
 
     .venv/bin/python benchmarks/profile_worker.py --events 60000 --out out/profile
+    .venv/bin/python benchmarks/profile_worker.py --events 60000 --timers
 """
 
 from __future__ import annotations
@@ -24,20 +27,112 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import importlib
 import io
+import json
 import pstats
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 CORE_PROFILE = "core.prof"
 FAUST_PROFILE = "faust.prof"
+TIMERS = "timers.json"
+TOTAL = "streamrec.worker.core:CoreService.process"
+TIMED = (
+    TOTAL,
+    "streamrec.worker.core:BytesProfileStore.get",
+    "streamrec.worker.core:BytesProfileStore.changes",
+    "streamrec.model.recommender:Recommendation.to_dict",
+    "streamrec.worker.core:CoreService.trim",
+    "streamrec.model.recommender:Recommender.learn",
+    "streamrec.model.recommender:apply_event",
+    "streamrec.model.recommender:Recommender.fold_item_event",
+    "streamrec.model.recommender:Recommender._negatives",
+    "streamrec.model.recommender:Recommender._step",
+    "streamrec.model.ranker:FusionRanker.step",
+    "streamrec.model.recommender:Recommender.fold_visits",
+    "streamrec.model.covisitation:CoVisitation.add_many",
+    "streamrec.model.coembedding:CoEmbedding.add_many",
+    "streamrec.model.recommender:Recommender._query_vectors",
+    "streamrec.model.recommender:Recommender.recommend",
+    "streamrec.model.recommender:Recommender.user_contexts",
+    "streamrec.model.covisitation:CoVisitation.score_arrays_many",
+    "streamrec.model.catalog:Catalog.search",
+    "streamrec.model.recommender:candidate_pools",
+    "streamrec.model.recommender:Recommender.features_many",
+    "streamrec.model.coembedding:CoEmbedding.similarity_many",
+    "streamrec.model.ranker:FusionRanker.score",
+    "streamrec.model.ranker:FusionRanker.reasons_many",
+    "streamrec.model.offers:OfferCache.remember",
+)
+"""What ``--timers`` times, as ``module:attribute`` (module functions where the caller's module looks them up)."""
 TOP = 30
 MIN_SHARE = 0.005
 """Functions below this share of their side are left out of the printed lists."""
+
+
+def install_timers(seconds: dict[str, float], calls: dict[str, int]) -> None:
+    """Wrap each of :data:`TIMED` to add its thread CPU time (inclusive) and its calls to the two mappings, counted
+    only within :data:`TOTAL` (the core's start-up warm-up ranks too)."""
+    inside = [False]
+
+    def timed(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if name != TOTAL and not inside[0]:
+                return function(*args, **kwargs)
+            inside[0] = True
+            t0 = time.thread_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                seconds[name] += time.thread_time() - t0
+                calls[name] += 1
+                if name == TOTAL:
+                    inside[0] = False
+
+        return wrapper
+
+    for name in TIMED:
+        module_name, path = name.split(":")
+        owner: Any = importlib.import_module(module_name)
+        *parents, attribute = path.split(".")
+        for parent in parents:
+            owner = getattr(owner, parent)
+        setattr(owner, attribute, timed(name, getattr(owner, attribute)))
+
+
+def timers_child(out: Path) -> None:
+    """Run ``streamrec worker`` with the core's main steps timed (:func:`install_timers`)."""
+    from streamrec.settings import Settings
+    from streamrec.worker.app import run_worker
+
+    seconds: dict[str, float] = defaultdict(float)
+    calls: dict[str, int] = defaultdict(int)
+    install_timers(seconds, calls)
+    sys.argv = [sys.argv[0], "worker"]
+    try:
+        run_worker(Settings.from_env(), "warning")
+    finally:
+        (out / TIMERS).write_text(json.dumps({"seconds": seconds, "calls": calls}))
+
+
+def timers_report(path: Path, events: int) -> str:
+    """Each timed step's µs per event (inclusive), its share of the core's total and its calls per event."""
+    data = json.loads(path.read_text())
+    total = data["seconds"].get(TOTAL, 0.0)
+    lines = [f"== core (CoreService.process), timed: {total / events * 1e6:,.0f} µs per event =="]
+    lines.append(
+        "share of the core, µs per event, calls per event, step (inclusive: nested steps are in their callers)"
+    )
+    for name in TIMED:
+        spent, calls = data["seconds"].get(name, 0.0), data["calls"].get(name, 0)
+        lines.append(f"{spent / max(total, 1e-9):7.1%} {spent / events * 1e6:9.1f} {calls / events:9.3f}  {name}")
+    return "\n".join(lines)
 
 
 def child(out: Path) -> None:
@@ -105,7 +200,7 @@ def report(path: Path, title: str, events: int) -> str:
     return "\n".join(lines)
 
 
-async def _drain(events_n: int, workdir: Path, out: Path) -> dict[str, Any]:
+async def _drain(events_n: int, workdir: Path, out: Path, timers: bool) -> dict[str, Any]:
     from streamrec.encoding.encoder import fallback_embeddings
     from streamrec.lab.bench import BenchOptions, cohort_events, drain_backlog, publish_backlog
     from streamrec.lab.broker import LocalBroker, free_port
@@ -122,7 +217,9 @@ async def _drain(events_n: int, workdir: Path, out: Path) -> dict[str, Any]:
         shop = make_shop(opts.items, opts.users, seed=seed, ts=now - events_n - 1.0)
         events = cohort_events(shop, events_n, opts.windows, seed, start_ts=now - events_n)
         await publish_backlog(settings, fallback_embeddings(shop.items, settings), events, "profiled")
-        program = [sys.executable, str(Path(__file__).resolve()), "--child", str(out)]
+        program = [sys.executable, str(Path(__file__).resolve()), "--child", str(out)] + (
+            ["--timers"] if timers else []
+        )
         figures, _, _ = await drain_backlog(settings, events, workdir, "profiled", program=program)
     return figures
 
@@ -131,22 +228,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=60_000)
     parser.add_argument("--out", type=Path, default=None, help="keep the profiles here (default: a temp dir)")
+    parser.add_argument("--timers", action="store_true", help="time the core's main steps instead of profiling")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args, _ = parser.parse_known_args(argv)
     if args.child:
-        child(args.child)
+        (timers_child if args.timers else child)(args.child)
         return
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-profile-"))
     out = args.out or workdir
     out.mkdir(parents=True, exist_ok=True)
-    figures = asyncio.run(_drain(args.events, workdir, out))
+    figures = asyncio.run(_drain(args.events, workdir, out, args.timers))
     buffer = io.StringIO()
     buffer.write(
         f"{args.events:,} events, {figures['users']:,} users, {figures['batches']} batches: "
-        f"{figures['worker_events_per_s']:,.0f} events/s under the profilers (core in a thread)\n"
+        f"{figures['worker_events_per_s']:,.0f} events/s (core in a thread); CPU µs per event: "
+        f"{figures['drain_cpu_us_per_event']}\n"
     )
-    for name, title in ((CORE_PROFILE, "core (CoreService.process)"), (FAUST_PROFILE, "Faust side (event loop)")):
-        buffer.write(report(out / name, title, args.events) + "\n")
+    if args.timers:
+        buffer.write(timers_report(out / TIMERS, args.events) + "\n")
+    else:
+        for name, title in ((CORE_PROFILE, "core (CoreService.process)"), (FAUST_PROFILE, "Faust side (event loop)")):
+            buffer.write(report(out / name, title, args.events) + "\n")
     print(buffer.getvalue())
 
 
