@@ -73,6 +73,9 @@ SLOWEST_EVENTS_PER_S = 50.0
 """A drain slower than this is reported as a failure rather than waited for."""
 SEND_CHUNK = 5_000
 FETCH_MS = 100
+DRAIN_POLL_S = 1.0
+"""How often a drain is checked on (``/stats``): each request costs the worker's loop time that grows with its
+users (``stats_request_ms``), so not more often than the memory windows need."""
 LOAD_TICK_S = 0.01
 """The latency phase's load generator sends what is due every this long (at 500/s: 5 events per tick)."""
 WARMUP_TEXTS = 64
@@ -350,7 +353,10 @@ async def drain_backlog(
             return stats if watcher.missing(last_ts) == 0 else None
 
         timeout = max(DRAIN_TIMEOUT_S, n / SLOWEST_EVENTS_PER_S)
-        stats = await wait_for_services(drained, timeout, f"the worker to drain {n:,} events", [worker])
+        stats = await wait_for_services(drained, timeout, f"the worker to drain {n:,} events", [worker], DRAIN_POLL_S)
+        t0 = time.perf_counter()
+        await worker_stats(settings)
+        stats_request_ms = (time.perf_counter() - t0) * 1000.0
     except BaseException:
         await watcher.stop()
         worker.stop()
@@ -378,6 +384,7 @@ async def drain_backlog(
         "rss_core_bytes_per_user_windows": core_per_user,
         "rss_core_bytes_per_user": statistics.median(core_per_user),
         "profile_bytes_per_user": stats["profile_bytes"] / max(stats["profiles"], 1),
+        "stats_request_ms": stats_request_ms,
     }
     cpu = ", ".join(
         f"{k} {c:.2f} cores, {figures['drain_cpu_us_per_event'][k]:,.0f} µs/event" for k, c in cores.items()
