@@ -38,7 +38,8 @@ eval: install
 	$(VENV)/bin/streamrec eval $(SHARED)/movielens-100k --format movielens \
 		--json out/eval-movielens.json --plot out/eval-movielens.png
 
-# Throughput, latency, encoder speed, item freshness and memory on the local broker (README, "Performance").
+# The worker against its Faust floor and the transport, as ratios with their targets, then the absolute figures
+# of this machine, in one run on the local broker (docs/performance.md); `make bench ARGS=--quick` is CI-sized.
 bench: install
 	mkdir -p out
 	$(VENV)/bin/streamrec bench --json out/bench.json $(ARGS)

@@ -86,9 +86,16 @@ COHORT_SEED_STEP = 1_000
 TRANSPORT_TOPIC = "bench-transport"
 """The transport phase's topic (partitioned like ``events``)."""
 FLOOR_APP_ID = "streamrec-floor"
-ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
-"""CPU features that change the figures (vector width, bf16 arithmetic): reported so that figures from different
-machines are never compared."""
+ISA_FLAGS: dict[str, str] = {
+    "avx2": "avx2",
+    "avx512": "avx512f",
+    "avx512_bf16": "avx512_bf16",
+    "amx": "amx_tile",
+    "amx_bf16": "amx_bf16",
+}
+"""CPU features that change the figures (vector width, bf16 arithmetic), as reported → the ``/proc/cpuinfo`` flag
+that has it: reported so that figures from different machines are never compared."""
+CPU_INFO = Path("/proc/cpuinfo")
 TARGETS: dict[str, tuple[str, float]] = {
     "worker_over_floor": (">=", 0.5),
     "latency_over_transport_p99": ("<=", 3.0),
@@ -161,26 +168,33 @@ def targets(figures: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def cpu_description(path: Path = CPU_INFO) -> tuple[str, dict[str, bool]]:
+    """The CPU model (first ``model name`` of ``/proc/cpuinfo``, else the platform's word) and which of
+    :data:`ISA_FLAGS` it has."""
+    from streamrec.encoding.encoder import cpu_flags
+
+    model = platform.processor() or platform.machine() or "unknown"
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    flags = cpu_flags(path)
+    return model, {name: flag in flags for name, flag in ISA_FLAGS.items()}
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on: CPU model, the ISA flags that matter (:data:`ISA_FLAGS`), libraries."""
     import faiss
     import torch
 
-    from streamrec.encoding.encoder import cpu_flags
-
-    cpu = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu_model, isa = cpu_description()
     mem = 0
     with contextlib.suppress(OSError, ValueError):
         mem = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
-    flags = cpu_flags()
     return {
-        "cpu": cpu,
-        "isa": {flag: flag in flags for flag in ISA_FLAGS},
+        "cpu_model": cpu_model,
+        "isa": isa,
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cores": os.cpu_count(),
         "memory_bytes": mem,
@@ -789,7 +803,7 @@ def format_table(result: BenchResult) -> str:
         lines.append(f"{label:<{width}} {_fmt(fmt, figures.get(key)):>12} {goal.get('target', ''):>10}  {met}")
     windows = ", ".join(f"{v:,.0f}" for v in figures.get("rss_bytes_per_user_windows", []))
     lines.append(f"{'  (growth windows)':<{width}} {windows}")
-    cpu, cores = result.machine.get("cpu", "?"), result.machine.get("cores", "?")
+    cpu, cores = result.machine.get("cpu_model", "?"), result.machine.get("cores", "?")
     isa = ", ".join(k for k, v in result.machine.get("isa", {}).items() if v) or "none of " + ", ".join(ISA_FLAGS)
     lines += ["", f"on this machine ({cpu}, {cores} cores; {isa}); encoder {figures.get('encoder_path', '-')}"]
     lines.append(f"{'figure':<{width}} {'synthetic':>12} {'taobao':>12}")

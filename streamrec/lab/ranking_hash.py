@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     out: dict[str, Any] = {
         "file": args.file,
         "records": len(records),
-        "cpu": machine()["cpu"],
+        "cpu_model": machine()["cpu_model"],
     }
     t0 = time.perf_counter()
     out |= prequential_hash(records, embeddings, settings, settings.retrieval.top_k)

@@ -91,10 +91,10 @@ def test_bench_measures_every_figure(tmp_path: Path, capsys: pytest.CaptureFixtu
         path = "cpu-bf16" if native_bf16(cpu_flags()) else "cpu-fp32"
         assert (data["encoder_device"], data["encoder_path"], data["encoder_processes"]) == ("cpu", path, 2)
     machine = data["machine"]
-    assert machine["cores"] == os.cpu_count() and machine["cpu"]
-    assert machine["isa"] == {flag: flag in cpu_flags() for flag in ISA_FLAGS}
+    assert machine["cores"] == os.cpu_count() and machine["cpu_model"]
+    assert machine["isa"] == {name: flag in cpu_flags() for name, flag in ISA_FLAGS.items()}
     printed = capsys.readouterr().out
-    assert printed.index("worker / Faust floor") < printed.index(f"on this machine ({machine['cpu']}")
+    assert printed.index("worker / Faust floor") < printed.index(f"on this machine ({machine['cpu_model']}")
     if taobao is None:
         assert data["taobao"] is None
     else:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from streamrec.lab.bench import (
+    ISA_FLAGS,
     BenchResult,
     MemorySample,
     cohort_events,
+    cpu_description,
     format_table,
     growth_windows,
     targets,
@@ -64,10 +68,25 @@ def test_targets_and_report_put_the_ratios_first() -> None:
         "rss_bytes_per_user": True,
     }
     assert targets({})["worker_over_floor"] == {"target": ">= 0.5", "value": None, "met": None}
-    result = BenchResult(machine={"cpu": "Some CPU", "cores": 2, "isa": {"avx2": True, "amx_bf16": False}})
+    result = BenchResult(machine={"cpu_model": "Some CPU", "cores": 2, "isa": {"avx2": True, "amx": False}})
     result.figures.update(figures)
     lines = format_table(result).splitlines()
     assert lines[1].split()[-4:] == ["0.600", ">=", "0.5", "yes"]
     assert "1,900, 2,000, 2,500" in lines[4]
     assert lines[6].startswith("on this machine (Some CPU, 2 cores; avx2)")
     assert any(line.startswith("worker, backlog drained") and "1,234" in line for line in lines[6:])
+
+
+def test_cpu_model_and_isa_flags_under_the_issues_names(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nmodel name\t: Some Xeon\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n\n"
+        "processor\t: 1\nmodel name\t: Other\nflags\t\t: fpu\n"
+    )
+    model, isa = cpu_description(info)
+    assert model == "Some Xeon"
+    assert isa == {"avx2": True, "avx512": True, "avx512_bf16": True, "amx": True, "amx_bf16": False}
+    assert list(isa) == list(ISA_FLAGS)
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2\n")
+    model, isa = cpu_description(info)
+    assert model and not any(isa.values())
