@@ -93,3 +93,14 @@ def unit(v: np.ndarray) -> np.ndarray:
     """``v`` scaled to unit length (zeros stay zeros)."""
     n = math.sqrt(float(v @ v))  # what np.linalg.norm computes for a 1-D vector, without its overhead
     return v / n if n > 0.0 else v
+
+
+def unit_rows(m: np.ndarray) -> np.ndarray:
+    """:func:`unit` of each row of a float32 (N, D) matrix, in a few array calls, to the same bits: each row's
+    squared norm is numpy's dot of the row with itself (a stacked ``matmul`` of (1, D) by (D, 1) is that same
+    dot), taken to float64 for the square root, then divided in float32 as ``v / n`` is."""
+    if not len(m):
+        return m.copy()
+    squares = np.matmul(m[:, None, :], m[:, :, None])[:, 0, 0]
+    norms = np.sqrt(squares.astype(np.float64))
+    return np.where((norms > 0.0)[:, None], m / np.where(norms > 0.0, norms, 1.0).astype(m.dtype)[:, None], m)

@@ -28,7 +28,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from streamrec.encoding.threads import limit_threads
 from streamrec.model.events import Event, InvalidMessage, dumps, parse_item_embedding
 from streamrec.model.itemstats import ItemUpdate, encode_updates
-from streamrec.model.profiles import UserProfile
+from streamrec.model.profiles import UserProfile, profiles_to_bytes
 from streamrec.model.recommender import Recommender
 from streamrec.model.shared_model import SharedModel
 from streamrec.settings import Settings
@@ -114,7 +114,9 @@ class BytesProfileStore:
         self.changed[user_id] = None
 
     def changes(self) -> dict[str, bytes | None]:
-        return {u: None if p is None else p.to_bytes() for u, p in self.changed.items()}
+        kept = [p for p in self.changed.values() if p is not None]
+        records = iter(profiles_to_bytes(kept))
+        return {u: None if p is None else next(records) for u, p in self.changed.items()}
 
 
 class CoreService:
