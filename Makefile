@@ -29,7 +29,7 @@ test: install
 	$(VENV)/bin/ruff check streamrec tests benchmarks
 	$(PY) -m pytest -q
 
-# Prequential quality on the two logs in ../shared/datasets (README, "Evaluating quality").
+# Prequential quality on the two logs in ../shared/datasets (docs/evaluation.md).
 SHARED ?= ../shared/datasets
 eval: install
 	mkdir -p out
@@ -38,12 +38,12 @@ eval: install
 	$(VENV)/bin/streamrec eval $(SHARED)/movielens-100k --format movielens \
 		--json out/eval-movielens.json --plot out/eval-movielens.png
 
-# Throughput, latency, encoder speed, item freshness and memory on the local broker (README, "Performance").
+# Throughput, latency, encoder speed, item freshness and memory on the local broker (docs/performance.md).
 bench: install
 	mkdir -p out
 	$(VENV)/bin/streamrec bench --json out/bench.json $(ARGS)
 
-# Crash + scale-out on the local broker: 2 workers, kill -9 one mid-replay, restart it (README, "Resilience").
+# Crash + scale-out on the local broker: 2 workers, kill -9 one mid-replay, restart it (docs/resilience.md).
 chaos: install
 	mkdir -p out
 	$(VENV)/bin/streamrec chaos --dataset $(SHARED)/taobao-userbehavior-sample/UserBehavior_head.csv \

@@ -544,7 +544,7 @@ def bench(
     taobao_limit: int,
     encoder_processes: int | None,
 ) -> None:
-    """Throughput, latency, encoder speed, item freshness and memory on the local broker (see README)."""
+    """Throughput, latency, encoder speed, item freshness and memory on the local broker (docs/performance.md)."""
     from streamrec.lab.bench import BenchOptions, run_bench
 
     if not taobao.exists():
@@ -571,7 +571,7 @@ def bench(
     type=float,
     default=300.0,
     show_default=True,
-    help="Events are paced over this long (keep the rate one the two workers sustain: ~300/s here).",
+    help="Events are paced over this long (keep the rate below what the two workers sustain; see docs/resilience.md).",
 )
 @click.option("--kill-at", type=float, default=0.3, show_default=True, help="Share of events sent at the kill.")
 @click.option("--workdir", type=click.Path(path_type=Path), default=None, help="Logs here (default: a temp dir).")

@@ -162,7 +162,7 @@ class OnlineMFBaseline:
     """river ``BiasedMF`` (16 factors) on implicit feedback: taken items → 1, uniformly sampled items → 0.
 
     Uniform negatives let the item biases learn popularity (negatives drawn from the popular items instead
-    teach it to push popular items down: measured on MovieLens-100K, Recall@20 0.062 vs 0.093).
+    teach it to push popular items down, and it does worse; docs/evaluation.md, "Systems compared").
 
     Scoring every catalogue item per request is too slow in pure Python, so it ranks the 300 currently most
     popular items (which hold most of the positives) — the usual way MF is served behind a candidate source.

@@ -1,9 +1,9 @@
 """The worker's core: the recommender and its share of the model, served in a child process (or a thread).
 
 A Python process runs one interpreter at a time (the GIL). In one process the Faust event loop (fetching,
-delivering and producing messages) and the core (learning and ranking) took turns: measured on a backlog,
-the loop held the GIL ~43% of the time and the core ~45%, so a batch took ~2.5× what the core alone needs.
-With ``core_process`` (the default) the core runs in its own process, so both work at once on two cores.
+delivering and producing messages) and the core (learning and ranking) take turns, so a batch takes far longer
+than the core alone needs (docs/performance.md, "Before the core had its own process"). With ``core_process``
+(the default) the core runs in its own process, so both work at once on two cores.
 
 The worker talks to :class:`CoreService` only through :class:`CoreClient`, whose typed methods mirror the
 service's: each call is one request (the service method itself and its arguments) and one reply over a
@@ -192,9 +192,9 @@ class CoreService:
         """Rank once for ``users`` made-up users (each with a catalogue item's vector as taste), changing nothing.
 
         The first rankings take the libraries' working memory (BLAS and FAISS buffers, code pages, a heap
-        sized for a full batch's temporaries), which would otherwise be counted as memory per user (the core
-        alone, 100k synthetic events: 3,301 → 2,862 bytes per user). Nothing is learned, remembered or published;
-        the caller trims the freed temporaries (the worker does before it records its memory baseline).
+        sized for a full batch's temporaries), which would otherwise be counted as memory per user
+        (docs/performance.md, "Where the memory goes"). Nothing is learned, remembered or published; the caller
+        trims the freed temporaries (the worker does before it records its memory baseline).
         """
         rec = self.recommender
         if rec.catalog.n_indexed == 0 or users <= 0:
