@@ -9,7 +9,7 @@ with that item); all events are reported as a secondary metric.
 With ``protocol="published"`` streamrec is replayed as the worker runs it instead (:func:`_replay_published`):
 in micro-batches through the worker's core, each item event scored against the list last *published* to its
 user, with the worker's bounded discovery rule — what a worker's ``/stats["online_quality"]`` shows after the
-same log (``docs/evaluation.md``, "Online quality").
+same log (``docs/evaluation.md``, "Online quality: the published protocol").
 
 With ``workers > 1`` streamrec runs as that many workers would in a deployment
 (:class:`ShardedStreamrecSystem`): each user's events go to the worker holding the user's partition (Kafka's
