@@ -219,6 +219,9 @@ class EvalReport:
     """Per tuned system: the prefix it was tuned on, every grid point's score there, and the chosen point."""
     training: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per retrained system: its retrain schedule and training seconds, in total and per retrain."""
+    wall_seconds: float = 0.0
+    """The whole evaluation after loading and embedding the log: tuning and every replay, ``jobs`` at a time."""
+    jobs: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -232,6 +235,8 @@ class EvalReport:
             "events_per_s": self.events_per_s,
             "tuning": self.tuning,
             "training": self.training,
+            "wall_seconds": self.wall_seconds,
+            "jobs": self.jobs,
         }
 
 
@@ -504,6 +509,8 @@ def evaluate(
         events_per_s=n_events * len(names) / elapsed if elapsed > 0 else 0.0,
         tuning=tuning,
         training=training,
+        wall_seconds=elapsed,
+        jobs=jobs,
     )
 
 
@@ -620,7 +627,7 @@ def markdown_tuning(report: Mapping[str, Any], column: str = "sample") -> str:
         chosen = ", ".join(f"{key}={entry['chosen'][key]}" for key in keys)
         out += [
             f"`{name}`: Recall@{k} on the first {entry['prefix_events']:,} events ({entry['prefix_scored']:,} "
-            f"discovery events scored); chosen: {chosen}",
+            f"discovery events scored; {len(grid)} replays, {entry['seconds']:.0f} s); chosen: {chosen}",
             "",
             "| " + " | ".join(head) + " |",
             "|" + "---|" * len(row_keys) + "---:|" * len(columns),
@@ -649,7 +656,8 @@ def markdown_training(report: Mapping[str, Any]) -> str:
 def markdown_report(report: Mapping[str, Any]) -> str:
     """Results, tuning and training of one report (its JSON form), as the Markdown ``docs/evaluation.md`` shows."""
     parts = [
-        f"{report['dataset']}: {report['events']:,} events, {report['scored']:,} discovery events scored",
+        f"{report['dataset']}: {report['events']:,} events, {report['scored']:,} discovery events scored; "
+        f"{report.get('wall_seconds', 0) / 60:.1f} min for tuning and all replays, {report.get('jobs', 1)} at a time",
         markdown_results(report),
         markdown_tuning(report),
         markdown_training(report),

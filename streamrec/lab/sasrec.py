@@ -31,6 +31,7 @@ from streamrec.model.events import ITEM_EVENT_TYPES, Event, ItemEmbedding
 from streamrec.settings import Settings
 
 PAD = 0
+TORCH_THREADS = 1
 """Item index 0 pads short sequences; real items are 1..V in order of first appearance."""
 
 
@@ -82,9 +83,9 @@ class _Block(nn.Module):
 class SASRec(nn.Module):
     """Item + position embeddings → causal blocks → a hidden state per position, scored against item embeddings."""
 
-    def __init__(self, n_items: int, p: SasrecParams) -> None:
+    def __init__(self, n_items: int, p: SasrecParams, sparse: bool = False) -> None:
         super().__init__()
-        self.items = nn.Embedding(n_items + 1, p.dim, padding_idx=PAD)
+        self.items = nn.Embedding(n_items + 1, p.dim, padding_idx=PAD, sparse=sparse)
         self.positions = nn.Embedding(p.max_len, p.dim)
         self.blocks = nn.ModuleList(_Block(p.dim, p.heads, p.dropout) for _ in range(p.blocks))
         self.norm = nn.LayerNorm(p.dim)
@@ -143,10 +144,17 @@ def train_sasrec(sequences: list[list[int]], n_items: int, p: SasrecParams, seed
     """A fresh model trained on ``sequences`` (item indexes 1..n_items); returns it, the windows and the last loss."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = SASRec(n_items, p)
-    windows = training_windows(sequences, p.max_len)
-    opt = torch.optim.Adam(model.parameters(), lr=p.lr)
     full = n_items <= p.full_softmax_items
+    # sampled: each step touches a few thousand item rows, so the item table gets sparse gradients and a lazy Adam
+    # (a dense Adam step over a 50,000-item table costs as much as the rest of the step)
+    model = SASRec(n_items, p, sparse=not full)
+    windows = training_windows(sequences, p.max_len)
+    table = model.items.weight
+    if full:
+        optimizers: list[torch.optim.Optimizer] = [torch.optim.Adam(model.parameters(), lr=p.lr)]
+    else:
+        rest = [w for w in model.parameters() if w is not table]
+        optimizers = [torch.optim.SparseAdam([table], lr=p.lr), torch.optim.Adam(rest, lr=p.lr)]
     loss_value = float("nan")
     model.train()
     for _ in range(p.epochs):
@@ -157,21 +165,22 @@ def train_sasrec(sequences: list[list[int]], n_items: int, p: SasrecParams, seed
             h = model(x)
             known = y != PAD
             hidden, target = h[known], y[known]
-            table = model.items.weight
             if full:
                 logits = hidden @ table.T
                 logits[:, PAD] = -torch.inf
                 loss = F.cross_entropy(logits, target)
             else:
                 neg = torch.from_numpy(rng.integers(1, n_items + 1, size=p.negatives))
-                pos_logit = (hidden * table[target]).sum(-1, keepdim=True)
-                neg_logits = hidden @ table[neg].T
+                pos_logit = (hidden * F.embedding(target, table, sparse=True)).sum(-1, keepdim=True)
+                neg_logits = hidden @ F.embedding(neg, table, sparse=True).T
                 neg_logits = neg_logits.masked_fill(neg[None, :] == target[:, None], -torch.inf)
                 logits = torch.cat([pos_logit, neg_logits], dim=1)
                 loss = F.cross_entropy(logits, torch.zeros(len(target), dtype=torch.long))
-            opt.zero_grad()
+            for opt in optimizers:
+                opt.zero_grad()
             loss.backward()
-            opt.step()
+            for opt in optimizers:
+                opt.step()
             loss_value = float(loss.detach())
     model.eval()
     return model, len(windows), loss_value
@@ -179,12 +188,15 @@ def train_sasrec(sequences: list[list[int]], n_items: int, p: SasrecParams, seed
 
 @dataclass
 class _Served:
-    """The model between retrains, ready to serve: vocabulary and the item table as numpy."""
+    """The model between retrains, ready to serve: its vocabulary and item table (row i = item index i + 1).
+
+    Scoring stays in torch: numpy's BLAS is not held to one thread, and its idle threads spin on a busy machine.
+    """
 
     model: SASRec
     index_of: dict[str, int]
     ids: list[str]
-    table: np.ndarray = field(repr=False)
+    table: torch.Tensor = field(repr=False)
 
 
 class SasrecSystem:
@@ -193,6 +205,7 @@ class SasrecSystem:
     name = "sasrec"
 
     def __init__(self, settings: Settings, params: SasrecParams | None = None, total_events: int = 0) -> None:
+        torch.set_num_threads(TORCH_THREADS)  # the budget is one core, as in the parallel harness's children
         self.params = params or SasrecParams()
         self.every = self.params.retrain_every or max(1, math.ceil(total_events / self.params.retrains))
         self.seed = settings.retrieval.seed
@@ -229,21 +242,22 @@ class SasrecSystem:
                 seq.append(idx)
         seed = self.seed + len(self.retrains)
         model, windows, loss = train_sasrec(list(by_user.values()), len(index_of), self.params, seed)
-        table = model.items.weight.detach().numpy()[1:].copy()
+        table = model.items.weight.detach()[1:].clone()
         self.served = _Served(model, index_of, list(index_of), table)
         self.retrains.append(Retrain(len(self.events), len(index_of), windows, time.perf_counter() - t0, loss))
 
-    def scores(self, user_id: str) -> np.ndarray | None:
+    def scores(self, user_id: str) -> torch.Tensor | None:
         """The served model's score of every item in its vocabulary for this user (None: popularity serves)."""
         served = self.served
         if served is None:
             return None
+        # known items only: those that came after the retrain have no embedding yet
         known = [served.index_of[i] for i in self.sequences.get(user_id, ()) if i in served.index_of]
         if not known:
             return None
         with torch.no_grad():
-            h = served.model(torch.tensor([known[-self.params.max_len :]]))[0, -1].numpy()
-        return served.table @ h
+            h = served.model(torch.tensor([known[-self.params.max_len :]]))[0, -1]
+            return served.table @ h
 
     def recommend(self, user_id: str, now: float, k: int) -> list[str]:
         hist = self.popularity.histories.get(user_id)
@@ -252,9 +266,7 @@ class SasrecSystem:
         if scores is None:
             return self.popularity.top(k, exclude)
         assert self.served is not None
-        want = min(len(scores), k + len(exclude))
-        top = np.argpartition(-scores, want - 1)[:want]
-        top = top[np.argsort(-scores[top], kind="stable")]
+        top = torch.topk(scores, min(len(scores), k + len(exclude))).indices.tolist()
         return _fill([self.served.ids[i] for i in top], self.popularity, k, exclude)
 
     def stats(self) -> dict[str, Any]:

@@ -77,7 +77,7 @@ class SknnParams:
 SKNN_GRID: tuple[SknnParams, ...] = tuple(
     SknnParams(k=k, sample=sample, decay=decay)
     for decay in ("linear", "log", "none")
-    for k in (50, 100, 200)
+    for k in (10, 20, 50, 100, 200)
     for sample in (250, 500, 1000)
 )
 """The tuning grid (chosen on each log's replay prefix, see :mod:`streamrec.lab.evaluation`)."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import pytest
 import torch
 
 from streamrec.io.logs import Record
@@ -49,8 +52,9 @@ class Watched(SasrecSystem):
         return super().recommend(user_id, now, k)
 
 
-def test_a_retrain_uses_exactly_the_events_before_the_scored_one() -> None:
-    system = Watched(TINY)
+@pytest.mark.parametrize("full_softmax_items", [5_000, 1], ids=["full-softmax", "sampled-softmax"])
+def test_a_retrain_uses_exactly_the_events_before_the_scored_one(full_softmax_items: int) -> None:
+    system = Watched(dataclasses.replace(TINY, full_softmax_items=full_softmax_items, negatives=8))
     records = log()
     ranks, _, _ = _replay(system, job(records))
     n = len(records) - 3
