@@ -215,6 +215,8 @@ class EvalReport:
     windows: dict[str, list[float]]
     seconds: dict[str, float]
     events_per_s: float
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    """Each replay's CPU time in its process: what it costs on a machine that others share."""
     tuning: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per tuned system: the prefix it was tuned on, every grid point's score there, and the chosen point."""
     training: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -233,6 +235,7 @@ class EvalReport:
             "windows": self.windows,
             "seconds": self.seconds,
             "events_per_s": self.events_per_s,
+            "cpu_seconds": self.cpu_seconds,
             "tuning": self.tuning,
             "training": self.training,
             "wall_seconds": self.wall_seconds,
@@ -273,6 +276,7 @@ class _Result:
     discoveries: list[bool]
     seconds: float
     stats: dict[str, Any]
+    cpu_seconds: float
 
 
 _JOB: _Job | None = None
@@ -319,10 +323,12 @@ def _run(task: _Task, job: _Job) -> _Result:
     params = dict(job.params)
     if task.params is not None:
         params[task.name] = task.params
+    cpu = time.process_time()
     [system] = make_systems(job.settings, [task.name], job.workers, job.sync_every, params, job.total_events)
     ranks, discoveries, seconds = _replay(system, job, task.position, task.stop, task.label or None)
     stats_of = getattr(system, "stats", None)
-    return _Result(task, ranks, discoveries, seconds, stats_of() if stats_of else {})
+    stats = stats_of() if stats_of else {}
+    return _Result(task, ranks, discoveries, seconds, stats, time.process_time() - cpu)
 
 
 def _run_forked(task: _Task) -> _Result:
@@ -371,7 +377,8 @@ def _choose(name: str, grid_results: list[_Result], stop: int, records: Sequence
     for result in grid_results:
         m = discovery_metrics(result.ranks, result.discoveries)
         means = m.means()
-        rows.append(result.task.params.to_dict() | means | {"seconds": result.seconds})
+        timing = {"seconds": result.seconds, "cpu_seconds": result.cpu_seconds}
+        rows.append(result.task.params.to_dict() | means | timing)
         key = (means["recall"], means["ndcg"])
         if best is None or key > best:
             best, chosen = key, result.task.params
@@ -385,6 +392,7 @@ def _choose(name: str, grid_results: list[_Result], stop: int, records: Sequence
         "chosen": chosen.to_dict(),
         "chosen_params": chosen,
         "seconds": sum(r.seconds for r in grid_results),
+        "cpu_seconds": sum(r.cpu_seconds for r in grid_results),
     }
 
 
@@ -506,6 +514,7 @@ def evaluate(
         systems=systems,
         windows=window_series,
         seconds={r.task.name: r.seconds for r in results},
+        cpu_seconds={r.task.name: r.cpu_seconds for r in results},
         events_per_s=n_events * len(names) / elapsed if elapsed > 0 else 0.0,
         tuning=tuning,
         training=training,
@@ -582,17 +591,19 @@ def markdown_results(report: Mapping[str, Any]) -> str:
     systems = report["systems"]
     head = (
         f"| system | Recall@{k} | NDCG@{k} | MRR@{k} | Recall@{k} 1st half | Recall@{k} 2nd half "
-        f"| NDCG@{k} 2nd half | MRR@{k} 2nd half | Recall@{k} (all events) | replay s | training s |"
+        f"| NDCG@{k} 2nd half | MRR@{k} 2nd half | Recall@{k} (all events) | replay s | CPU s | training s |"
     )
-    lines = [head, "|---|" + "---:|" * 10]
+    lines = [head, "|---|" + "---:|" * 11]
+    cpu = report.get("cpu_seconds", {})
     for name, m in sorted(systems.items(), key=lambda kv: -kv[1]["recall"]):
         label = f"**{name}**" if name == "streamrec" else name
         train = f"{m['train_seconds']:.0f}" if "train_seconds" in m else ""
+        cpu_s = f"{cpu[name]:.0f}" if name in cpu else ""
         first, second = m["first_half"], m["second_half"]
         lines.append(
             f"| {label} | {m['recall']:.4f} | {m['ndcg']:.4f} | {m['mrr']:.4f} | {first['recall']:.4f} "
             f"| {second['recall']:.4f} | {second['ndcg']:.4f} | {second['mrr']:.4f} | {m['recall_all']:.4f} "
-            f"| {report['seconds'][name]:.0f} | {train} |"
+            f"| {report['seconds'][name]:.0f} | {cpu_s} | {train} |"
         )
     if "streamrec" in systems and len(systems) > len([n for n in systems if n in STREAMREC_SYSTEMS]):
         parts = []
@@ -655,9 +666,13 @@ def markdown_training(report: Mapping[str, Any]) -> str:
 
 def markdown_report(report: Mapping[str, Any]) -> str:
     """Results, tuning and training of one report (its JSON form), as the Markdown ``docs/evaluation.md`` shows."""
+    wall = (
+        f"; {report['wall_seconds'] / 60:.1f} min for tuning and all replays, {report['jobs']} at a time"
+        if report.get("wall_seconds")
+        else ""
+    )
     parts = [
-        f"{report['dataset']}: {report['events']:,} events, {report['scored']:,} discovery events scored; "
-        f"{report.get('wall_seconds', 0) / 60:.1f} min for tuning and all replays, {report.get('jobs', 1)} at a time",
+        f"{report['dataset']}: {report['events']:,} events, {report['scored']:,} discovery events scored{wall}",
         markdown_results(report),
         markdown_tuning(report),
         markdown_training(report),
