@@ -680,14 +680,35 @@ def markdown_report(report: Mapping[str, Any]) -> str:
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
+def splice(doc: str, name: str, block: str) -> str:
+    """``doc`` with the text between ``<!-- begin NAME -->`` and ``<!-- end NAME -->`` replaced by ``block``."""
+    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    head, found, rest = doc.partition(begin)
+    if not found or end not in rest:
+        raise ValueError(f"no {begin} … {end} in the document")
+    return f"{head}{begin}\n{block.strip()}\n{end}{rest.partition(end)[2]}"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m streamrec.lab.evaluation report.json ...``: print each report's Markdown tables."""
+    """``python -m streamrec.lab.evaluation [--docs DOC.md] report.json ...``: each report's Markdown tables, printed
+    or (``--docs``) written into DOC.md between ``<!-- begin STEM -->`` and ``<!-- end STEM -->`` (STEM: the JSON's
+    file name without ``.json``)."""
     import sys
 
     import orjson
 
-    for path in argv if argv is not None else sys.argv[1:]:
-        print(markdown_report(orjson.loads(Path(path).read_bytes())))
+    args = list(argv if argv is not None else sys.argv[1:])
+    doc_path = Path(args.pop(args.index("--docs") + 1)) if "--docs" in args else None
+    args = [a for a in args if a != "--docs"]
+    doc = doc_path.read_text() if doc_path else None
+    for path in map(Path, args):
+        block = markdown_report(orjson.loads(path.read_bytes()))
+        if doc is None:
+            print(block)
+        else:
+            doc = splice(doc, path.stem, block)
+    if doc_path and doc is not None:
+        doc_path.write_text(doc)
 
 
 if __name__ == "__main__":

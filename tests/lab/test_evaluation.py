@@ -252,3 +252,16 @@ def test_parallel_replays_tune_and_score_as_one_process_does() -> None:
     assert list(two["systems"]) == names
     assert two["systems"] == one["systems"]
     assert [r["recall"] for r in two["tuning"]["sknn"]["grid"]] == [r["recall"] for r in one["tuning"]["sknn"]["grid"]]
+
+
+def test_generated_tables_replace_only_their_own_block() -> None:
+    from streamrec.lab.evaluation import splice
+
+    doc = (
+        "intro\n<!-- begin eval-a -->\nold a\n<!-- end eval-a -->\n"
+        "middle\n<!-- begin eval-b -->\nold b\n<!-- end eval-b -->\n"
+    )
+    out = splice(doc, "eval-b", "new b\n")
+    assert out == doc.replace("old b", "new b")
+    with pytest.raises(ValueError, match="eval-c"):
+        splice(doc, "eval-c", "x")
