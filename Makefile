@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test eval bench chaos lint clean
+.PHONY: install demo test eval eval-docs bench chaos lint clean
 
 install: $(STAMP)
 
@@ -27,14 +27,19 @@ test: install
 	$(VENV)/bin/ruff check streamrec tests benchmarks
 	$(PY) -m pytest -q
 
-# Prequential quality on the two logs in ../shared/datasets (README, "Evaluating quality").
+# Prequential quality on the two logs in ../shared/datasets, every system (docs/evaluation.md).
 SHARED ?= ../shared/datasets
+EVAL_JOBS ?= 2
 eval: install
 	mkdir -p out
 	$(VENV)/bin/streamrec eval $(SHARED)/taobao-userbehavior-sample/UserBehavior_head.csv --format taobao \
-		--json out/eval-taobao.json --plot out/eval-taobao.png
+		--jobs $(EVAL_JOBS) --json out/eval-taobao.json --plot out/eval-taobao.png --markdown out/eval-taobao.md $(ARGS)
 	$(VENV)/bin/streamrec eval $(SHARED)/movielens-100k --format movielens \
-		--json out/eval-movielens.json --plot out/eval-movielens.png
+		--jobs $(EVAL_JOBS) --json out/eval-movielens.json --plot out/eval-movielens.png --markdown out/eval-movielens.md $(ARGS)
+
+# The result tables in docs/evaluation.md, rewritten from the last `make eval`.
+eval-docs: install
+	$(PY) -m streamrec.lab.evaluation --docs docs/evaluation.md out/eval-taobao.json out/eval-movielens.json
 
 # Throughput, latency, encoder speed, item freshness and memory on the local broker (README, "Performance").
 bench: install

@@ -32,6 +32,8 @@ from streamrec.settings import Settings
 
 PAD = 0
 TORCH_THREADS = 1
+UNKNOWN_LENGTH_RETRAIN_EVERY = 1_000
+"""Events between retrains when neither ``retrain_every`` nor the log's length is given."""
 """Item index 0 pads short sequences; real items are 1..V in order of first appearance."""
 
 
@@ -207,7 +209,8 @@ class SasrecSystem:
     def __init__(self, settings: Settings, params: SasrecParams | None = None, total_events: int = 0) -> None:
         torch.set_num_threads(TORCH_THREADS)  # the budget is one core, as in the parallel harness's children
         self.params = params or SasrecParams()
-        self.every = self.params.retrain_every or max(1, math.ceil(total_events / self.params.retrains))
+        per_log = math.ceil(total_events / self.params.retrains) if total_events > 0 else UNKNOWN_LENGTH_RETRAIN_EVERY
+        self.every = self.params.retrain_every or per_log
         self.seed = settings.retrieval.seed
         self.popularity = PopularityBaseline(settings)
         self.events: list[tuple[str, str]] = []

@@ -265,3 +265,18 @@ def test_generated_tables_replace_only_their_own_block() -> None:
     assert out == doc.replace("old b", "new b")
     with pytest.raises(ValueError, match="eval-c"):
         splice(doc, "eval-c", "x")
+
+
+def test_sasrec_retrains_24_times_per_replay_and_reports_its_training_time() -> None:
+    from streamrec.lab.sasrec import SasrecParams
+
+    tiny = SasrecParams(dim=8, max_len=4, blocks=1, epochs=1, batch=8)
+    report = evaluate(
+        toy_log(), Settings.of(embedding_dim=8), ["sasrec"], k=2, progress=False, params={"sasrec": tiny}
+    ).to_dict()
+    training = report["training"]["sasrec"]
+    assert training["retrain_every"] == 2  # ceil(36 events / 24)
+    assert [r["events"] for r in training["per_retrain"]] == list(range(2, 37, 2))
+    assert report["systems"]["sasrec"]["train_seconds"] == training["train_seconds"] > 0
+    assert training["train_seconds"] == sum(r["seconds"] for r in training["per_retrain"])
+    assert report["systems"]["sasrec"]["params"]["dim"] == 8
