@@ -240,8 +240,8 @@ def test_ratio_and_best_baseline_on_a_toy_report() -> None:
     assert ratio(report, "streamrec", "sasrec", "recall", "second_half") == 0.33 / 0.30
     table = markdown_results(report)
     assert table.splitlines()[2].startswith("| streamrec_no_learn | 0.5000 |")
-    assert "overall: 1.20× Recall@20 and 1.20× NDCG@20 of the best baseline, `sknn`" in table
-    assert "second half: 1.10× Recall@20" in table
+    assert "overall 1.20× Recall@20 (`sknn`) and 1.09× NDCG@20 (`sasrec`)" in table
+    assert "second half 1.10× Recall@20 (`sasrec`)" in table
 
 
 def test_parallel_replays_tune_and_score_as_one_process_does() -> None:
