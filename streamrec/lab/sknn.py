@@ -111,14 +111,12 @@ class SknnBaseline:
         self.params = params or SknnParams()
         self.decay = DECAYS[self.params.decay]
         self.popularity = PopularityBaseline(settings)
-        self.row_of: dict[str, int] = {}
-        self.ids: list[str] = []
         self.users: dict[str, _UserState] = {}
         # a session's distinct items (oldest first; a repeat moves to the end) and the time of its last event
         self.session_items: list[dict[int, None]] = []
         self.session_last = _Growable(np.float64)
         # item row → the sessions that most recently added it (insertion order = recency), at most ``sample + 1``
-        self.item_sessions: list[dict[int, None]] = []
+        self.item_sessions: dict[int, dict[int, None]] = {}
         # numpy copies of the two, rebuilt when their dict changed
         self._item_arrays: dict[int, np.ndarray] = {}
         self._session_arrays: dict[int, np.ndarray] = {}
@@ -126,13 +124,10 @@ class SknnBaseline:
     def upsert_item(self, emb: ItemEmbedding) -> None:
         self.popularity.upsert_item(emb)
 
-    def _row(self, item_id: str) -> int:
-        row = self.row_of.get(item_id)
-        if row is None:
-            row = self.row_of[item_id] = len(self.ids)
-            self.ids.append(item_id)
-            self.item_sessions.append({})
-        return row
+    @property
+    def ids(self) -> list[str]:
+        """Item ids by row: the popularity counter's rows, so that ties can go to the more popular item."""
+        return self.popularity.ids
 
     def _session_for(self, event: Event) -> int:
         """The session this event belongs to: the user's current one, or a new one (new session id or a gap)."""
@@ -151,12 +146,12 @@ class SknnBaseline:
     def learn(self, event: Event) -> None:
         if event.item_id is not None and event.type in ITEM_EVENT_TYPES:
             session = self._session_for(event)
-            row = self._row(event.item_id)
+            row = self.popularity._row(event.item_id)
             items = self.session_items[session]
             items.pop(row, None)
             items[row] = None
             self._session_arrays.pop(session, None)
-            holders = self.item_sessions[row]
+            holders = self.item_sessions.setdefault(row, {})
             holders.pop(session, None)
             holders[session] = None
             if len(holders) > self.params.sample + 1:
@@ -221,14 +216,14 @@ class SknnBaseline:
         return {self.ids[r]: s for r, s in zip(*self._item_scores(sessions, sims), strict=True)}
 
     def _item_scores(self, sessions: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Candidate item rows, best first (ties: the item first seen earlier), and their scores."""
+        """Candidate item rows, best first (ties: the more popular item now, then the one first seen), and scores."""
         if not len(sessions):
             return np.zeros(0, np.int64), np.zeros(0)
         arrays = [self._session_array(int(s)) for s in sessions]
         items = np.concatenate(arrays)
         score = np.bincount(items, weights=np.repeat(sims, [len(a) for a in arrays]), minlength=len(self.ids))
         rows = np.flatnonzero(score)
-        rows = rows[np.argsort(-score[rows], kind="stable")]
+        rows = rows[np.lexsort((-self.popularity.counts[rows], -score[rows]))]
         return rows, score[rows]
 
     def recommend(self, user_id: str, now: float, k: int) -> list[str]:

@@ -32,15 +32,15 @@ def test_linear_decay_neighbours_and_item_scores_by_hand() -> None:
 
     Sessions sharing an item (me's own S4 left out): S0 {a,b,c} = 0.5 + 1 = 1.5, S2 {a,c,e} = 1.5, S3 {c,f} = 1;
     S1 {b,d} shares nothing. With k = 2 the neighbours are S2 and S0 (tied at 1.5: the more recent S2 first).
-    Item scores sum the neighbours' similarities: a = c = 1.5 + 1.5 = 3, b (S0) = e (S2) = 1.5; ties keep the
-    order items were first seen (a before c, b before e). a and c are me's own recent items, so the list is b, e.
+    Item scores sum the neighbours' similarities: a = c = 1.5 + 1.5 = 3, b (S0) = e (S2) = 1.5; ties go to the
+    more popular item (c: 4 views, a: 3; b: 2, e: 1). a and c are me's own recent items, so the list is b, e.
     """
     sknn = toy(SknnParams(k=2, sample=3, decay="linear"))
     sessions, sims = sknn.neighbours("me")
     assert sessions.tolist() == [2, 0]
     assert sims.tolist() == [1.5, 1.5]
     assert sknn.scores("me") == {"a": 3.0, "c": 3.0, "b": 1.5, "e": 1.5}
-    assert list(sknn.scores("me")) == ["a", "c", "b", "e"]
+    assert list(sknn.scores("me")) == ["c", "a", "b", "e"]
     assert sknn.recommend("me", 401.0, 2) == ["b", "e"]
 
 
