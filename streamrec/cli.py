@@ -249,7 +249,9 @@ def replay(
 @click.option("--plot", "plot_out", type=click.Path(path_type=Path), default=None, help="Windowed Recall@k plot (PNG).")
 @click.option(
     "--systems",
-    default=",".join(("streamrec", "streamrec_no_learn", "popularity", "cooccurrence", "online_mf", "text_only")),
+    default=",".join(
+        ("streamrec", "streamrec_no_learn", "popularity", "cooccurrence", "online_mf", "text_only", "sknn", "sasrec")
+    ),
     show_default=True,
 )
 @click.option("--no-learn", is_flag=True, help="Freeze the ranker of the 'streamrec' system too.")
@@ -275,6 +277,19 @@ def replay(
 @click.option(
     "--batch-size", type=int, default=1, show_default=True, help="Events per micro-batch of the published protocol."
 )
+@click.option(
+    "--tune/--no-tune",
+    default=True,
+    show_default=True,
+    help="Tune sknn on the first 20% of the events (its grid), then replay with the best point; else its defaults.",
+)
+@click.option(
+    "--retrain-every",
+    type=int,
+    default=None,
+    help="sasrec: events between retrains from scratch [default: 1/24 of the log's events].",
+)
+@click.option("--markdown", "markdown_out", type=click.Path(path_type=Path), default=None, help="Markdown tables here.")
 @click.pass_context
 def eval_cmd(
     ctx: click.Context,
@@ -298,9 +313,21 @@ def eval_cmd(
     sync_every: int,
     protocol: str,
     batch_size: int,
+    tune: bool,
+    retrain_every: int | None,
+    markdown_out: Path | None,
 ) -> None:
     """Prequential (test-then-train) evaluation of streamrec and baselines on a log, in process."""
-    from streamrec.lab.evaluation import ALL_SYSTEMS, PUBLISHED, PUBLISHED_SYSTEMS, evaluate, format_table, plot
+    from streamrec.lab.evaluation import (
+        ALL_SYSTEMS,
+        PUBLISHED,
+        PUBLISHED_SYSTEMS,
+        evaluate,
+        format_table,
+        markdown_report,
+        plot,
+    )
+    from streamrec.lab.sasrec import SasrecParams
     from streamrec.settings import ENV_PREFIX
 
     env = dict(os.environ)
@@ -322,8 +349,8 @@ def eval_cmd(
     unknown = set(names) - set(ALL_SYSTEMS)
     if unknown:
         raise click.UsageError(f"unknown system(s) {sorted(unknown)}; choose from {', '.join(ALL_SYSTEMS)}")
-    if workers < 1 or sync_every < 1 or batch_size < 1:
-        raise click.UsageError("--workers, --sync-every and --batch-size must be >= 1")
+    if workers < 1 or sync_every < 1 or batch_size < 1 or (retrain_every is not None and retrain_every < 1):
+        raise click.UsageError("--workers, --sync-every, --batch-size and --retrain-every must be >= 1")
     if protocol == PUBLISHED:
         if workers > 1:
             raise click.UsageError("--protocol published replays one worker: leave out --workers")
@@ -333,6 +360,7 @@ def eval_cmd(
     dataset = f"{file.name} ({fmt})" + (f", streamrec as {workers} workers" if workers > 1 else "")
     if protocol == PUBLISHED:
         dataset += f", published lists, batches of {batch_size}"
+    params = {"sasrec": SasrecParams(retrain_every=retrain_every)} if retrain_every else {}
     report = evaluate(
         records,
         settings,
@@ -344,6 +372,8 @@ def eval_cmd(
         sync_every=sync_every,
         protocol=protocol,
         batch_size=batch_size,
+        tune=tune,
+        params=params,
     )
     click.echo(format_table(report))
     click.echo(
@@ -353,6 +383,8 @@ def eval_cmd(
         json_out.write_bytes(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2))
     if plot_out:
         plot(report, plot_out)
+    if markdown_out:
+        markdown_out.write_text(markdown_report(report.to_dict()))
 
 
 @cli.command()

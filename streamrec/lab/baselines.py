@@ -91,7 +91,8 @@ class PopularityBaseline:
             return
         if self.clock.needs_rescale(event.ts):
             self.counts *= self.clock.rebase(event.ts)
-        self.counts[self._row(event.item_id)] += self.weights[event.type] * self.clock.growth(event.ts)
+        row = self._row(event.item_id)  # before indexing: a new row may grow (replace) ``counts``
+        self.counts[row] += self.weights[event.type] * self.clock.growth(event.ts)
 
     def top(self, k: int, exclude: set[str]) -> list[str]:
         """The k most popular item ids not in ``exclude``."""
