@@ -250,7 +250,9 @@ def replay(
 @click.option("--plot", "plot_out", type=click.Path(path_type=Path), default=None, help="Windowed Recall@k plot (PNG).")
 @click.option(
     "--systems",
-    default=",".join(("streamrec", "streamrec_no_learn", "popularity", "cooccurrence", "online_mf", "text_only")),
+    default=",".join(
+        ("streamrec", "streamrec_no_learn", "popularity", "cooccurrence", "online_mf", "text_only", "sknn", "sasrec")
+    ),
     show_default=True,
 )
 @click.option("--no-learn", is_flag=True, help="Freeze the ranker of the 'streamrec' system too.")
@@ -265,6 +267,30 @@ def replay(
 @click.option(
     "--sync-every", type=int, default=1_000, show_default=True, help="Events between the workers' model exchanges."
 )
+@click.option(
+    "--protocol",
+    type=click.Choice(["prequential", "published"]),
+    default="prequential",
+    show_default=True,
+    help="published: score the lists streamrec publishes, replayed in micro-batches as a worker runs them "
+    "(what a worker's online quality shows; streamrec systems only).",
+)
+@click.option(
+    "--batch-size", type=int, default=1, show_default=True, help="Events per micro-batch of the published protocol."
+)
+@click.option(
+    "--tune/--no-tune",
+    default=True,
+    show_default=True,
+    help="Tune sknn on the first 20% of the events (its grid), then replay with the best point; else its defaults.",
+)
+@click.option(
+    "--retrain-every",
+    type=int,
+    default=None,
+    help="sasrec: events between retrains from scratch [default: 1/24 of the log's events].",
+)
+@click.option("--markdown", "markdown_out", type=click.Path(path_type=Path), default=None, help="Markdown tables here.")
 @click.pass_context
 def eval_cmd(
     ctx: click.Context,
@@ -286,9 +312,23 @@ def eval_cmd(
     overrides: tuple[str, ...],
     workers: int,
     sync_every: int,
+    protocol: str,
+    batch_size: int,
+    tune: bool,
+    retrain_every: int | None,
+    markdown_out: Path | None,
 ) -> None:
     """Prequential (test-then-train) evaluation of streamrec and baselines on a log, in process."""
-    from streamrec.lab.evaluation import ALL_SYSTEMS, evaluate, format_table, plot
+    from streamrec.lab.evaluation import (
+        ALL_SYSTEMS,
+        PUBLISHED,
+        PUBLISHED_SYSTEMS,
+        evaluate,
+        format_table,
+        markdown_report,
+        plot,
+    )
+    from streamrec.lab.sasrec import SasrecParams
     from streamrec.settings import ENV_PREFIX
 
     env = dict(os.environ)
@@ -310,10 +350,32 @@ def eval_cmd(
     unknown = set(names) - set(ALL_SYSTEMS)
     if unknown:
         raise click.UsageError(f"unknown system(s) {sorted(unknown)}; choose from {', '.join(ALL_SYSTEMS)}")
-    if workers < 1 or sync_every < 1:
-        raise click.UsageError("--workers and --sync-every must be >= 1")
+    if workers < 1 or sync_every < 1 or batch_size < 1 or (retrain_every is not None and retrain_every < 1):
+        raise click.UsageError("--workers, --sync-every, --batch-size and --retrain-every must be >= 1")
+    if protocol == PUBLISHED:
+        if workers > 1:
+            raise click.UsageError("--protocol published replays one worker: leave out --workers")
+        if set(names) - set(PUBLISHED_SYSTEMS):
+            names = [n for n in names if n in PUBLISHED_SYSTEMS] or ["streamrec"]
+            click.echo(f"--protocol published: replaying {', '.join(names)} only", err=True)
     dataset = f"{file.name} ({fmt})" + (f", streamrec as {workers} workers" if workers > 1 else "")
-    report = evaluate(records, settings, names, k=k, dataset=dataset, jobs=jobs, workers=workers, sync_every=sync_every)
+    if protocol == PUBLISHED:
+        dataset += f", published lists, batches of {batch_size}"
+    params = {"sasrec": SasrecParams(retrain_every=retrain_every)} if retrain_every else {}
+    report = evaluate(
+        records,
+        settings,
+        names,
+        k=k,
+        dataset=dataset,
+        jobs=jobs,
+        workers=workers,
+        sync_every=sync_every,
+        protocol=protocol,
+        batch_size=batch_size,
+        tune=tune,
+        params=params,
+    )
     click.echo(format_table(report))
     click.echo(
         f"{report.events} events, {report.scored} discovery events scored, {report.events_per_s:,.0f} system-events/s"
@@ -322,6 +384,8 @@ def eval_cmd(
         json_out.write_bytes(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2))
     if plot_out:
         plot(report, plot_out)
+    if markdown_out:
+        markdown_out.write_text(markdown_report(report.to_dict()))
 
 
 @cli.command()
@@ -548,7 +612,7 @@ def bench(
     type=float,
     default=300.0,
     show_default=True,
-    help="Events are paced over this long (keep the rate one the two workers sustain: ~300/s here).",
+    help="Events are paced over this long (keep the rate below what the two workers sustain; see docs/resilience.md).",
 )
 @click.option("--kill-at", type=float, default=0.3, show_default=True, help="Share of events sent at the kill.")
 @click.option("--workdir", type=click.Path(path_type=Path), default=None, help="Logs here (default: a temp dir).")

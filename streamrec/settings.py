@@ -225,9 +225,11 @@ class RankerSettings:
     for learning against it: arrays reserved at start, (3·``candidates_per_source`` + ``top_k``) int32 per user."""
     learn: bool = True
     """Set to false to freeze the ranker (an evaluation ablation)."""
+    online_window: int = 10_000
+    """Online quality (``/stats["online_quality"]["window"]``) is also shown over this many newest scored events."""
 
     def __post_init__(self) -> None:
-        _check(self, ("candidate_cache_users",))
+        _check(self, ("candidate_cache_users", "online_window"))
 
 
 @dataclass(frozen=True)

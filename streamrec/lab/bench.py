@@ -1,6 +1,6 @@
 """``streamrec bench``: the worker against the limits that matter, as ratios, and the absolute figures, in one run.
 
-Everything runs on this machine against the local broker with a fixed seed: a synthetic catalogue with text
+Everything runs on the local machine against the local broker with a fixed seed: a synthetic catalogue with text
 and a skewed event stream (hot users and items, a long tail), plus the Taobao sample when it is present.
 The recommender worker, its Faust floor and the encoder run as separate processes, as deployed; this process
 only produces, watches and times. Figures go to a JSON file and are printed, the ratios first.
@@ -33,7 +33,7 @@ Absolute figures (of this machine only; ``machine`` says which, ISA flags includ
 
 The catalogue for the throughput runs is embedded with the deterministic fallback vectors (category + id):
 the worker's cost per event does not depend on where its vectors came from, and encoding 50,000 texts on
-this CPU would take minutes of the run; the encoder is timed on its own.
+a CPU would take minutes of the run; the encoder is timed on its own.
 """
 
 from __future__ import annotations
@@ -420,8 +420,8 @@ async def offer_load(producer: Any, topic: str, events: Sequence[Event], rate: f
     """Send ``events`` at ``rate``/s, each stamped with its send time; returns each user's last stamp.
 
     Every :data:`LOAD_TICK_S` the events due by then go out through a producer with the usual linger, as an
-    upstream service's client would batch them; one produce request per event (linger 0) cost this generator and
-    the broker ~0.2 cores more, taken from the worker on a 2-core machine.
+    upstream service's client would batch them: one produce request per event (linger 0) would cost this generator
+    and the broker CPU taken from the worker (docs/performance.md).
     """
     t0 = time.perf_counter()
     last: dict[str, float] = {}
@@ -448,7 +448,7 @@ async def steady_latency(
 ) -> dict[str, Any]:
     """Send events at ``rate``/s (:func:`offer_load`); latency = recommendation received − event's send time.
 
-    The CPU each process uses meanwhile is measured too: broker, load generator and worker share the cores here.
+    The CPU each process uses meanwhile is measured too: broker, load generator and worker may share the cores.
     """
     producer = make_producer(settings.kafka)
     await producer.start()

@@ -7,8 +7,9 @@ Two hashes per log, printed as JSON (``python -m streamrec.lab.ranking_hash FILE
   worker feeds it (user, kind, items and scores rounded to 1e-6).
 
 A hot-path change that keeps both hashes on both shared logs changed no ranking; otherwise each difference
-needs explaining (``docs/development.md``). Item texts are embedded in fp32 unless ``--encoder-precision`` says
-otherwise, so that the reference values do not depend on whether the CPU runs the encoder in bf16.
+needs explaining (``docs/development.md``, "The ranking hash: proving a change kept the rankings", with the
+reference values). Item texts are embedded in fp32 unless ``--encoder-precision`` says otherwise, so that the
+reference values do not depend on whether the CPU runs the encoder in bf16.
 """
 
 from __future__ import annotations

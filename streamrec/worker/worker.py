@@ -16,8 +16,8 @@ import faust
 import orjson
 from aiokafka.structs import ConsumerRecord
 
-from streamrec.io.kafka import DeadLetters
-from streamrec.model.events import Event, InvalidMessage, dumps, event_from_dict, loads_message
+from streamrec.io.kafka import DeadLetters, key_partition
+from streamrec.model.events import MAX_ID_LEN, Event, InvalidMessage, dumps, event_from_dict, loads_message
 from streamrec.model.itemstats import ItemUpdate, decode_updates
 from streamrec.model.shared_model import SNAPSHOT_KEY_PREFIX, snapshot_key
 from streamrec.settings import Settings
@@ -32,6 +32,11 @@ from streamrec.worker.stats import Reading, WorkerStats, metrics, stats_json
 from streamrec.worker.telemetry import Histogram, Metric
 
 log = logging.getLogger(__name__)
+
+HTTP_OK = 200
+HTTP_BAD_REQUEST = 400
+HTTP_NOT_FOUND = 404
+HTTP_UNAVAILABLE = 503
 
 
 class Worker:
@@ -253,6 +258,25 @@ class Worker:
     def metrics(self, table: Mapping[bytes, bytes] | None = None) -> list[Metric]:
         """Everything ``/metrics`` shows (Prometheus computes events/s from the counters)."""
         return metrics(self.reading(table))
+
+    async def explain(self, user_id: str, table: Mapping[bytes, bytes] | None) -> tuple[int, dict[str, Any]]:
+        """``/explain?user=``: (HTTP status, body) — the user's list ranked now from their profile in this worker's
+        table, with each feature's contribution to every score (read-only: nothing is learned, remembered or
+        published). 404 with a message when the user's partition is not held here or they have no profile."""
+        if not 1 <= len(user_id) <= MAX_ID_LEN:
+            return HTTP_BAD_REQUEST, {"error": "bad_user", "message": f"a user id has 1 to {MAX_ID_LEN} characters"}
+        partition = key_partition(user_id.encode(), range(self.app.conf.topic_partitions))
+        where = {"user_id": user_id, "partition": partition, "worker_id": self.worker_id}
+        if partition not in self.assigned_partitions():
+            message = f"partition {partition} of events, which holds this user, is not held by this worker"
+            return HTTP_NOT_FOUND, {**where, "error": "not_here", "message": message}
+        raw = table.get(user_id.encode()) if table is not None else None
+        if raw is None:
+            return HTTP_NOT_FOUND, {**where, "error": "no_profile", "message": "no profile for this user here"}
+        try:
+            return HTTP_OK, await self.core.explain(raw)
+        except CoreError as exc:
+            return HTTP_UNAVAILABLE, {**where, "error": "core", "message": str(exc)}
 
     # --- catalogue ----------------------------------------------------------------------------------
     async def follow_catalog(self) -> None:
