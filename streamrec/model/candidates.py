@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from streamrec.model.numeric import segment_owners, unit
+from streamrec.model.numeric import segment_owners, unit_rows
 
 CANDIDATE_SOURCES = 4
 """Semantic, co-visited, session neighbours' and popular: a pool holds at most this many times
@@ -20,7 +20,7 @@ CANDIDATE_SOURCES = 4
 
 
 def retrieval_queries(
-    tastes: Sequence[np.ndarray], query_vectors: Sequence[np.ndarray | None], blend: float, dim: int
+    tastes: np.ndarray | Sequence[np.ndarray], query_vectors: Sequence[np.ndarray | None], blend: float, dim: int
 ) -> np.ndarray:
     """One unit query vector per user for the semantic search: the blend of their long-term and intent vectors
     (``tastes``, each (2, D) unit rows), mixed with the search query's vector (weight ``blend``) when there is one.
@@ -29,10 +29,16 @@ def retrieval_queries(
     >>> np.round(q.astype(float), 3).tolist()
     [[0.707, 0.707], [0.924, 0.383]]
     """
-    out = np.zeros((len(tastes), dim), np.float32)
-    for i, (taste, qv) in enumerate(zip(tastes, query_vectors, strict=True)):
-        blended = unit(taste[0] + taste[1])
-        out[i] = unit(blend * qv + (1.0 - blend) * blended) if qv is not None else blended
+    if len(tastes) != len(query_vectors):
+        raise ValueError(f"{len(tastes)} tastes but {len(query_vectors)} query vectors")
+    if not len(tastes):
+        return np.zeros((0, dim), np.float32)
+    both = np.asarray(tastes, np.float32)
+    out = unit_rows(both[:, 0] + both[:, 1])
+    searching = [i for i, qv in enumerate(query_vectors) if qv is not None]
+    if searching:
+        queries = np.stack([query_vectors[i] for i in searching]).astype(np.float32, copy=False)
+        out[searching] = unit_rows(blend * queries + (1.0 - blend) * out[searching])
     return out
 
 

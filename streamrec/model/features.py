@@ -19,7 +19,7 @@ import numpy as np
 from streamrec.model.catalog import Catalog
 from streamrec.model.coembedding import CoEmbedding
 from streamrec.model.covisitation import CovisScores, covis_rank_table
-from streamrec.model.numeric import decay, segment_owners, unit
+from streamrec.model.numeric import decay, segment_owners, unit, unit_rows
 from streamrec.model.profiles import UserProfile
 from streamrec.model.ranker import FEATURES
 
@@ -56,6 +56,15 @@ class ItemState:
 def taste(profile: UserProfile) -> np.ndarray:
     """(2, D): the user's unit long-term and intent vectors (a copy: later events change the profile's)."""
     return np.stack([unit(profile.long_term), unit(profile.intent)])
+
+
+def tastes(profiles: Sequence[UserProfile], dim: int) -> np.ndarray:
+    """(U, 2, D): :func:`taste` of each profile, to the same bits, normalised in one pass for the batch."""
+    stacked = np.empty((len(profiles), 2, dim), np.float32)
+    for i, profile in enumerate(profiles):
+        stacked[i, 0] = profile.long_term
+        stacked[i, 1] = profile.intent
+    return unit_rows(stacked.reshape(-1, dim)).reshape(len(profiles), 2, dim)
 
 
 def keyed_lookup(tables: Sequence[tuple[np.ndarray, np.ndarray | float]], keys: np.ndarray) -> np.ndarray:

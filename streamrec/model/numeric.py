@@ -23,7 +23,7 @@ RESCALE_LOG2 = 60.0
 GROWTH_LOG2_BOUND = 4 * RESCALE_LOG2
 """``g(t)`` is clamped to 2^±240: an event or a read hundreds of half-lives away from the clock's origin (a stray
 ``ts`` of 0 among current ones, a far-future ``ts``) then weighs next to nothing, instead of overflowing
-(OverflowError) or underflowing to a zero divisor — either of which used to crash the worker's core."""
+(OverflowError) or underflowing to a zero divisor, either of which would stop the worker's core."""
 
 
 @overload
@@ -93,3 +93,14 @@ def unit(v: np.ndarray) -> np.ndarray:
     """``v`` scaled to unit length (zeros stay zeros)."""
     n = math.sqrt(float(v @ v))  # what np.linalg.norm computes for a 1-D vector, without its overhead
     return v / n if n > 0.0 else v
+
+
+def unit_rows(m: np.ndarray) -> np.ndarray:
+    """:func:`unit` of each row of a float32 (N, D) matrix, in a few array calls, to the same bits: each row's
+    squared norm is numpy's dot of the row with itself (a stacked ``matmul`` of (1, D) by (D, 1) is that same
+    dot), taken to float64 for the square root, then divided in float32 as ``v / n`` is."""
+    if not len(m):
+        return m.copy()
+    squares = np.matmul(m[:, None, :], m[:, :, None])[:, 0, 0]
+    norms = np.sqrt(squares.astype(np.float64))
+    return np.where((norms > 0.0)[:, None], m / np.where(norms > 0.0, norms, 1.0).astype(m.dtype)[:, None], m)

@@ -21,8 +21,8 @@ class OfferCache:
     (ranked, with its kind) to score the event against it (online quality). They are not part of the
     durable profile (after a restart or a rebalance the first new list starts the next offer either way). All
     offers live in row-per-slot arrays reserved and touched at start: memory is fixed by ``users``, whatever
-    the number of users, and an offer costs no per-user arrays (a pool and a list each used to be two numpy
-    arrays with their headers, scattered over the heap). The least recently offered user makes room.
+    the number of users, and an offer costs no per-user arrays (each with its header, scattered over the heap;
+    docs/performance.md, "Where the memory goes"). The least recently offered user makes room.
 
     >>> offers = OfferCache(users=2, pool_width=4, list_width=2)
     >>> offers.remember("a", np.array([7, 3, 9]), np.array([9, 3]))

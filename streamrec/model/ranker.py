@@ -35,14 +35,15 @@ FEATURES: tuple[str, ...] = (
     "sim_intent",
     "sim_query",
     "covisit",
-    "session",
     "coemb",
     "category",
     "popularity",
     "price",
     "freshness",
     "seen",
+    "session",
 )
+"""``session`` is last so that, while it is off (zero), a score sums the other terms in the order it did without it."""
 #: α/β priors: where the model starts before it has seen a single event (all features are O(1)).
 PRIOR_WEIGHTS: dict[str, float] = {
     "sim_long": 1.0,

@@ -25,7 +25,7 @@ from streamrec.model.catalog import Catalog
 from streamrec.model.coembedding import CoEmbedding
 from streamrec.model.covisitation import CoVisitation, CovisScores
 from streamrec.model.events import ITEM_EVENT_TYPES, Event, ItemEmbedding
-from streamrec.model.features import ItemState, UserContext, feature_matrix, taste
+from streamrec.model.features import ItemState, UserContext, feature_matrix, taste, tastes
 from streamrec.model.itemstats import ItemUpdate
 from streamrec.model.metrics import OnlineScores, is_repeat
 from streamrec.model.numeric import unit
@@ -155,6 +155,29 @@ class _Request:
     query_vector: np.ndarray | None = None
 
 
+def top_k_segments(scores: np.ndarray, lens: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` of each segment of ``scores`` (segments of ``lens`` laid end to end), best first, ties in
+    order: one stable sort of a (segments × longest) matrix padded with NaN, which sorts after every score, so
+    each row's order is the stable sort of its own segment. Returns the picked indices into ``scores``, segment
+    after segment, and how many each segment got (``min(k, len)``).
+
+    >>> picked, counts = top_k_segments(np.array([1.0, 3.0, 3.0, 0.5, 2.0], np.float32), np.array([3, 0, 2]), 2)
+    >>> picked.tolist(), counts.tolist()
+    ([1, 2, 4, 3], [2, 0, 2])
+    """
+    counts = np.minimum(lens, k)
+    width = int(lens.max(initial=0))
+    if width == 0 or k <= 0:
+        return np.zeros(0, np.int64), np.zeros(len(lens), np.int64)
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    inside = np.arange(width)[None, :] < lens[:, None]
+    padded = np.full((len(lens), width), np.nan, scores.dtype)
+    padded[inside] = -scores
+    order = np.argsort(padded, axis=1, kind="stable")[:, : min(k, width)]
+    taken = np.arange(order.shape[1])[None, :] < counts[:, None]
+    return (starts[:, None] + order)[taken], counts
+
+
 class Recommender:
     """Catalogue + co-visitation + popularity + fusion ranker, updated online."""
 
@@ -188,40 +211,22 @@ class Recommender:
     # --- features -----------------------------------------------------------------------------------
     def user_context(self, profile: UserProfile, now: float, query_vector: np.ndarray | None = None) -> UserContext:
         """What features need about a user besides the candidates, computed once per ranking."""
-        seeds = self._rows(profile.recent)
-        [session] = self.sessions.scores_many([profile.user_id])
-        return self._context(profile, seeds, self.covis.score_arrays(seeds, now), session, query_vector)
+        return self.user_contexts([profile], now, [query_vector])[0]
 
     def user_contexts(
         self, profiles: Sequence[UserProfile], now: float, query_vectors: Sequence[np.ndarray | None]
     ) -> list[UserContext]:
-        """:meth:`user_context` for many users, their co-visitation scores in one pass."""
+        """:meth:`user_context` for many users: their co-visitation scores in one pass, their tastes normalised
+        in one pass."""
         seeds = [self._rows(p.recent) for p in profiles]
         covis = self.covis.score_arrays_many(seeds, now)
         sessions = self.sessions.scores_many([p.user_id for p in profiles])
+        both = tastes(profiles, self.settings.retrieval.embedding_dim)
+        user_vector = self.coemb.user_vector
         return [
-            self._context(p, s, c, ss, qv)
-            for p, s, c, ss, qv in zip(profiles, seeds, covis, sessions, query_vectors, strict=True)
+            UserContext(p, s, c, t, p.categories, qv, user_vector(s), ss)
+            for p, s, c, t, qv, ss in zip(profiles, seeds, covis, both, query_vectors, sessions, strict=True)
         ]
-
-    def _context(
-        self,
-        profile: UserProfile,
-        seeds: list[int],
-        covis: CovisScores,
-        session: CovisScores,
-        query_vector: np.ndarray | None,
-    ) -> UserContext:
-        return UserContext(
-            profile,
-            seeds,
-            covis,
-            taste(profile),
-            profile.categories,
-            query_vector,
-            self.coemb.user_vector(seeds),
-            session,
-        )
 
     def features(
         self, profile: UserProfile, rows: np.ndarray, now: float, query_vector: np.ndarray | None = None
@@ -459,26 +464,23 @@ class Recommender:
         pools = candidate_pools(sem_rows, personal, popular, excluded)
         x = self.features_many(users, pools, now)
         scores = self.ranker.score(x)
-        tops: list[np.ndarray] = []
-        start = 0
-        for user, cands, qv in zip(users, pools, qvs, strict=True):
-            end = start + len(cands)
-            best = np.argsort(-scores[start:end], kind="stable")[:k]
-            if remember and len(cands):
-                kind = BEHAVIOUR_CODE if qv is None else SEARCH_CODE
-                self.offers.remember(user.profile.user_id, cands, cands[best], kind)
-            tops.append(start + best)
-            start = end
-        picked = np.concatenate(tops) if tops else np.zeros(0, np.int64)
+        picked, counts = top_k_segments(scores, np.fromiter(map(len, pools), np.int64, len(pools)), k)
+        all_rows = np.concatenate(pools)[picked] if pools else np.zeros(0, np.int64)
+        if remember:
+            bounds = np.concatenate([[0], np.cumsum(counts)]).tolist()
+            for user, cands, qv, a, b in zip(users, pools, qvs, bounds[:-1], bounds[1:], strict=True):
+                if len(cands):
+                    kind = BEHAVIOUR_CODE if qv is None else SEARCH_CODE
+                    self.offers.remember(user.profile.user_id, cands, all_rows[a:b], kind)
         why = self.ranker.reasons_many(x[picked]) if reasons else [()] * len(picked)
         ids = self.catalog.ids
-        all_rows = np.concatenate(pools)[picked].tolist() if pools else []
+        row_list = all_rows.tolist()
         all_scores = scores[picked].tolist()
         out: list[RankedList] = []
         start = 0
-        for top in tops:
-            end = start + len(top)
-            out.append(RankedList([ids[r] for r in all_rows[start:end]], all_scores[start:end], why[start:end]))
+        for n in counts.tolist():
+            end = start + n
+            out.append(RankedList([ids[r] for r in row_list[start:end]], all_scores[start:end], why[start:end]))
             start = end
         return out
 

@@ -38,8 +38,8 @@ PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4"
 REPARTITION_NAME = "events-by-user"
 """Name of the ``group_by`` that re-keys ``events`` (``repartition``): its topic is ``<app id>-<name>-repartition``."""
 PRODUCER_BATCH_BYTES = 512 * 1024
-"""Per-partition produce batch: aiokafka's 16 KiB default holds ~10 lists or profiles, so a 2,048-event batch's
-~2,800 output messages went out in hundreds of small produce requests."""
+"""Per-partition produce batch: large enough that a full micro-batch's lists and profiles go out in a few produce
+requests (aiokafka's 16 KiB default holds only ~10 of them; docs/performance.md, "Where the time goes")."""
 PRODUCER_REQUEST_BYTES = 4 * PRODUCER_BATCH_BYTES
 
 
@@ -78,7 +78,7 @@ def faust_app(settings: Settings, partitions: int) -> faust.App:
         consumer_auto_offset_reset="earliest",
         # After a broker lost its data (the in-memory local broker restarted) the changelog restarts at offset 0
         # below what this worker already applied; Faust's check would crash the worker for good. It keeps its
-        # in-memory table instead and carries on (README, "Broker restarts").
+        # in-memory table instead and carries on (docs/operations.md, "Broker restarts").
         recovery_consistency_check=False,
         web_enabled=True,
         web_bind=settings.web.web_host,
@@ -173,6 +173,7 @@ def run_worker(settings: Settings | None = None, loglevel: str = "info") -> None
     app, _ = create_app(settings)
     worker = faust.Worker(app, loglevel=loglevel)
     # Faust's terminal spinner sets the root logger to DEBUG, so every debug line of aiokafka is formatted
-    # and dropped: measured, 11% of the worker's GIL time under load. Logs need no spinner.
+    # and dropped, which costs the worker's event loop real time under load (docs/performance.md). Logs need
+    # no spinner.
     worker.spinner = None
     worker.execute_from_commandline()

@@ -1,9 +1,9 @@
 """The worker's core: the recommender and its share of the model, served in a child process (or a thread).
 
 A Python process runs one interpreter at a time (the GIL). In one process the Faust event loop (fetching,
-delivering and producing messages) and the core (learning and ranking) took turns: measured on a backlog,
-the loop held the GIL ~43% of the time and the core ~45%, so a batch took ~2.5× what the core alone needs.
-With ``core_process`` (the default) the core runs in its own process, so both work at once on two cores.
+delivering and producing messages) and the core (learning and ranking) take turns, so a batch takes far longer
+than the core alone needs (docs/performance.md, "Before the core had its own process"). With ``core_process``
+(the default) the core runs in its own process, so both work at once on two cores.
 
 The worker talks to :class:`CoreService` only through :class:`CoreClient`, whose typed methods mirror the
 service's: each call is one request (the service method itself and its arguments) and one reply over a
@@ -29,7 +29,7 @@ from streamrec.encoding.threads import limit_threads
 from streamrec.model.events import Event, InvalidMessage, dumps, parse_item_embedding
 from streamrec.model.itemstats import ItemUpdate, encode_updates
 from streamrec.model.metrics import OnlineCounts
-from streamrec.model.profiles import UserProfile
+from streamrec.model.profiles import UserProfile, profiles_to_bytes
 from streamrec.model.ranker import FEATURES
 from streamrec.model.recommender import Recommender
 from streamrec.model.shared_model import SharedModel
@@ -120,7 +120,9 @@ class BytesProfileStore:
         self.changed[user_id] = None
 
     def changes(self) -> dict[str, bytes | None]:
-        return {u: None if p is None else p.to_bytes() for u, p in self.changed.items()}
+        kept = [p for p in self.changed.values() if p is not None]
+        records = iter(profiles_to_bytes(kept))
+        return {u: None if p is None else next(records) for u, p in self.changed.items()}
 
 
 class CoreService:
@@ -192,9 +194,9 @@ class CoreService:
         """Rank once for ``users`` made-up users (each with a catalogue item's vector as taste), changing nothing.
 
         The first rankings take the libraries' working memory (BLAS and FAISS buffers, code pages, a heap
-        sized for a full batch's temporaries), which would otherwise be counted as memory per user (the core
-        alone, 100k synthetic events: 3,301 → 2,862 bytes per user). Nothing is learned, remembered or published;
-        the caller trims the freed temporaries (the worker does before it records its memory baseline).
+        sized for a full batch's temporaries), which would otherwise be counted as memory per user
+        (docs/performance.md, "Where the memory goes"). Nothing is learned, remembered or published; the caller
+        trims the freed temporaries (the worker does before it records its memory baseline).
         """
         rec = self.recommender
         if rec.catalog.n_indexed == 0 or users <= 0:

@@ -33,10 +33,10 @@ class ProfileTable(faust.Table):  # type: ignore[misc]
 
     Faust replays changelog records into the in-memory table at every rebalance, also for the partitions a
     worker keeps, and only up to the end offsets it read when recovery started; the worker's own newest
-    writes may not be in the changelog yet. In the first chaos run such a replay put older profiles over
-    newer ones, and the events in between — already consumed — were lost (607 of 6,000).
-    A profile's applied-event count only grows, so a record that has applied fewer events than the profile
-    in memory is stale and is skipped; deletions (tombstones) always apply.
+    writes may not be in the changelog yet, so such a replay can put older profiles over newer ones and lose
+    the events in between, already consumed (docs/resilience.md). A profile's applied-event count only grows,
+    so a record that has applied fewer events than the profile in memory is stale and is skipped; deletions
+    (tombstones) always apply.
     """
 
     def apply_changelog_batch(self, batch: Any) -> None:

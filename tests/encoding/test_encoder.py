@@ -46,7 +46,8 @@ CUDA_ODD_BATCH = 7
 
 @pytest.fixture(scope="module")
 def encoder() -> TextEncoder:
-    return TextEncoder.from_settings(Settings.of(device="cpu"))
+    """The fp32 reference (bf16 autocast, where the CPU runs it by default, is tested in test_precision.py)."""
+    return TextEncoder.from_settings(Settings.of(device="cpu", encoder_precision="fp32"))
 
 
 def _item(item_id: str, title: str = "", category: str | None = None, **kw: str) -> Item:

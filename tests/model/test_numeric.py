@@ -3,7 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamrec.model.numeric import DecayClock, decay, halvings, segment_owners, sigmoid, unit
+from streamrec.model.features import taste, tastes
+from streamrec.model.numeric import DecayClock, decay, halvings, segment_owners, sigmoid, unit, unit_rows
+from streamrec.model.profiles import UserProfile
 
 
 def test_decay_clock_rescale_keeps_ratios() -> None:
@@ -45,3 +47,17 @@ def test_sigmoid_is_the_logistic_function_and_cannot_overflow() -> None:
     with np.errstate(all="raise"):  # no overflow warning, where 1/(1 + e^-x) needed a clip
         extreme = sigmoid(np.array([-1e4, -100.0, 0.0, 100.0, 1e4], np.float32))
     assert extreme.tolist() == [0.0, 0.0, 0.5, 1.0, 1.0] and extreme.dtype == np.float32
+
+
+def test_unit_rows_is_unit_of_each_row_to_the_bit() -> None:
+    """The batch normalises in a few array calls and must give each row exactly what :func:`unit` gives it,
+    so that rankings do not move (a norm summed in another order differs in the last bits)."""
+    rng = np.random.default_rng(5)
+    m = (rng.standard_normal((2_000, 384)) * rng.uniform(1e-4, 1e4, (2_000, 1))).astype(np.float32)
+    m[7] = 0.0
+    rows = unit_rows(m)
+    assert rows.dtype == np.float32 and rows.shape == m.shape
+    assert all(np.array_equal(rows[i], unit(m[i])) for i in range(len(m)))
+    assert not rows[7].any() and unit_rows(np.zeros((0, 4), np.float32)).shape == (0, 4)
+    profiles = [UserProfile("u", m[2 * i], m[2 * i + 1]) for i in range(50)] + [UserProfile.new("v", 384)]
+    assert all(np.array_equal(t, taste(p)) for t, p in zip(tastes(profiles, 384), profiles, strict=True))

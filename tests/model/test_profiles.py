@@ -16,6 +16,7 @@ from streamrec.model.profiles import (
     applied_count,
     apply_event,
     category_affinity,
+    profiles_to_bytes,
 )
 from streamrec.settings import Settings
 
@@ -195,3 +196,21 @@ def test_category_affinity_shares() -> None:
     p = UserProfile.new("u", 3)
     p.categories = {"a": 3.0, "b": 1.0}
     np.testing.assert_allclose(category_affinity(p, ["a", "b", "z", None]), [0.75, 0.25, 0.0, 0.0])
+
+
+def test_profiles_to_bytes_gives_each_profile_its_own_record_to_the_byte() -> None:
+    rng = np.random.default_rng(11)
+    profiles = []
+    for i in range(40):
+        p = UserProfile.new(f"u{i}", 64)
+        p.long_term[:] = rng.standard_normal(64) * 10.0 ** rng.integers(-6, 6)
+        p.intent[:] = rng.standard_normal(64) if i % 3 else 0.0  # zero vectors are stored as zeros
+        p.recent, p.categories, p.offsets, p.events, p.last_ts = [f"i{i}", "x"], {"c": 0.5}, {0: i}, i, 1.5 * i
+        profiles.append(p)
+    profiles[5].intent[3] = np.nan  # a vector that is not finite is stored as zeros, as one at a time
+    records = profiles_to_bytes(profiles)
+    assert records == [p.to_bytes() for p in profiles]
+    assert len(set(records)) == len(profiles)
+    assert profiles_to_bytes([]) == []
+    odd = UserProfile.new("odd", 8)  # a profile of another dimension: each on its own
+    assert profiles_to_bytes([profiles[0], odd]) == [profiles[0].to_bytes(), odd.to_bytes()]

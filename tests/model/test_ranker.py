@@ -78,7 +78,8 @@ def test_reasons_name_the_largest_contributions() -> None:
 def test_reasons_for_many_rows_are_each_rows_largest_positive_terms(top: int) -> None:
     r = FusionRanker(Settings().ranker)
     x = np.random.default_rng(3).normal(size=(50, F)).astype(np.float32)
-    x[:5] = -np.abs(x[:5]) * np.sign(r.weights)  # rows where no term is positive
+    x[:10] = -np.abs(x[:10]) * np.sign(r.weights)  # rows where no term is positive …
+    x[5:10, FEATURES.index("sim_intent")] *= -1.0  # … and rows where exactly one is
     expected = []
     for row in x:
         contrib = [float(v) * r.weight(f) for v, f in zip(row, FEATURES, strict=True)]
