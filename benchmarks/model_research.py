@@ -63,7 +63,7 @@ def load(name: str, limit: int | None, cache: Path) -> tuple[list[Any], dict[int
     mapping = None
     if fmt == "csv":
         mapping = CsvMapping.from_options(
-            ",".join(f"{k}={v}" for k, v in ECOMMERCE_MAPPING.items()), ECOMMERCE_TYPES, "auto", ",", False
+            ",".join(f"{k}={v}" for k, v in ECOMMERCE_MAPPING.items()), ECOMMERCE_TYPES, "auto", ",", True
         )
     records = list(read_log(path, fmt, mapping=mapping, limit=limit))
     idx = [i for i, r in enumerate(records) if r.topic == "items"]
