@@ -15,8 +15,9 @@ CATS = ("shoes", "coffee", "books")
 
 
 def build(settings: Settings | None = None, n_per_cat: int = 10) -> Recommender:
-    """A catalogue whose embeddings cluster by category (unit directions + noise)."""
-    s = settings or Settings.of(embedding_dim=DIM, top_k=5, seed=1)
+    """A catalogue whose embeddings cluster by category (unit directions + noise); lists by relevance alone
+    (exploration slots are tested in ``test_lists.py``)."""
+    s = settings or Settings.of(embedding_dim=DIM, top_k=5, seed=1, exploration_slots=0)
     rec = Recommender(s)
     rng = np.random.default_rng(0)
     centres = {c: np.eye(DIM)[i] for i, c in enumerate(CATS)}
