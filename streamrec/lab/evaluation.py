@@ -4,7 +4,8 @@ For every item event, each system is first asked for the top-k list it would pub
 that moment; the list is scored against the event's item; only then does the system learn from the event.
 ``streamrec`` here is the very :class:`~streamrec.model.recommender.Recommender` the Faust agents run, with a
 dict in place of the Faust table. Primary metrics count *discovery* events (the user's first interaction
-with that item); all events are reported as a secondary metric.
+with that item); all events are reported as a secondary metric. Beside accuracy, every system's scored lists are
+measured for catalogue coverage, intra-list diversity, new-item exposure and novelty (:mod:`.list_metrics`).
 
 With ``workers > 1`` streamrec runs as that many workers would in a deployment
 (:class:`ShardedStreamrecSystem`): each user's events go to the worker holding the user's partition (Kafka's
@@ -25,7 +26,8 @@ import numpy as np
 
 from streamrec.encoding.threads import limit_threads
 from streamrec.lab.baselines import CooccurrenceBaseline, OnlineMFBaseline, PopularityBaseline, TextOnlyBaseline
-from streamrec.model.events import ITEM_EVENT_TYPES, Event, Item, ItemEmbedding, event_from_dict, item_from_dict
+from streamrec.lab.list_metrics import ItemVectors, ListMetrics
+from streamrec.model.events import HIDE, ITEM_EVENT_TYPES, Event, Item, ItemEmbedding, event_from_dict, item_from_dict
 from streamrec.model.metrics import PrequentialScore, hit_rank
 from streamrec.model.profiles import DictProfileStore, UserProfile
 from streamrec.model.recommender import Recommender
@@ -204,14 +206,32 @@ class _Job:
     workers: int = 1
     sync_every: int = DEFAULT_SYNC_EVENTS
 
+    _vectors: tuple[ItemVectors, int] | None = None
+
+    def list_metrics(self) -> ListMetrics:
+        """A fresh accumulator of the beyond-accuracy metrics, over the log's items and their embeddings (prepared
+        once, before systems replay in forked processes)."""
+        if self._vectors is None:
+            vectors = ItemVectors.of({e.item.item_id: e.vector for e in self.embeddings.values()})
+            items = set(vectors.row_of)
+            for r in self.records:
+                if r.topic == "events" and r.value.get("item_id") is not None:
+                    items.add(r.value["item_id"])
+            self._vectors = (vectors, len(items))
+        return ListMetrics(*self._vectors)
+
 
 _JOB: _Job | None = None
 
 
-def _replay(system: System, job: _Job, position: int = 0) -> tuple[list[int | None], list[bool], float]:
-    """Test-then-train one system over the log: ranks of scored events, whether each was a discovery, seconds."""
+def _replay(
+    system: System, job: _Job, position: int = 0
+) -> tuple[list[int | None], list[bool], float, dict[str, float]]:
+    """Test-then-train one system over the log: ranks of scored events, whether each was a discovery, seconds, and
+    the beyond-accuracy metrics of its lists."""
     from tqdm import tqdm
 
+    lists = job.list_metrics()
     seen: set[tuple[str, str]] = set()
     ranks: list[int | None] = []
     discoveries: list[bool] = []
@@ -230,7 +250,7 @@ def _replay(system: System, job: _Job, position: int = 0) -> tuple[list[int | No
             system.upsert_item(job.embeddings[i])
             continue
         event = event_from_dict(record.value)
-        if event.is_forget:  # a privacy request, not an interaction: nothing to score, nothing to learn from
+        if event.is_forget or event.type == HIDE:  # requests, not interactions: nothing to score or learn from
             continue
         if event.type in ITEM_EVENT_TYPES and event.item_id is not None:
             pair = (event.user_id, event.item_id)
@@ -238,11 +258,13 @@ def _replay(system: System, job: _Job, position: int = 0) -> tuple[list[int | No
             seen.add(pair)
             ranked = system.recommend(event.user_id, event.ts, job.k)  # test ...
             ranks.append(hit_rank(event.item_id, ranked))
+            lists.add(ranked)
+            lists.observe(event.item_id)
         system.learn(event)  # ... then train
-    return ranks, discoveries, time.perf_counter() - t0
+    return ranks, discoveries, time.perf_counter() - t0, lists.summary()
 
 
-def _replay_named(args: tuple[str, int]) -> tuple[str, list[int | None], list[bool], float]:
+def _replay_named(args: tuple[str, int]) -> tuple[str, list[int | None], list[bool], float, dict[str, float]]:
     name, position = args
     assert _JOB is not None
     [system] = make_systems(_JOB.settings, [name], _JOB.workers, _JOB.sync_every)
@@ -274,6 +296,7 @@ def evaluate(
     job = _Job(records, dict(zip(item_idx, embedded, strict=True)), settings, k, progress, workers, sync_every)
     t_start = time.perf_counter()
     tasks = [(name, pos) for pos, name in enumerate(names)]
+    job.list_metrics()  # the shared part, before any fork
     if jobs > 1 and len(names) > 1:
         _JOB = job
         try:
@@ -293,7 +316,7 @@ def evaluate(
     n_disc = sum(discoveries)
     window = max(1, -(-n_disc // windows))
     scores: dict[str, PrequentialScore] = {}
-    for name, ranks, disc, _ in results:
+    for name, ranks, disc, _, _ in results:
         assert disc == discoveries
         score = scores[name] = PrequentialScore(window=window)
         for rank, is_new in zip(ranks, disc, strict=True):
@@ -304,9 +327,12 @@ def evaluate(
         events=n_events,
         scored=n_disc,
         k=k,
-        systems={name: s.summary() | {"scored_all": s.all_events.n} for name, s in scores.items()},
+        systems={
+            name: scores[name].summary() | {"scored_all": scores[name].all_events.n} | beyond
+            for name, _, _, _, beyond in results
+        },
         windows={name: s.windowed_recall() for name, s in scores.items()},
-        seconds={name: secs for name, _, _, secs in results},
+        seconds={name: secs for name, _, _, secs, _ in results},
         events_per_s=n_events * len(names) / elapsed if elapsed > 0 else 0.0,
     )
 
@@ -338,12 +364,13 @@ def format_table(report: EvalReport) -> str:
     k = report.k
     head = (
         f"{'system':20} {'Recall@' + str(k):>10} {'NDCG@' + str(k):>10} {'MRR@' + str(k):>10} "
-        f"{'Recall(all)':>12} {'s':>7}"
+        f"{'Recall(all)':>12} {'cover@' + str(k):>9} {'ILD':>6} {'new':>6} {'novelty':>8} {'s':>7}"
     )
     lines = [head, "-" * len(head)]
     for name, m in rows:
         lines.append(
             f"{name:20} {m['recall']:10.4f} {m['ndcg']:10.4f} {m['mrr']:10.4f} {m['recall_all']:12.4f} "
+            f"{m['coverage']:9.4f} {m['diversity']:6.3f} {m['new_exposure']:6.3f} {m['novelty']:8.2f} "
             f"{report.seconds[name]:7.1f}"
         )
     return "\n".join(lines)

@@ -53,7 +53,7 @@ def job(recs: list[Record]) -> _Job:
 
 def test_every_event_is_scored_before_it_is_learned() -> None:
     spy = Spy()
-    ranks, discoveries, _ = _replay(spy, job(records()))
+    ranks, discoveries, _, _ = _replay(spy, job(records()))
     event_calls = [c for c in spy.calls if c[0] != "upsert"]
     # strictly alternating: recommend for the event's user, then learn that event
     assert [c[0] for c in event_calls] == ["recommend", "learn"] * 5
