@@ -84,6 +84,11 @@ def test_evaluate_reports_every_system_and_the_counts(taobao_path: Path) -> None
     for metrics in report.systems.values():
         assert 0.0 <= metrics["ndcg"] <= metrics["recall"] <= 1.0
         assert metrics["scored_all"] == 1500
+        assert 0.0 < metrics["coverage"] <= 1.0 and 0.0 < metrics["diversity"] <= 1.0
+        assert 0.0 <= metrics["new_exposure"] <= 1.0 and metrics["novelty"] > 0.0
+    # one list for everyone reaches few items: streamrec's personal lists cover more of the catalogue
+    assert report.systems["popularity"]["coverage"] < report.systems["streamrec"]["coverage"]
+    assert report.systems["popularity"]["novelty"] < report.systems["streamrec"]["novelty"]
 
 
 def test_streamrec_system_is_the_production_core() -> None:
