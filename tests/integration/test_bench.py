@@ -26,6 +26,8 @@ FIGURES = (
     "encoder_processes",
     "encoder_device",
     "new_item_visible_ms_p99",
+    "withdrawn_absent_ms_p99",
+    "withdrawn_refreshed_ms_p99",
     "rss_bytes_per_user",
     "rss_core_bytes_per_user",
     "eval_events_per_s",
@@ -45,6 +47,9 @@ def test_bench_measures_every_figure(tmp_path: Path) -> None:
         encoder_processes=2,
         new_items=5,
         new_item_rate=20.0,
+        withdrawals=3,
+        withdrawal_rate=2.0,
+        withdrawal_events_per_s=40.0,
         taobao=taobao,
         taobao_limit=2_000,
         eval_limit=1_000,
@@ -60,6 +65,10 @@ def test_bench_measures_every_figure(tmp_path: Path) -> None:
     cpu = data["latency_cpu_cores"]  # where the cores went while the latency was measured
     assert sorted(cpu) == ["bench", "broker", "core", "worker"] and all(0.0 < c < os.cpu_count() for c in cpu.values())
     assert 0 < data["new_item_visible_ms_p50"] <= data["new_item_visible_ms_p99"]
+    # the three most listed items withdrawn: gone from new lists within 2 s, every holder's list replaced in 10 s
+    assert data["withdrawn_items"] == 3 and data["withdrawn_holders"] > 0 and data["withdrawn_refresh_missing"] == 0
+    assert 0 < data["withdrawn_absent_ms_p50"] <= data["withdrawn_absent_ms_p99"] < 2_000
+    assert 0 < data["withdrawn_refreshed_ms_p50"] <= data["withdrawn_refreshed_ms_p99"] < 10_000
     assert data["encoder_device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     assert data["encoder_processes"] == (1 if torch.cuda.is_available() else 2)
     assert data["eval_events_per_s"] > 0 and data["machine"]["cores"] == os.cpu_count()
