@@ -61,6 +61,10 @@ def test_near_duplicates_by_title_or_embedding_keep_only_the_better_one() -> Non
     assert len({"headset-1", "headset-2"} & set(ids)) == 1  # one of the two titles
     assert len({"headset-1", "twin-a"} & set(ids)) <= 1  # never both near-identical vectors
     assert "other-1" in ids and "other-2" in ids  # the next best fill the freed places
+    # the same title alone (vectors far apart) is enough
+    titles = shop(base(top_k=3), [items[0], items[1], items[3], items[4], items[5]])
+    ids = listed(titles, user_looking_at(titles, q))
+    assert len(ids) == 3 and len({"headset-1", "headset-2"} & set(ids)) == 1
 
 
 def test_a_category_cap_and_a_brand_cap_hold_in_every_list() -> None:
