@@ -1,10 +1,11 @@
 """From scored candidates to the list a user sees: no near-duplicates, caps per category and brand, optional MMR
 diversity, and exploration slots.
 
-Most lists need none of the slow parts: each user's best ``k`` (less the exploration slots) plus the exploration
-picks are proposed for the whole batch at once, and the proposed lists are checked for near-duplicates and caps
-in a few array operations. Only users whose proposal breaks a constraint, or every user when MMR or caps are on,
-go through the greedy selection, which looks at their ``rerank_depth`` best candidates only. Both give the same
+Most lists need none of the slow parts. Each user's ``rerank_depth`` best candidates keep only the best item of
+each normalised title (one sort for the batch); then each user's best ``k`` (less the exploration slots) plus the
+exploration picks are proposed for the whole batch at once, and the proposed lists are checked for close
+embeddings and caps in a few array operations. Only users whose proposal breaks a constraint, or every user when
+MMR is on, go through the greedy selection, over their ``rerank_depth`` best candidates only. Both give the same
 list: the greedy one keeps the best candidate that breaks nothing, slot by slot, which is the proposal itself
 when the proposal breaks nothing.
 
@@ -96,6 +97,8 @@ def select_lists(
         np.argsort(-scores[start : start + length], kind="stable")[:depth]
         for start, length in zip(starts.tolist(), lens.tolist(), strict=True)
     ]
+    if constraints.cosine is not None:
+        orders = _best_of_each_title(catalog, pools, orders)
     rows = [pool[order] for pool, order in zip(pools, orders, strict=True)]
     draws = _thompson_draws(catalog, rows, exploring, cfg.exploration_max_exposures, rng)
     lists: list[np.ndarray] = []
@@ -117,6 +120,30 @@ def select_lists(
         )
     picked = [int(start) + order[chosen] for start, order, chosen in zip(starts, orders, lists, strict=True)]
     return Selection(picked, explore_at, explored)
+
+
+def _best_of_each_title(catalog: Catalog, pools: Sequence[np.ndarray], orders: list[np.ndarray]) -> list[np.ndarray]:
+    """Each user's ranked candidates without the later ones of a title already seen: a title is represented by its
+    best-scored item. Titles are an equivalence (unlike close embeddings), so this is the greedy filter's answer
+    for titles, for the whole batch in one sort; a shop with hundreds of items under one title then costs no
+    per-user walk."""
+    n = len(orders)
+    width = max((len(o) for o in orders), default=0)
+    if width < 2:
+        return orders
+    lens = np.fromiter(map(len, orders), np.int64, n)
+    present = np.arange(width)[None, :] < lens[:, None]
+    grid = np.full((n, width), NO_TITLE, np.int64)
+    grid[present] = catalog.title_group[np.concatenate([p[o] for p, o in zip(pools, orders, strict=True)])]
+    by_title = np.argsort(grid, axis=1, kind="stable")  # within a title, best first
+    sorted_titles = np.take_along_axis(grid, by_title, axis=1)
+    first = np.ones((n, width), bool)
+    first[:, 1:] = (sorted_titles[:, 1:] != sorted_titles[:, :-1]) | (sorted_titles[:, 1:] == NO_TITLE)
+    keep = np.empty_like(first)
+    np.put_along_axis(keep, by_title, first, axis=1)
+    if keep[present].all():
+        return orders
+    return [o[keep[u, : len(o)]] for u, o in enumerate(orders)]
 
 
 def _thompson_draws(
@@ -160,7 +187,12 @@ def _propose(order: np.ndarray, draws: np.ndarray, k: int, slots: int) -> tuple[
     tail = draws[main:]
     uncertain = np.flatnonzero(~np.isnan(tail))
     best = uncertain[np.argsort(-tail[uncertain], kind="stable")[:slots]] + main
-    rest = np.setdiff1d(np.arange(main, len(order)), best, assume_unique=True)[: slots - len(best)]
+    if len(best) == slots:
+        return np.concatenate([np.arange(main), best]).astype(np.int64), main, len(best)
+    left = np.ones(len(order), bool)
+    left[:main] = False
+    left[best] = False
+    rest = np.flatnonzero(left)[: slots - len(best)]
     return np.concatenate([np.arange(main), best, rest]).astype(np.int64), main, len(best)
 
 
@@ -176,8 +208,7 @@ def _broken(catalog: Catalog, lists: Sequence[np.ndarray], constraints: Constrai
     present = grid >= 0
     rows = np.where(present, grid, 0)
     bad = np.zeros(n, bool)
-    if constraints.cosine is not None:
-        bad |= _repeats(np.where(present, catalog.title_group[rows], NO_TITLE), 1, NO_TITLE)
+    if constraints.cosine is not None:  # titles are unique already (_best_of_each_title)
         bad |= _close_pairs(catalog, rows, present, constraints.cosine)
     if constraints.per_category is not None:
         bad |= _repeats(np.where(present, catalog.category[rows], NO_CATEGORY), constraints.per_category, NO_CATEGORY)
@@ -209,6 +240,19 @@ def _close_pairs(catalog: Catalog, rows: np.ndarray, present: np.ndarray, cosine
     return out
 
 
+def _close(sims: np.ndarray | None, cosine: float | None) -> list[list[int]]:
+    """For each candidate, the others whose embeddings have a cosine ≥ ``cosine`` with it (few, as a rule)."""
+    n = 0 if sims is None else len(sims)
+    out: list[list[int]] = [[] for _ in range(n)]
+    if cosine is None or sims is None or n < 2:
+        return out
+    close = sims >= cosine
+    np.fill_diagonal(close, False)
+    for a, b in zip(*np.nonzero(close), strict=True):
+        out[int(a)].append(int(b))
+    return out
+
+
 def _greedy(
     catalog: Catalog,
     rows: np.ndarray,
@@ -221,54 +265,61 @@ def _greedy(
     """One user's list, slot by slot, from their best candidates (``rows``/``scores``/``draws``, best first):
     ``k − slots`` by relevance (or MMR), then exploration picks by draw, then the next best; each the first that
     is no near-duplicate of an item already listed and breaks no cap. Returns indices into ``rows``, where the
-    exploration picks start and how many there are."""
+    exploration picks start and how many there are.
+
+    Titles are unique here already (:func:`_best_of_each_title`); close embeddings come from one matrix product;
+    the walk itself is plain Python over at most ``rerank_depth`` candidates, with the counts per category and
+    brand in dicts.
+    """
     n = len(rows)
-    vectors = catalog.vectors[rows] * catalog.has_vector[rows][:, None]
-    sims = vectors @ vectors.T if (constraints.cosine is not None or constraints.greedy_for_all) else None
-    titles = catalog.title_group[rows]
-    cats = catalog.category[rows]
-    brands = catalog.brand[rows]
-    free = np.ones(n, bool)
-    """Candidates still allowed: not listed, no near-duplicate of a listed one, within the caps."""
-    per_cat: dict[int, int] = {}
-    per_brand: dict[int, int] = {}
+    mmr = constraints.greedy_for_all
+    sims = None
+    if constraints.cosine is not None or mmr:
+        vectors = catalog.vectors[rows] * catalog.has_vector[rows][:, None]
+        sims = vectors @ vectors.T
+    close = _close(sims, constraints.cosine)
+    caps = [
+        (cap, codes.tolist(), {})
+        for cap, codes in (
+            (constraints.per_category, catalog.category[rows]),
+            (constraints.per_brand, catalog.brand[rows]),
+        )
+        if cap is not None
+    ]
+    free = [True] * n
+    """Candidates not listed and no near-duplicate by embedding of a listed one."""
     chosen: list[int] = []
+
+    def allowed(i: int) -> bool:
+        return free[i] and all(codes[i] == NO_CATEGORY or counts.get(codes[i], 0) < cap for cap, codes, counts in caps)
 
     def take(i: int) -> None:
         chosen.append(i)
         free[i] = False
-        if constraints.cosine is not None:
-            assert sims is not None
-            free[sims[i] >= constraints.cosine] = False
-            if titles[i] != NO_TITLE:
-                free[titles == titles[i]] = False
-        for cap, codes, counts in (
-            (constraints.per_category, cats, per_cat),
-            (constraints.per_brand, brands, per_brand),
-        ):
-            code = int(codes[i])
-            if cap is not None and code != NO_CATEGORY:
-                counts[code] = counts.get(code, 0) + 1
-                if counts[code] >= cap:
-                    free[codes == code] = False
+        for j in close[i]:
+            free[j] = False
+        for _, codes, counts in caps:
+            counts[codes[i]] = counts.get(codes[i], 0) + 1
 
     main = k - slots
-    if constraints.greedy_for_all and n:
+    if mmr and n:
         assert sims is not None
         span = float(scores.max() - scores.min())
         relevance = (scores - scores.min()) / span if span > 0 else np.ones(n)
         redundancy = np.zeros(n)
         lam = constraints.mmr_lambda
-        while len(chosen) < main and free.any():
-            value = np.where(free, lam * relevance - (1.0 - lam) * redundancy, -np.inf)
-            i = int(np.argmax(value))
+        while len(chosen) < main:
+            ok = np.array([allowed(i) for i in range(n)])
+            if not ok.any():
+                break
+            i = int(np.argmax(np.where(ok, lam * relevance - (1.0 - lam) * redundancy, -np.inf)))
             take(i)
             redundancy = np.maximum(redundancy, sims[i])
     else:
         for i in range(n):
             if len(chosen) >= main:
                 break
-            if free[i]:
+            if allowed(i):
                 take(i)
     n_main = len(chosen)
     if slots:
@@ -276,12 +327,12 @@ def _greedy(
         for i in uncertain[np.argsort(-draws[uncertain], kind="stable")].tolist():
             if len(chosen) - n_main >= slots:
                 break
-            if free[i]:
+            if allowed(i):
                 take(i)
     n_explored = len(chosen) - n_main
     for i in range(n):
         if len(chosen) >= k:
             break
-        if free[i]:
+        if allowed(i):
             take(i)
     return np.array(chosen, np.int64), n_main, n_explored
