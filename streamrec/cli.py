@@ -613,6 +613,7 @@ def taobao_option(flag: str, help_text: str) -> Any:
     default=None,
     help="Encoder processes timed together (default: one per core, as STREAMREC_ENCODER_PROCESSES would run).",
 )
+@click.option("--withdrawals", type=int, default=20, show_default=True, help="Most-listed items withdrawn and timed.")
 @click.pass_context
 def bench(
     ctx: click.Context,
@@ -625,8 +626,9 @@ def bench(
     taobao: Path,
     taobao_limit: int,
     encoder_processes: int | None,
+    withdrawals: int,
 ) -> None:
-    """Throughput, latency, encoder speed, item freshness and memory on the local broker (see README)."""
+    """Throughput, latency, encoder speed, item freshness, withdrawals and memory on the local broker (see README)."""
     from streamrec.lab.bench import BenchOptions, run_bench
 
     if not taobao.exists():
@@ -639,6 +641,7 @@ def bench(
         latency_s=latency_seconds,
         taobao=taobao if taobao.exists() else None,
         taobao_limit=taobao_limit,
+        withdrawals=withdrawals,
         **({"encoder_processes": encoder_processes} if encoder_processes else {}),
     )
     run_bench(_settings(ctx), opts, json_out)
