@@ -491,10 +491,10 @@ class Recommender:
         chosen = select_lists(self.catalog, pools, scores, k, lists, constraints, explore, self.explore_rng)
         if remember:
             for user, cands, top in zip(users, pools, chosen.picked, strict=True):
+                listed = all_rows[top]
                 if len(cands):
-                    listed = all_rows[top]
                     self.offers.remember(user.profile.user_id, cands, listed)
-                    self.published.remember(user.profile.user_id, listed)
+                self.published.remember(user.profile.user_id, listed)
         picked = np.concatenate(chosen.picked) if chosen.picked else np.zeros(0, np.int64)
         why = self.ranker.reasons_many(x[picked]) if reasons else [()] * len(picked)
         ids = self.catalog.ids

@@ -145,3 +145,14 @@ def test_rules_combine_and_round_trip() -> None:
     assert (rules.max_per_category, rules.max_per_brand) == (2, 3)
     assert rule_from_dict("b", b.to_dict()) == b
     assert RuleSet.from_values({"a": a.to_dict(), "b": b.to_dict()}) == rules
+
+
+def test_an_empty_list_replaces_the_last_one_so_a_withdrawal_refreshes_no_one_for_nothing() -> None:
+    rec = build()
+    store = DictProfileStore()
+    [first] = lists_of(rec, [Event("u", "click", 1.0, item_id="coffee-0")], store).values()
+    assert rec.users_listing([first[0]]) == ["u"]
+    rec.set_rules(RuleSet.of([rule_from_dict("all-out", {"exclude": {"categories": list(CATS)}})]))
+    [empty] = lists_of(rec, [Event("u", "click", 2.0, item_id="coffee-1")], store).values()
+    assert empty == []
+    assert rec.users_listing([first[0]]) == []  # u's last list is the empty one: nothing to refresh
