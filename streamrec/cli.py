@@ -249,7 +249,9 @@ def replay(
 @click.option("--plot", "plot_out", type=click.Path(path_type=Path), default=None, help="Windowed Recall@k plot (PNG).")
 @click.option(
     "--systems",
-    default=",".join(("streamrec", "streamrec_no_learn", "popularity", "cooccurrence", "online_mf", "text_only")),
+    default=",".join(
+        ("streamrec", "streamrec_no_learn", "popularity", "cooccurrence", "online_mf", "text_only", "sknn", "sasrec")
+    ),
     show_default=True,
 )
 @click.option("--no-learn", is_flag=True, help="Freeze the ranker of the 'streamrec' system too.")
@@ -264,6 +266,30 @@ def replay(
 @click.option(
     "--sync-every", type=int, default=1_000, show_default=True, help="Events between the workers' model exchanges."
 )
+@click.option(
+    "--protocol",
+    type=click.Choice(["prequential", "published"]),
+    default="prequential",
+    show_default=True,
+    help="published: score the lists streamrec publishes, replayed in micro-batches as a worker runs them "
+    "(what a worker's online quality shows; streamrec systems only).",
+)
+@click.option(
+    "--batch-size", type=int, default=1, show_default=True, help="Events per micro-batch of the published protocol."
+)
+@click.option(
+    "--tune/--no-tune",
+    default=True,
+    show_default=True,
+    help="Tune sknn on the first 20% of the events (its grid), then replay with the best point; else its defaults.",
+)
+@click.option(
+    "--retrain-every",
+    type=int,
+    default=None,
+    help="sasrec: events between retrains from scratch [default: 1/24 of the log's events].",
+)
+@click.option("--markdown", "markdown_out", type=click.Path(path_type=Path), default=None, help="Markdown tables here.")
 @click.pass_context
 def eval_cmd(
     ctx: click.Context,
@@ -285,9 +311,23 @@ def eval_cmd(
     overrides: tuple[str, ...],
     workers: int,
     sync_every: int,
+    protocol: str,
+    batch_size: int,
+    tune: bool,
+    retrain_every: int | None,
+    markdown_out: Path | None,
 ) -> None:
     """Prequential (test-then-train) evaluation of streamrec and baselines on a log, in process."""
-    from streamrec.lab.evaluation import ALL_SYSTEMS, evaluate, format_table, plot
+    from streamrec.lab.evaluation import (
+        ALL_SYSTEMS,
+        PUBLISHED,
+        PUBLISHED_SYSTEMS,
+        evaluate,
+        format_table,
+        markdown_report,
+        plot,
+    )
+    from streamrec.lab.sasrec import SasrecParams
     from streamrec.settings import ENV_PREFIX
 
     env = dict(os.environ)
@@ -309,10 +349,32 @@ def eval_cmd(
     unknown = set(names) - set(ALL_SYSTEMS)
     if unknown:
         raise click.UsageError(f"unknown system(s) {sorted(unknown)}; choose from {', '.join(ALL_SYSTEMS)}")
-    if workers < 1 or sync_every < 1:
-        raise click.UsageError("--workers and --sync-every must be >= 1")
+    if workers < 1 or sync_every < 1 or batch_size < 1 or (retrain_every is not None and retrain_every < 1):
+        raise click.UsageError("--workers, --sync-every, --batch-size and --retrain-every must be >= 1")
+    if protocol == PUBLISHED:
+        if workers > 1:
+            raise click.UsageError("--protocol published replays one worker: leave out --workers")
+        if set(names) - set(PUBLISHED_SYSTEMS):
+            names = [n for n in names if n in PUBLISHED_SYSTEMS] or ["streamrec"]
+            click.echo(f"--protocol published: replaying {', '.join(names)} only", err=True)
     dataset = f"{file.name} ({fmt})" + (f", streamrec as {workers} workers" if workers > 1 else "")
-    report = evaluate(records, settings, names, k=k, dataset=dataset, jobs=jobs, workers=workers, sync_every=sync_every)
+    if protocol == PUBLISHED:
+        dataset += f", published lists, batches of {batch_size}"
+    params = {"sasrec": SasrecParams(retrain_every=retrain_every)} if retrain_every else {}
+    report = evaluate(
+        records,
+        settings,
+        names,
+        k=k,
+        dataset=dataset,
+        jobs=jobs,
+        workers=workers,
+        sync_every=sync_every,
+        protocol=protocol,
+        batch_size=batch_size,
+        tune=tune,
+        params=params,
+    )
     click.echo(format_table(report))
     click.echo(
         f"{report.events} events, {report.scored} discovery events scored, {report.events_per_s:,.0f} system-events/s"
@@ -321,6 +383,8 @@ def eval_cmd(
         json_out.write_bytes(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2))
     if plot_out:
         plot(report, plot_out)
+    if markdown_out:
+        markdown_out.write_text(markdown_report(report.to_dict()))
 
 
 @cli.command()
@@ -343,22 +407,29 @@ def recs(ctx: click.Context, user: str, as_json: bool) -> None:
         click.echo(f"{rank:3}. {item['item_id']:<20} {item['score']:8.3f}  {'; '.join(item['reasons'])}")
 
 
-async def publish_forget(settings: Settings, user_id: str) -> None:
-    """Publish a ``forget_user`` request for ``user_id`` on the events topic, keyed by the user.
+async def publish_forget(settings: Settings, user_id: str) -> int:
+    """Publish a ``forget_user`` request for ``user_id`` to every partition of the events topic; returns how many.
 
-    Keyed like the user's own events, so it lands on their partition and takes effect after everything they
-    did before it, and before anything they do after it.
+    Keyed by the user, once on each partition: on the partition that holds the user's events (the murmur2 one
+    when producers are compatible) it takes effect in stream order, after everything they did before it and
+    before anything they do after it; the copies on the other partitions reach state a producer with another
+    partitioner left there, whichever worker owns it (docs/privacy.md).
     """
     from streamrec.io.kafka import make_producer
     from streamrec.model.events import FORGET_USER, Event, dumps
 
-    request = Event(user_id, FORGET_USER, time.time())
+    request = dumps(Event(user_id, FORGET_USER, time.time()).to_dict())
+    topic = settings.kafka.topic("events")
     producer = make_producer(settings.kafka)
     await producer.start()
     try:
-        await producer.send_and_wait(settings.kafka.topic("events"), dumps(request.to_dict()), key=user_id.encode())
+        partitions = sorted(await producer.partitions_for(topic))
+        for p in partitions:
+            await producer.send(topic, request, key=user_id.encode(), partition=p)
+        await producer.flush()
     finally:
         await producer.stop()
+    return len(partitions)
 
 
 @cli.command()
@@ -367,15 +438,16 @@ async def publish_forget(settings: Settings, user_id: str) -> None:
 def forget(ctx: click.Context, user: str) -> None:
     """Delete everything kept about USER (privacy request): profile, state and recommendations.
 
-    Publishes a forget_user event; the worker deletes the profile (a tombstone in the table's changelog),
-    drops the user's in-memory state and publishes a tombstone for them on recommendations.
+    Publishes a forget_user event to every partition of events; the workers delete the user's profile wherever
+    it is (a tombstone in the table's changelog), drop the user's in-memory state and publish a tombstone for
+    them on recommendations.
     """
     from streamrec.model.events import MAX_ID_LEN
 
     if not 1 <= len(user) <= MAX_ID_LEN:
         raise click.UsageError(f"USER must have 1..{MAX_ID_LEN} characters")
-    asyncio.run(publish_forget(_settings(ctx), user))
-    click.echo(f"forget_user request for {user!r} published to {_settings(ctx).kafka.topic('events')}")
+    n = asyncio.run(publish_forget(_settings(ctx), user))
+    click.echo(f"forget_user request for {user!r} published to {_settings(ctx).kafka.topic('events')} ({n} partitions)")
 
 
 @cli.group()
@@ -628,7 +700,8 @@ def bench(
     encoder_processes: int | None,
     withdrawals: int,
 ) -> None:
-    """Throughput, latency, encoder speed, item freshness, withdrawals and memory on the local broker (see README)."""
+    """Throughput, latency, encoder speed, item freshness, withdrawals and memory on the local broker
+    (docs/performance.md)."""
     from streamrec.lab.bench import BenchOptions, run_bench
 
     if not taobao.exists():
@@ -656,7 +729,7 @@ def bench(
     type=float,
     default=300.0,
     show_default=True,
-    help="Events are paced over this long (keep the rate one the two workers sustain: ~300/s here).",
+    help="Events are paced over this long (keep the rate below what the two workers sustain; see docs/resilience.md).",
 )
 @click.option("--kill-at", type=float, default=0.3, show_default=True, help="Share of events sent at the kill.")
 @click.option("--workdir", type=click.Path(path_type=Path), default=None, help="Logs here (default: a temp dir).")

@@ -104,6 +104,11 @@ class BatchingSettings:
     share_item_stats: bool = True
     """Workers exchange their item-level updates (co-visitation, co-embeddings, popularity) over ``item-updates``,
     so each learns item statistics from every user, not only its partitions' (:mod:`streamrec.model.itemstats`)."""
+    repartition: bool = False
+    """Re-key every incoming event by its user id onto an internal topic (Faust's ``group_by``, murmur2 like
+    Kafka's Java client) before it reaches user state, so producers with any partitioner work: one copy of
+    every event more through the broker (docs/performance.md). Off: producers must partition ``events`` with
+    murmur2 of the user id (README, "Publishing from other clients")."""
 
     def __post_init__(self) -> None:
         _check(self, ("batch_size",))
@@ -260,9 +265,11 @@ class RankerSettings:
     for learning against it: arrays reserved at start, (3·``candidates_per_source`` + ``top_k``) int32 per user."""
     learn: bool = True
     """Set to false to freeze the ranker (an evaluation ablation)."""
+    online_window: int = 10_000
+    """Online quality (``/stats["online_quality"]["window"]``) is also shown over this many newest scored events."""
 
     def __post_init__(self) -> None:
-        _check(self, ("candidate_cache_users",))
+        _check(self, ("candidate_cache_users", "online_window"))
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,8 @@ LOOKUP_TIMEOUT_S = 20.0
 LOOKUPS_AT_ONCE = 2
 """User lookups read a partition of ``recommendations`` each: at most this many run at the same time."""
 EXPLAIN_UNAVAILABLE = "not available from this worker version"
+HTTP_OK = 200
+HTTP_NOT_FOUND = 404
 DEFAULT_TOPICS = ("events", "items", "item-embeddings", "recommendations", "dead-letters", "model-snapshots")
 QUANTILES = {"p50": 0.5, "p99": 0.99}
 
@@ -489,10 +491,15 @@ class Collector:
             return None, "error", "the collector is not started"
         try:
             async with session.get(f"{url}/explain", params={"user": user_id}) as resp:
-                if resp.status != 200:
+                if resp.status == HTTP_NOT_FOUND:  # the worker says why (no profile, not its partition) in JSON
+                    reply = orjson.loads(await resp.read())
+                    if isinstance(reply, dict) and isinstance(reply.get("message"), str):
+                        return None, "not_found", reply["message"]
+                    return None, "unavailable", EXPLAIN_UNAVAILABLE
+                if resp.status != HTTP_OK:
                     return None, "unavailable", EXPLAIN_UNAVAILABLE
                 body = orjson.loads(await resp.read())
-        except orjson.JSONDecodeError:
+        except orjson.JSONDecodeError:  # an older worker's plain "404: Not Found"
             return None, "unavailable", EXPLAIN_UNAVAILABLE
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return None, "error", f"{type(exc).__name__}: {exc}"

@@ -187,9 +187,10 @@ class WorkerReading:
 @dataclass(frozen=True)
 class OnlineQuality:
     """A worker's online Recall@k / NDCG@k on its live traffic: ``{"k", "scored", "recall", "ndcg"}`` in
-    ``/stats["online_quality"]``, where ``scored`` counts the events measured since the worker started and
-    ``recall`` / ``ndcg`` are their means. The dashboard plots each interval's value from two readings
-    (``Δ(recall·scored) / Δscored``), summed over workers."""
+    ``/stats["online_quality"]``, where ``scored`` counts the discovery events the worker scored since it started
+    and ``recall`` / ``ndcg`` are their means (the worker shows more: MRR, every scored event, a window). The
+    dashboard plots each interval's value from two readings (``Δ(recall·scored) / Δscored``), summed over
+    workers."""
 
     k: int
     scored: float

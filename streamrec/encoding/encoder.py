@@ -398,8 +398,8 @@ class TextEncoder:
 
         The texts are tokenised once, padded to the longest of them; a bucket takes its rows and the columns
         up to its own longest text — with padding on the right that is exactly what padding the bucket alone
-        gives. Tokenising is ~2% of the time on a CPU but took 3–8× the model's forward pass on a GPU, where
-        a second pass per bucket was the larger share.
+        gives. Tokenising once matters on a GPU, where the tokenizer, not the model, is the slower part
+        (docs/performance.md, "The encoder on a GPU").
         """
         tok = self.tokenizer
         encoded = tok(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")

@@ -72,7 +72,10 @@ _PARTITIONER = DefaultPartitioner()
 
 def key_partition(key: bytes, partitions: Sequence[int]) -> int:
     """Where ``producer.send`` puts a message with ``key`` among ``partitions`` (sorted): aiokafka's default
-    partitioner, murmur2 of the key as in every Kafka client. Writers and readers of a user's key use this."""
+    partitioner, murmur2 of the key like the Java client's and kafkajs's default. Not every client's default:
+    librdkafka (confluent-kafka, kcat, Go/.NET/Node wrappers) hashes with CRC32, sarama with FNV-1a, kafka-go
+    round-robins (README, "Publishing from other clients"). streamrec's own writers and readers of a user's
+    key use this; the worker counts events that are not where it puts them (``misrouted_events``)."""
     return int(_PARTITIONER(key, partitions, partitions))
 
 

@@ -1,7 +1,9 @@
 """Reading recommendations back: the consumer side a product service would copy.
 
-``latest_recommendation`` reads only the partition that holds the user's key (the default Kafka partitioner,
-murmur2 — the same one every Kafka client uses for keyed messages) and returns the newest list for the user.
+``latest_recommendation`` reads only the partition that holds the user's key and returns the newest list for the
+user. The workers publish ``recommendations`` with aiokafka, whose default partitioner is murmur2 of the key (as
+the Java client's): a reader in another language must compute murmur2 too — its own client's default may be
+another hash (librdkafka: CRC32; sarama: FNV-1a) — or read every partition.
 :class:`RecommendationWatcher` follows the whole topic in the background (the demo and the benchmark).
 """
 

@@ -91,7 +91,8 @@ class PopularityBaseline:
             return
         if self.clock.needs_rescale(event.ts):
             self.counts *= self.clock.rebase(event.ts)
-        self.counts[self._row(event.item_id)] += self.weights[event.type] * self.clock.growth(event.ts)
+        row = self._row(event.item_id)  # before indexing: a new row may grow (replace) ``counts``
+        self.counts[row] += self.weights[event.type] * self.clock.growth(event.ts)
 
     def top(self, k: int, exclude: set[str]) -> list[str]:
         """The k most popular item ids not in ``exclude``."""
@@ -162,7 +163,7 @@ class OnlineMFBaseline:
     """river ``BiasedMF`` (16 factors) on implicit feedback: taken items → 1, uniformly sampled items → 0.
 
     Uniform negatives let the item biases learn popularity (negatives drawn from the popular items instead
-    teach it to push popular items down: measured on MovieLens-100K, Recall@20 0.062 vs 0.093).
+    teach it to push popular items down, and it does worse; docs/evaluation.md, "Systems compared").
 
     Scoring every catalogue item per request is too slow in pure Python, so it ranks the 300 currently most
     popular items (which hold most of the positives) — the usual way MF is served behind a candidate source.

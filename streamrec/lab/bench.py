@@ -1,6 +1,6 @@
 """``streamrec bench``: throughput, latency, encoder speed, item freshness and memory, in one reproducible run.
 
-Everything runs on this machine against the local broker with a fixed seed: a synthetic catalogue with text
+Everything runs on the local machine against the local broker with a fixed seed: a synthetic catalogue with text
 and a skewed event stream (hot users and items, a long tail), plus the Taobao sample when it is present.
 The recommender worker and the encoder run as separate processes, exactly as deployed; this process only
 produces, watches and times. Figures go to a JSON file (and a short table on stdout).
@@ -20,7 +20,7 @@ produces, watches and times. Figures go to a JSON file (and a short table on std
 
 The catalogue for the throughput runs is embedded with the deterministic fallback vectors (category + id):
 the worker's cost per event does not depend on where its vectors came from, and encoding 50,000 texts on
-this CPU would take five minutes of the run; the encoder is timed on its own.
+a CPU would take minutes of the run; the encoder is timed on its own.
 """
 
 from __future__ import annotations
@@ -254,9 +254,9 @@ async def steady_latency(
     """Send events at ``rate``/s stamped with the send time; latency = recommendation received − event ts.
 
     The load generator sends every :data:`LOAD_TICK_S` the events due by then, through a producer with the
-    usual linger, as an upstream service's client would batch them; one produce request per event (linger 0)
-    cost it and the broker ~0.2 cores more, taken from the worker on this 2-core machine. The CPU each process
-    uses meanwhile is measured too: broker, load generator and worker share the cores here.
+    usual linger, as an upstream service's client would batch them: one produce request per event (linger 0)
+    would cost it and the broker CPU taken from the worker (docs/performance.md). The CPU each process uses
+    meanwhile is measured too: broker, load generator and worker may share the cores.
     """
     producer = make_producer(settings.kafka)
     await producer.start()

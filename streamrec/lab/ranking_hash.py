@@ -7,7 +7,8 @@ Two hashes per log, printed as JSON (``python -m streamrec.lab.ranking_hash FILE
   worker feeds it (user, kind, items and scores rounded to 1e-6).
 
 A hot-path change that keeps both hashes on both shared logs changed no ranking; otherwise each difference
-needs explaining (``docs/development.md``).
+needs explaining (``docs/development.md``, "The ranking hash: proving a change kept the rankings", with the
+reference values).
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ COEMB_INIT_SCALE = 0.1
 """Co-embeddings start as small random vectors (norm ≈ this), so the first co-visits decide their direction."""
 COEMB_GROWTH = 1.125
 """Co-embedding capacity grows by this factor (at least to the row needed): the first visits reach the end of a
-loaded catalogue at once, and doubling from there left half the array allocated, initialised and never used
-(~6 MB of a 50,000-item catalogue's 13)."""
+loaded catalogue at once, and a small factor keeps the unused tail small where doubling would leave up to half
+the array allocated, initialised and never used."""
 
 
 class CoEmbedding:
@@ -57,7 +57,7 @@ class CoEmbedding:
 
         Every (item, context) and (item, negative) pair's gradient is taken at the vectors as they were before
         the batch and all are added at once: two gathers and two scatter-adds per batch instead of a dozen
-        small array operations per event (the per-event loop was a quarter of the core's time on Taobao).
+        small array operations per event (docs/performance.md, "Inside the core").
         """
         if not visits:
             return

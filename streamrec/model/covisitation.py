@@ -78,8 +78,8 @@ class CoVisitation:
     """Decayed item-to-item co-visitation counts from users' consecutive interactions (bounded).
 
     Each item's neighbours are kept as one packed array of (row int32, count float64) records in insertion
-    order: 12 bytes a neighbour where a dict of Python floats took ~100, one heap object per item (two arrays and
-    a tuple took ~200 bytes more each), and fields scoring reads as they are. A batch of visits opens the items
+    order: 12 bytes a neighbour (a fraction of a dict of Python floats; docs/performance.md, "Where the memory
+    goes"), one heap object per item, and fields scoring reads as they are. A batch of visits opens the items
     it touches as dicts, applies every visit in stream order, and packs them back.
     """
 

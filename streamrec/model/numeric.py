@@ -23,7 +23,7 @@ RESCALE_LOG2 = 60.0
 GROWTH_LOG2_BOUND = 4 * RESCALE_LOG2
 """``g(t)`` is clamped to 2^±240: an event or a read hundreds of half-lives away from the clock's origin (a stray
 ``ts`` of 0 among current ones, a far-future ``ts``) then weighs next to nothing, instead of overflowing
-(OverflowError) or underflowing to a zero divisor — either of which used to crash the worker's core."""
+(OverflowError) or underflowing to a zero divisor, either of which would stop the worker's core."""
 
 
 @overload

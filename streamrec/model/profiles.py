@@ -41,8 +41,8 @@ HEADER = struct.Struct("<cBQdH")
 SCALES = struct.Struct("<ff")
 """The largest absolute component of the long-term and of the intent vector."""
 INT8_LEVELS = 127
-"""Each component is stored as round(v / max|v| · 127): a quarter of float32, and rounding every vector on
-every write cost nothing measurable (batched replay, 30k rows: MovieLens and Taobao hits within ±0.6%)."""
+"""Each component is stored as round(v / max|v| · 127): a quarter of float32; the rounding on every write leaves
+the quality unchanged (docs/performance.md, "Where the memory goes")."""
 
 
 class ProfileFormatError(ValueError):
@@ -77,9 +77,9 @@ class UserProfile:
         """The changelog record: a fixed binary header, the two vectors as int8 with their scales, then the
         lists as JSON.
 
-        Exactly sized: an ``orjson.dumps`` result keeps its whole working buffer (~32 KiB for a 2.4 KB
-        profile, measured with tracemalloc), and the table holds one per user, so the parts are joined
-        into a fresh bytes object. The header makes :func:`applied_count` a fixed-offset read.
+        Exactly sized: an ``orjson.dumps`` result keeps its whole working buffer (many times the profile's
+        size), and the table holds one per user, so the parts are joined into a fresh bytes object. The header
+        makes :func:`applied_count` a fixed-offset read.
         """
         fields = {
             "u": self.user_id,

@@ -3,11 +3,12 @@
 Plain Python, no Kafka: the Faust agents, the evaluation harness and the tests all drive this one class.
 Per batch it (1) embeds search queries in one call, (2) walks the events in order — so each user's events
 apply in sequence — turning every labelled event into a training example scored against the user's state
-*before* the event, then folding the event into the profile and popularity, (3) takes one SGD step on the
-fusion ranker for the whole batch, (4) folds the batch into the item-to-item statistics (co-visitation,
-co-embeddings), and (5) retrieves and ranks candidates for all touched users with one FAISS call, and selects
-each list (:mod:`.selection`: no near-duplicates, rule caps, exploration slots) within the business rules in force
-(:mod:`.rules`) and without withdrawn items.
+*before* the event, then folding the event into the profile and popularity, (3) scores every item event
+against the list last published to its user (online quality, :class:`~streamrec.model.metrics.OnlineScores`)
+and takes one SGD step on the fusion ranker for the whole batch, (4) folds the batch into the item-to-item
+statistics (co-visitation, co-embeddings), and (5) retrieves and ranks candidates for all touched users with
+one FAISS call, and selects each list (:mod:`.selection`: no near-duplicates, rule caps, exploration slots)
+within the business rules in force (:mod:`.rules`) and without withdrawn items.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from streamrec.model.covisitation import CoVisitation, CovisScores
 from streamrec.model.events import HIDE, ITEM_EVENT_TYPES, Event, ItemEmbedding
 from streamrec.model.features import ItemState, UserContext, feature_matrix, taste
 from streamrec.model.itemstats import ItemUpdate
+from streamrec.model.metrics import OnlineScores, is_repeat
 from streamrec.model.numeric import unit
 from streamrec.model.offers import OfferCache, PublishedLists
 from streamrec.model.profiles import ProfileStore, UserProfile, apply_event, apply_hide
@@ -43,6 +45,11 @@ EXPLORING = "new — exploring"
 EXPLORATION_STREAM = 1
 """Exploration draws from its own random stream (seeded with ``seed``), so turning it on or off leaves every other
 draw (negatives, co-embeddings) where it was."""
+LIST_KINDS = (BEHAVIOUR_KIND, SEARCH_KIND)
+"""Kinds of published list, by the code the offer cache keeps with each (online quality is split by them)."""
+BEHAVIOUR_CODE, SEARCH_CODE = LIST_KINDS.index(BEHAVIOUR_KIND), LIST_KINDS.index(SEARCH_KIND)
+EXPLAIN_CATEGORIES = 5
+"""Top categories :meth:`Recommender.explain` shows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +181,8 @@ class Recommender:
             settings.retrieval.top_k,
         )
         """Each recent user's last offer: learning happens against what retrieval and the list offered."""
+        self.online = OnlineScores(settings.retrieval.top_k, LIST_KINDS, settings.ranker.online_window)
+        """Each item event scored against its user's last published list before it is learned (online quality)."""
         self.clock = 0.0
         """Latest event time seen: 'now' for popularity and freshness, so replays are reproducible."""
         self.rules = RuleSet()
@@ -373,6 +382,12 @@ class Recommender:
             neg[i, :n] = x[start + 1 : start + 1 + n]
         return self.ranker.step(x[starts], neg, n_neg, np.array([e.weight for e in examples], np.float32))
 
+    def _score(self, users: Sequence[str], rows: Sequence[int], repeats: Sequence[bool]) -> None:
+        """Online quality: where each event's item stood in its user's last published list (read-only: the lists
+        were published before this batch, and nothing here changes what is learned or ranked)."""
+        which, ranks, kinds = self.offers.published_ranks(users, rows)
+        self.online.add(kinds, np.asarray(repeats, bool)[which], ranks)
+
     def learn(
         self,
         events: Sequence[Event],
@@ -387,6 +402,8 @@ class Recommender:
         searches: list[_Request] = []
         examples: list[_Example] = []
         visits: list[Any] = []
+        scored: tuple[list[str], list[int], list[bool]] = ([], [], [])
+        """(user, item row, repeat) of the batch's item events whose user has a published list kept."""
         for idx, event in enumerate(events):
             profile = profiles.get(event.user_id) or store.get(event.user_id)
             if profile is None:
@@ -404,6 +421,10 @@ class Recommender:
                 row = self.catalog.ensure(event.item_id)
                 if event.context and isinstance(event.context.get("category"), str):
                     self.catalog.set_category(row, event.context["category"])
+                if event.user_id in self.offers:  # test (scored below, in one pass) ... then train
+                    scored[0].append(event.user_id)
+                    scored[1].append(row)
+                    scored[2].append(is_repeat(event.item_id, profile.recent, profile.purchased))
                 pool = self.offers.pool(event.user_id)
                 # Learn only from choices the ranker could have made: the taken item was among the candidates
                 # it ranked. Items retrieval never offered would teach it to distrust its own sources.
@@ -429,6 +450,8 @@ class Recommender:
                 apply_event(profile, event, qv, None, self.settings.profile, part, off)
                 searches.append(_Request(profile, event.ts, event.query, qv))
             result.applied += 1
+        if scored[0]:
+            self._score(*scored)
         if examples:
             result.loss = self._step(examples)
         self.fold_visits(visits)
@@ -449,7 +472,8 @@ class Recommender:
         """Top-k for each profile (one FAISS call for all); query vectors make it a search.
 
         ``remember`` keeps each list and the pool it was ranked from as the user's offer (:class:`OfferCache`):
-        what the ranker learns against when the user's next labelled event arrives.
+        what the ranker learns against, and online quality is scored against, when the user's next item event
+        arrives (a list ranked for a query vector is of kind search, any other of kind behaviour).
         """
         k = k or self.settings.retrieval.top_k
         now = self.clock if now is None else now
@@ -490,10 +514,11 @@ class Recommender:
         explore = [remember and qv is None for qv in qvs]
         chosen = select_lists(self.catalog, pools, scores, k, lists, constraints, explore, self.explore_rng)
         if remember:
-            for user, cands, top in zip(users, pools, chosen.picked, strict=True):
+            for user, cands, top, qv in zip(users, pools, chosen.picked, qvs, strict=True):
                 listed = all_rows[top]
                 if len(cands):
-                    self.offers.remember(user.profile.user_id, cands, listed)
+                    kind = BEHAVIOUR_CODE if qv is None else SEARCH_CODE
+                    self.offers.remember(user.profile.user_id, cands, listed, kind)
                 self.published.remember(user.profile.user_id, listed)
         picked = np.concatenate(chosen.picked) if chosen.picked else np.zeros(0, np.int64)
         why = self.ranker.reasons_many(x[picked]) if reasons else [()] * len(picked)
@@ -535,6 +560,38 @@ class Recommender:
         return [
             Recommendation(p.user_id, items, version, now, p.last_ts) for p, items in zip(profiles, lists, strict=True)
         ]
+
+    def explain(self, profile: UserProfile, categories: int = EXPLAIN_CATEGORIES) -> dict[str, Any]:
+        """Why ``profile``'s user gets their list: the behaviour list ranked now from the profile (it can differ
+        from the last one published, ranked when their last event came, and has no exploration slot, a random draw
+        that is not replayed), each item's score split into the ranker's terms θ_f·x_f by feature (they add up to
+        the score), their top categories and recent items.
+
+        Read-only, like any ranking that is not remembered: nothing is learned, remembered or published.
+        """
+        [ranked] = self.recommend([profile], self.clock, remember=False)
+        row_of = self.catalog.row_of
+        rows = np.array([row_of[i] for i in ranked.item_ids], np.int64)
+        x = self.features(profile, rows, self.clock) if len(rows) else np.zeros((0, len(FEATURES)), np.float32)
+        terms = (x * self.ranker.weights).tolist()
+        top = sorted(profile.categories.items(), key=lambda kv: -kv[1])[:categories]
+        return {
+            "user_id": profile.user_id,
+            "model_version": self.ranker.version,
+            "top_categories": [{"category": name, "weight": weight} for name, weight in top],
+            "recent_items": [
+                {"item_id": item_id, "purchased": item_id in profile.purchased} for item_id in reversed(profile.recent)
+            ],
+            "items": [
+                {
+                    "item_id": item.item_id,
+                    "score": item.score,
+                    "reasons": list(item.reasons),
+                    "contributions": dict(zip(FEATURES, row, strict=True)),
+                }
+                for item, row in zip(ranked, terms, strict=True)
+            ],
+        }
 
     def _process_run(
         self,

@@ -13,6 +13,9 @@
 * one model across workers — every worker publishes its ranker contribution every ``snapshot_interval_s`` to
   the compacted ``model-snapshots`` topic under its own key, follows its peers' and adds theirs into its own
   parameters (:class:`~streamrec.model.shared_model.SharedModel`); at start-up it resumes from its own last snapshot.
+* ``repartition`` (off by default) — the ``events`` agent first re-keys every event by its user id onto an
+  internal topic with Faust's own ``group_by`` (its producer partitions with murmur2), and the batches come from
+  that topic: producers with any partitioner then work (README, "Publishing from other clients").
 * the Faust workarounds it runs with (fetch wait, true highwaters for table recovery, direct message
   hand-off) are installed by :func:`streamrec.worker.faust_compat.apply`.
 """
@@ -35,9 +38,11 @@ from streamrec.worker.telemetry import render
 from streamrec.worker.worker import Worker
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4"
+REPARTITION_NAME = "events-by-user"
+"""Name of the ``group_by`` that re-keys ``events`` (``repartition``): its topic is ``<app id>-<name>-repartition``."""
 PRODUCER_BATCH_BYTES = 512 * 1024
-"""Per-partition produce batch: aiokafka's 16 KiB default holds ~10 lists or profiles, so a 2,048-event batch's
-~2,800 output messages went out in hundreds of small produce requests."""
+"""Per-partition produce batch: large enough that a full micro-batch's lists and profiles go out in a few produce
+requests (aiokafka's 16 KiB default holds only ~10 of them; docs/performance.md, "Where the time goes")."""
 PRODUCER_REQUEST_BYTES = 4 * PRODUCER_BATCH_BYTES
 
 
@@ -76,7 +81,7 @@ def faust_app(settings: Settings, partitions: int) -> faust.App:
         consumer_auto_offset_reset="earliest",
         # After a broker lost its data (the in-memory local broker restarted) the changelog restarts at offset 0
         # below what this worker already applied; Faust's check would crash the worker for good. It keeps its
-        # in-memory table instead and carries on (README, "Broker restarts").
+        # in-memory table instead and carries on (docs/operations.md, "Broker restarts").
         recovery_consistency_check=False,
         web_enabled=True,
         web_bind=settings.web.web_host,
@@ -88,6 +93,11 @@ def faust_app(settings: Settings, partitions: int) -> faust.App:
     )
 
 
+def repartition_topic(settings: Settings) -> str:
+    """The internal topic ``repartition`` re-keys ``events`` onto (Faust's ``<app id>-<name>-repartition``)."""
+    return f"{settings.kafka.app_id}-{REPARTITION_NAME}-repartition"
+
+
 def create_app(settings: Settings | None = None, with_query_encoder: bool = True) -> tuple[faust.App, Worker]:
     """Build the Faust app and its worker state from settings."""
     settings = settings or Settings.from_env()
@@ -95,9 +105,21 @@ def create_app(settings: Settings | None = None, with_query_encoder: bool = True
     specs = load_topics()
     partitions = specs["events"].partitions
     app = faust_app(settings, partitions)
-    worker = Worker(settings, app, with_query_encoder)
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     events_topic = app.topic(settings.kafka.topic("events"), **raw)
+    rekeyed = None
+    if settings.batching.repartition:
+        # created by Faust when the agent starts, partitioned like events (the profile table follows it)
+        rekeyed = app.topic(
+            repartition_topic(settings), internal=True, partitions=partitions, config=specs["events"].config, **raw
+        )
+    worker = Worker(
+        settings,
+        app,
+        with_query_encoder,
+        partitions=partitions,
+        source_topic=rekeyed.get_topic_name() if rekeyed is not None else None,
+    )
     table = app.tables.add(
         ProfileTable(
             app,
@@ -112,6 +134,8 @@ def create_app(settings: Settings | None = None, with_query_encoder: bool = True
 
     @app.agent(events_topic, name="events")
     async def on_events(stream: Any) -> None:
+        if rekeyed is not None:
+            stream = stream.group_by(worker.repartition_key(stream), name=REPARTITION_NAME, topic=rekeyed)
         async for batch in natural_batches(stream, settings.batching.batch_size):
             await worker.handle_batch(batch, store)
 
@@ -147,6 +171,11 @@ def create_app(settings: Settings | None = None, with_query_encoder: bool = True
     async def stats_page(web: Any, request: Any) -> Any:
         return web.json(worker.stats_dict(table))
 
+    @app.page("/explain")
+    async def explain_page(web: Any, request: Any) -> Any:
+        status, body = await worker.explain(request.query.get("user", ""), table)
+        return web.json(body, status=status)
+
     return app, worker
 
 
@@ -155,6 +184,7 @@ def run_worker(settings: Settings | None = None, loglevel: str = "info") -> None
     app, _ = create_app(settings)
     worker = faust.Worker(app, loglevel=loglevel)
     # Faust's terminal spinner sets the root logger to DEBUG, so every debug line of aiokafka is formatted
-    # and dropped: measured, 11% of the worker's GIL time under load. Logs need no spinner.
+    # and dropped, which costs the worker's event loop real time under load (docs/performance.md). Logs need
+    # no spinner.
     worker.spinner = None
     worker.execute_from_commandline()

@@ -1,9 +1,9 @@
 """The worker's core: the recommender and its share of the model, served in a child process (or a thread).
 
 A Python process runs one interpreter at a time (the GIL). In one process the Faust event loop (fetching,
-delivering and producing messages) and the core (learning and ranking) took turns: measured on a backlog,
-the loop held the GIL ~43% of the time and the core ~45%, so a batch took ~2.5× what the core alone needs.
-With ``core_process`` (the default) the core runs in its own process, so both work at once on two cores.
+delivering and producing messages) and the core (learning and ranking) take turns, so a batch takes far longer
+than the core alone needs (docs/performance.md, "Before the core had its own process"). With ``core_process``
+(the default) the core runs in its own process, so both work at once on two cores.
 
 The worker talks to :class:`CoreService` only through :class:`CoreClient`, whose typed methods mirror the
 service's: each call is one request (the service method itself and its arguments) and one reply over a
@@ -28,7 +28,9 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from streamrec.encoding.threads import limit_threads
 from streamrec.model.events import Event, InvalidMessage, ItemWithdrawal, dumps, parse_embedding_record
 from streamrec.model.itemstats import ItemUpdate, encode_updates
+from streamrec.model.metrics import OnlineCounts
 from streamrec.model.profiles import UserProfile
+from streamrec.model.ranker import FEATURES
 from streamrec.model.recommender import Recommender
 from streamrec.model.rules import RuleSet
 from streamrec.model.shared_model import SharedModel
@@ -61,6 +63,10 @@ class CoreState:
     peers: tuple[str, ...] = ()
     rss_bytes: int = 0
     """Resident memory of the core's own process (0 when it runs in the worker's process)."""
+    ranker_weights: dict[str, float] = field(default_factory=dict)
+    """The fusion ranker's θ by feature."""
+    online: OnlineCounts | None = None
+    """Online quality: this core's scored events by list kind, discovery or repeat, and hit rank."""
 
 
 @dataclass(slots=True)
@@ -149,6 +155,8 @@ class CoreService:
             self.shared.own_steps,
             tuple(sorted(self.shared.peers)),
             rss_bytes() if self.own_process else 0,
+            dict(zip(FEATURES, rec.ranker.weights.tolist(), strict=True)),
+            rec.online.counts(),
         )
 
     def process(
@@ -215,9 +223,9 @@ class CoreService:
         """Rank once for ``users`` made-up users (each with a catalogue item's vector as taste), changing nothing.
 
         The first rankings take the libraries' working memory (BLAS and FAISS buffers, code pages, a heap
-        sized for a full batch's temporaries), which would otherwise be counted as memory per user (the core
-        alone, 100k synthetic events: 3,301 → 2,862 bytes per user). Nothing is learned, remembered or published;
-        the caller trims the freed temporaries (the worker does before it records its memory baseline).
+        sized for a full batch's temporaries), which would otherwise be counted as memory per user
+        (docs/performance.md, "Where the memory goes"). Nothing is learned, remembered or published; the caller
+        trims the freed temporaries (the worker does before it records its memory baseline).
         """
         rec = self.recommender
         if rec.catalog.n_indexed == 0 or users <= 0:
@@ -231,6 +239,11 @@ class CoreService:
 
     def apply_item_updates(self, updates: Sequence[ItemUpdate]) -> int:
         return self.recommender.apply_item_updates(updates)
+
+    def explain(self, raw: bytes) -> dict[str, Any]:
+        """A user's list ranked now from their stored profile, with each feature's share of every score
+        (:meth:`Recommender.explain`); nothing is learned, remembered or published."""
+        return self.recommender.explain(UserProfile.from_bytes(raw))
 
     def restore_model(self, contributions: dict[bytes, dict[str, Any]]) -> None:
         """Resume this worker's own contribution and merge every peer's (:meth:`SharedModel.restore`)."""
@@ -340,6 +353,10 @@ class CoreClient:
     async def apply_item_updates(self, updates: Sequence[ItemUpdate]) -> int:
         """Fold peers' item updates into the item statistics; returns how many applied."""
         return await self._run(CoreService.apply_item_updates, updates)
+
+    async def explain(self, raw: bytes) -> dict[str, Any]:
+        """A user's list ranked now, with per-feature contributions (:meth:`CoreService.explain`)."""
+        return await self._run(CoreService.explain, raw)
 
     async def restore_model(self, contributions: dict[bytes, dict[str, Any]]) -> None:
         """Resume this worker's contribution and merge its peers' (:meth:`CoreService.restore_model`)."""

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 FAUST_DISTRIBUTION = "faust-streaming"
 FAUST_VERSION = "0.15.3"
-"""The faust-streaming release every workaround here was written and measured against."""
+"""The faust-streaming release every workaround here was written and checked against."""
 ORIGINAL_PREFIX = "_streamrec_original_"
 """A patched method's original is kept on its class under this prefix + its name (so patching is idempotent)."""
 
@@ -126,10 +126,10 @@ def patch_message_handoff() -> None:
     """Hand each fetched message to the streams directly while flow is running (Faust races four tasks per message).
 
     Faust's fetch loop delivers every message with ``wait_first(callback(message), suspend_flow.wait())``,
-    which creates four tasks and an ``asyncio.wait`` per message: that capped a do-nothing agent at ~4,000
-    events/s, against ~9,400/s when the callback is awaited directly. The race only
-    matters while a rebalance suspends flow, so the direct path is taken only when flow is not suspended and
-    the consumer is neither stopping nor crashed; every other call goes through Faust's own ``wait_first``.
+    which creates four tasks and an ``asyncio.wait`` per message, a large share of a do-nothing agent's time
+    (docs/decisions.md, "Faust internals behind one boundary"). The race only matters while a rebalance
+    suspends flow, so the direct path is taken only when flow is not suspended and the consumer is neither
+    stopping nor crashed; every other call goes through Faust's own ``wait_first``.
     """
 
     def wrap(original: Any) -> Any:
@@ -196,7 +196,7 @@ RELIANCES: tuple[Reliance, ...] = (
         "faust.transport.drivers.aiokafka.AIOKafkaConsumerThread._create_worker_consumer (method, patched)",
         FETCH_WAIT,
         "Faust builds the worker's AIOKafkaConsumer here with a hard-coded 1,500 ms fetch wait; the patch lowers it "
-        "to STREAMREC_FETCH_MAX_WAIT_MS (idle-to-busy wake-ups p50 123 ms at 500 ms wait, 7 ms at 10 ms).",
+        "to STREAMREC_FETCH_MAX_WAIT_MS (the fetch wait bounds the idle-to-busy wake-up time).",
         "faust/transport/drivers/aiokafka.py: AIOKafkaConsumerThread._create_worker_consumer",
         lambda p: callable(_original(faust_aiokafka.AIOKafkaConsumerThread, "_create_worker_consumer")),
     ),
@@ -233,7 +233,7 @@ RELIANCES: tuple[Reliance, ...] = (
         "faust.transport.drivers.aiokafka.Consumer.wait_first (mode Service method, patched)",
         MESSAGE_HANDOFF,
         "Faust's fetch loop races every message's callback against suspend_flow.wait() through wait_first "
-        "(four tasks per message: ~4,000 events/s against ~9,400/s awaited directly); the patch awaits the "
+        "(four tasks and an asyncio.wait per message, which caps a worker's throughput); the patch awaits the "
         "callback directly while flow runs.",
         "mode/services.py: Service.wait_first; faust/transport/consumer.py: Consumer._drain_messages",
         lambda p: inspect.iscoroutinefunction(_original(faust_aiokafka.Consumer, "wait_first")),

@@ -33,10 +33,10 @@ class ProfileTable(faust.Table):  # type: ignore[misc]
 
     Faust replays changelog records into the in-memory table at every rebalance, also for the partitions a
     worker keeps, and only up to the end offsets it read when recovery started; the worker's own newest
-    writes may not be in the changelog yet. In the first chaos run such a replay put older profiles over
-    newer ones, and the events in between — already consumed — were lost (607 of 6,000).
-    A profile's applied-event count only grows, so a record that has applied fewer events than the profile
-    in memory is stale and is skipped; deletions (tombstones) always apply.
+    writes may not be in the changelog yet, so such a replay can put older profiles over newer ones and lose
+    the events in between, already consumed (docs/resilience.md). A profile's applied-event count only grows,
+    so a record that has applied fewer events than the profile in memory is stale and is skipped; deletions
+    (tombstones) always apply.
     """
 
     def apply_changelog_batch(self, batch: Any) -> None:
@@ -74,20 +74,32 @@ class TableProfileStore:
         get = self.table.get
         return {u: get(u.encode()) for u in user_ids}
 
-    def write(self, changes: Mapping[str, bytes | None], partitions: Mapping[str, int]) -> list[OutMessage]:
-        """Put a batch's changed profiles in the table (None: delete) and return their changelog records, each
-        for ``partitions[user id]`` (the changelog partition of that user: its events' partition).
+    def write(
+        self,
+        changes: Mapping[str, bytes | None],
+        partitions: Mapping[str, int],
+        tombstones: Mapping[str, Iterable[int]] | None = None,
+    ) -> list[OutMessage]:
+        """Put a batch's changed profiles in the table (None: delete) and return their changelog records.
 
-        A deletion's tombstone goes out even for a key not held here: the changelog may hold state this worker
-        never had in its table (a record recovery stopped short of), and compaction only erases a key's values
-        behind a tombstone.
+        ``tombstones`` (per user erased by a forget request, the changelog partitions their records may be on)
+        come first, then each change for ``partitions[user id]`` (the changelog partition of that user: the
+        partition of their latest event in the batch); a deletion of a user with no event in the batch has
+        only its ``tombstones``. A tombstone goes out even for a key not held here: the changelog may hold state
+        this worker never had in its table (a record recovery stopped short of), and compaction only erases a
+        key's values behind a tombstone.
         """
         data = self.table.data
         records: list[OutMessage] = []
+        for user_id, parts in (tombstones or {}).items():
+            key = user_id.encode()
+            records += [(self.changelog, p, key, None) for p in sorted(parts)]
         for user_id, raw in changes.items():
             key = user_id.encode()
             if raw is None:
                 data.pop(key, None)
+                if user_id not in partitions:
+                    continue
             else:
                 data[key] = raw
             records.append((self.changelog, partitions[user_id], key, raw))

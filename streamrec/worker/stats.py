@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from streamrec.model.metrics import OnlineCounts
 from streamrec.worker.core import CoreState
-from streamrec.worker.telemetry import Histogram, Metric
+from streamrec.worker.telemetry import ONLINE_RANK_BUCKETS, Histogram, Metric
 
 LATENCY_WINDOW = 10_000
 """Batch times and item visibility times kept for ``/stats`` percentiles (the newest)."""
@@ -43,7 +44,11 @@ class WorkerStats:
     """Events Faust's consumer skipped over after a rebalance, fetched directly and applied."""
     recommendations: int = 0
     forgotten: int = 0
-    """``forget_user`` requests carried out (profile and state deleted, tombstones published)."""
+    """``forget_user`` records processed: ``streamrec forget`` publishes one per ``events`` partition, so one
+    request adds the partition count summed over the workers (docs/privacy.md)."""
+    misrouted: int = 0
+    """Events found on another ``events`` partition than the murmur2 partition of their user id (as delivered:
+    an event redelivered after a crash or rebalance counts again)."""
     batches: int = 0
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     item_visible_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
@@ -106,16 +111,47 @@ class Figure:
     read: Callable[[Reading], Any]
     label: str | None = None
     """For a metric with one sample per label value (its ``read`` returns that mapping)."""
+    labels: tuple[str, ...] = ()
+    """For a metric with one sample (or histogram) per combination of these labels' values: its ``read``
+    returns a mapping from tuples of values, in this order."""
 
     def __post_init__(self) -> None:
         if self.key is None and self.metric is None:
             raise ValueError("a figure needs a /stats key, a metric name or both")
         if self.metric is not None and self.kind not in (COUNTER, GAUGE, HISTOGRAM):
             raise ValueError(f"metric {self.metric}: kind {self.kind!r} is not a Prometheus type")
+        if self.label is not None and self.labels:
+            raise ValueError(f"metric {self.metric}: give label or labels, not both")
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return self.labels or ((self.label,) if self.label is not None else ())
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.array(values) if values else np.zeros(1), q))
+
+
+def _online(r: Reading) -> OnlineCounts | None:
+    return r.core.online
+
+
+def _hit_ranks(r: Reading) -> dict[tuple[str, str], Histogram]:
+    """Per (kind, discovery) label pair, the hit ranks as a Prometheus histogram (rebuilt from the core's counts)."""
+    online = r.core.online
+    if online is None:
+        return {}
+    out = {}
+    for key, per_rank in online.hit_ranks().items():
+        h = out[key] = Histogram(ONLINE_RANK_BUCKETS)
+        for rank, n in enumerate(per_rank, start=1):
+            if n:
+                h.observe(rank, n)
+    return out
+
+
+ONLINE_LABELS = ("kind", "discovery")
+"""Labels of the online-quality metrics: the published list's kind, and discovery or repeat."""
 
 
 def _profiles(r: Reading) -> int:
@@ -167,8 +203,16 @@ FIGURES: tuple[Figure, ...] = (
         "forgotten_users",
         "streamrec_forgotten_users_total",
         COUNTER,
-        "forget_user requests carried out.",
+        "forget_user records processed (streamrec forget publishes one per events partition).",
         lambda r: r.stats.forgotten,
+    ),
+    Figure(
+        "misrouted_events",
+        "streamrec_misrouted_events_total",
+        COUNTER,
+        "Events on another events partition than the murmur2 partition of their user id (see the README's "
+        "'Publishing from other clients').",
+        lambda r: r.stats.misrouted,
     ),
     Figure("batches", None, COUNTER, "Batches processed.", lambda r: r.stats.batches),
     Figure(
@@ -372,6 +416,45 @@ FIGURES: tuple[Figure, ...] = (
         "Event published to its user's recommendation sent (ms).",
         lambda r: r.latency,
     ),
+    Figure(
+        "ranker_weights",
+        None,
+        INFO,
+        "The fusion ranker's current weights θ by feature.",
+        lambda r: r.core.ranker_weights,
+    ),
+    Figure(
+        "online_quality",
+        None,
+        INFO,
+        "Item events scored against their user's last published list: Recall/NDCG/MRR@k over discovery events"
+        " (and *_all over every scored event), since start and over the newest window.",
+        lambda r: online.figures() if (online := _online(r)) is not None else None,
+    ),
+    Figure(
+        None,
+        "streamrec_online_scored_total",
+        COUNTER,
+        "Item events scored against their user's last published list.",
+        lambda r: online.scored() if (online := _online(r)) is not None else {},
+        labels=ONLINE_LABELS,
+    ),
+    Figure(
+        None,
+        "streamrec_online_hits_total",
+        COUNTER,
+        "Scored item events whose item was in their user's last published list.",
+        lambda r: online.hits() if (online := _online(r)) is not None else {},
+        labels=ONLINE_LABELS,
+    ),
+    Figure(
+        None,
+        "streamrec_online_hit_rank",
+        HISTOGRAM,
+        "Rank of a hit's item in its user's last published list (1 = first).",
+        _hit_ranks,
+        labels=ONLINE_LABELS,
+    ),
 )
 
 
@@ -387,11 +470,18 @@ def metrics(reading: Reading, figures: Sequence[Figure] = FIGURES) -> list[Metri
         if f.metric is None:
             continue
         value = f.read(reading)
-        if f.kind == HISTOGRAM:
+        names = f.label_names
+        if names:
+            series = {
+                tuple(zip(names, map(str, k if isinstance(k, tuple) else (k,)), strict=True)): v
+                for k, v in value.items()
+            }
+            if f.kind == HISTOGRAM:
+                out.append(Metric(f.metric, f.kind, f.help, histograms=series))
+            else:
+                out.append(Metric(f.metric, f.kind, f.help, labels={k: float(v) for k, v in series.items()}))
+        elif f.kind == HISTOGRAM:
             out.append(Metric(f.metric, f.kind, f.help, histogram=value))
-        elif f.label is not None:
-            labels = {((f.label, str(k)),): float(v) for k, v in value.items()}
-            out.append(Metric(f.metric, f.kind, f.help, labels=labels))
         else:
             out.append(Metric(f.metric, f.kind, f.help, value))
     return out

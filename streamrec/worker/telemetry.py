@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 LATENCY_BUCKETS_MS: tuple[float, ...] = (5, 10, 15, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000)
 """Event → recommendation latency buckets (ms): fine where the targets are (≤ 50 ms), coarse beyond."""
+ONLINE_RANK_BUCKETS: tuple[float, ...] = (1, 2, 3, 5, 10, 20)
+"""Buckets of the rank at which an event's item stood in its user's last published list (hits only)."""
 
 
 class Histogram:
@@ -36,10 +38,11 @@ class Histogram:
         self.count = 0
         self.total = 0.0
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.count += 1
-        self.total += value
+    def observe(self, value: float, times: int = 1) -> None:
+        """Count ``value`` (``times`` times: histograms rebuilt from counts kept elsewhere)."""
+        self.counts[bisect.bisect_left(self.bounds, value)] += times
+        self.count += times
+        self.total += value * times
 
     def cumulative(self) -> list[int]:
         out, running = [], 0
@@ -61,7 +64,8 @@ class Histogram:
 
 @dataclass(frozen=True)
 class Metric:
-    """One metric family: a single value, or one value per label set (``labels``)."""
+    """One metric family: a single value, one value per label set (``labels``), a histogram, or one histogram
+    per label set (``histograms``)."""
 
     name: str
     kind: str
@@ -69,6 +73,7 @@ class Metric:
     value: float | None = None
     labels: dict[tuple[tuple[str, str], ...], float] = field(default_factory=dict)
     histogram: Histogram | None = None
+    histograms: dict[tuple[tuple[str, str], ...], Histogram] = field(default_factory=dict)
 
 
 def _labels(pairs: Iterable[tuple[str, str]]) -> str:
@@ -82,16 +87,23 @@ def render(metrics: Iterable[Metric]) -> str:
     for m in metrics:
         lines += [f"# HELP {m.name} {m.help}", f"# TYPE {m.name} {m.kind}"]
         if m.histogram is not None:
-            h = m.histogram
-            for bound, cum in zip((*h.bounds, math.inf), h.cumulative(), strict=True):
-                le = "+Inf" if bound == math.inf else f"{bound:g}"
-                lines.append(f'{m.name}_bucket{{le="{le}"}} {cum}')
-            lines += [f"{m.name}_sum {h.total}", f"{m.name}_count {h.count}"]
+            lines += _histogram_lines(m.name, (), m.histogram)
+        elif m.histograms:
+            for key, h in sorted(m.histograms.items()):
+                lines += _histogram_lines(m.name, key, h)
         elif m.labels or m.value is None:  # a labelled family with no label values yet has no samples
             lines += [f"{m.name}{_labels(key)} {value}" for key, value in sorted(m.labels.items())]
         else:
             lines.append(f"{m.name} {m.value}")
     return "\n".join(lines) + "\n"
+
+
+def _histogram_lines(name: str, labels: tuple[tuple[str, str], ...], h: Histogram) -> list[str]:
+    lines = []
+    for bound, cum in zip((*h.bounds, math.inf), h.cumulative(), strict=True):
+        le = "+Inf" if bound == math.inf else f"{bound:g}"
+        lines.append(f"{name}_bucket{_labels((*labels, ('le', le)))} {cum}")
+    return [*lines, f"{name}_sum{_labels(labels)} {h.total}", f"{name}_count{_labels(labels)} {h.count}"]
 
 
 def parse(text: str) -> dict[str, float]:
@@ -121,6 +133,12 @@ def format_status(samples: dict[str, float]) -> str:
         return "-"
 
     lag = {k: v for k, v in samples.items() if k.startswith("streamrec_consumer_lag{")}
+
+    def discovery_sum(family: str) -> float:
+        return sum(v for k, v in samples.items() if k.startswith(family + "{") and 'discovery="discovery"' in k)
+
+    scored, hits = discovery_sum("streamrec_online_scored_total"), discovery_sum("streamrec_online_hits_total")
+    online = f"{hits / scored:.3f} ({scored:,.0f} discovery events)" if scored else "-"
     rows = [
         ("events applied", f"{samples.get('streamrec_events_total', 0):,.0f}"),
         ("events/s (since start)", f"{samples.get('streamrec_events_per_second', 0):,.1f}"),
@@ -128,6 +146,8 @@ def format_status(samples: dict[str, float]) -> str:
         ("latency p50 / p99", f"{quantile(0.5)} / {quantile(0.99)} ({total:,.0f} events)"),
         ("recommendations", f"{samples.get('streamrec_recommendations_total', 0):,.0f}"),
         ("dead letters", f"{samples.get('streamrec_dead_letters_total', 0):,.0f}"),
+        ("misrouted events", f"{samples.get('streamrec_misrouted_events_total', 0):,.0f} (README: other clients)"),
+        ("online hit rate", online),
         ("model steps", f"{samples.get('streamrec_model_steps', 0):,.0f}"),
         ("items indexed", f"{samples.get('streamrec_items_indexed', 0):,.0f}"),
         ("users", f"{samples.get('streamrec_users', 0):,.0f}"),

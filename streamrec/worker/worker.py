@@ -10,15 +10,15 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import faust
 import orjson
 from aiokafka.structs import ConsumerRecord
 
-from streamrec.io.kafka import DeadLetters
-from streamrec.model.events import Event, InvalidMessage, dumps, event_from_dict, loads_message
+from streamrec.io.kafka import DeadLetters, key_partition
+from streamrec.model.events import MAX_ID_LEN, Event, InvalidMessage, dumps, event_from_dict, loads_message
 from streamrec.model.itemstats import ItemUpdate, decode_updates
 from streamrec.model.rules import parse_rule, rule_name
 from streamrec.model.shared_model import SNAPSHOT_KEY_PREFIX, snapshot_key
@@ -29,6 +29,7 @@ from streamrec.worker.gaps import GapFiller
 from streamrec.worker.memory import release_free_memory, rss_bytes
 from streamrec.worker.profile_table import TableProfileStore
 from streamrec.worker.publisher import BatchPublisher
+from streamrec.worker.routing import Routes, plan_forgets, position_key, stored_offsets
 from streamrec.worker.stats import Reading, WorkerStats, metrics, stats_json
 from streamrec.worker.telemetry import Histogram, Metric
 
@@ -36,14 +37,30 @@ log = logging.getLogger(__name__)
 
 REFRESH_TICK_S = 0.1
 """How often the worker replaces lists that hold a withdrawn item (``withdrawal_refresh_per_s`` spread over ticks)."""
+HTTP_OK = 200
+HTTP_BAD_REQUEST = 400
+HTTP_NOT_FOUND = 404
+HTTP_UNAVAILABLE = 503
 
 
 class Worker:
     """Wires the core to Faust: holds the core client, the counters, the followers' state and the output path."""
 
-    def __init__(self, settings: Settings, app: faust.App, with_query_encoder: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        app: faust.App,
+        with_query_encoder: bool = True,
+        *,
+        partitions: int,
+        source_topic: str | None = None,
+    ) -> None:
         self.settings = settings
         self.app = app
+        self.source_topic = source_topic or settings.kafka.topic("events")
+        """The topic the batches come from: ``events``, or the internal re-keyed topic with ``repartition``."""
+        self.routes = Routes(partitions, settings.kafka.topic("events"), rekeyed=settings.batching.repartition)
+        """Each user's murmur2 partition; counts the ``events`` records found elsewhere."""
         self.worker_id = settings.batching.worker_id or f"{socket.gethostname()}:{settings.web.web_port}"
         self.core = CoreClient(settings, self.worker_id, with_query_encoder, on_gone=self._core_gone)
         """The recommender and this worker's share of the model (:mod:`streamrec.worker.core`)."""
@@ -68,7 +85,8 @@ class Worker:
         """Event published (its Kafka timestamp) → its user's recommendation sent, in ms."""
         self.gaps = GapFiller(app, settings.kafka, self.stats)
         self.next_offset: dict[int, int] = {}
-        """Per events partition, the offset after the last event this worker processed: lag = highwater − it."""
+        """Per partition of the topic the batches come from, the offset after the last event this worker processed:
+        lag = highwater − it."""
         self.publisher = BatchPublisher(app)
         self.rules_ready = asyncio.Event()
         self.rules: dict[str, dict[str, Any]] = {}
@@ -97,10 +115,13 @@ class Worker:
             self.stats.first_batch_at = time.time()
         batch = await self.gaps.fill(batch)
         valid: list[Event] = []
-        positions: list[tuple[int, int] | None] = []
+        positions: list[tuple[int, int]] = []
         stamps: list[float] = []
+        users: set[str] = set()
         changelog_partition: dict[str, int] = {}
-        """Per user, the partition of their events: their profile's changelog partition."""
+        """Per user, the partition of their latest event in the batch: their profile's changelog partition."""
+        check_routes = self.source_topic == self.settings.kafka.topic("events")  # else re-keyed: routed right
+        forgets = 0
         for fevent in batch:
             msg = fevent.message
             try:
@@ -109,27 +130,37 @@ class Worker:
             except InvalidMessage as exc:
                 await self.dead_letters.reject(msg.topic, fevent.value, str(exc), msg.key, msg.partition, msg.offset)
                 continue
-            changelog_partition[event.user_id] = msg.partition
+            users.add(event.user_id)
+            if event.is_forget:  # published to every partition (streamrec forget): never misrouted
+                forgets += 1
+            else:
+                changelog_partition[event.user_id] = msg.partition
+                if check_routes and self.routes.observe(event.user_id, msg.partition):
+                    self.stats.misrouted += 1
             if msg.timestamp:
                 stamps.append(msg.timestamp)
             valid.append(event)
-            positions.append((msg.partition, msg.offset))
+            positions.append((position_key(msg.partition, not check_routes), msg.offset))
         if valid:
-            raw = store.raw_for(changelog_partition)
+            raw = store.raw_for(users)
+            tombstones: dict[str, set[int]] = {}
+            if forgets:
+                valid, positions, tombstones = self._plan_forgets(valid, positions, raw)
             # the core runs elsewhere: meanwhile the loop keeps fetching, so the next batch is ready
             result = await self.core.process(valid, positions, raw)
             topic = self.settings.kafka.topic("recommendations")
             updates = self.settings.kafka.topic("item-updates")
             # tombstones first: lists made after a forget (fresh profile) must win
             await self.publisher.publish(
-                store.write(result.profiles, changelog_partition)
-                + [(topic, None, user_id.encode(), None) for user_id in result.forgotten]
+                store.write(result.profiles, changelog_partition, tombstones)
+                + [(topic, None, user_id.encode(), None) for user_id in dict.fromkeys(result.forgotten)]
                 + [(topic, None, key, value) for key, value in result.recommendations]
                 + [(updates, None, self.item_updates_key, value) for value in result.item_updates]
             )
-            if result.forgotten:
-                self.stats.forgotten += len(result.forgotten)
-                log.info("forgot %d user(s) on request", len(result.forgotten))  # never the ids: personal data
+            if forgets:
+                self.stats.forgotten += forgets
+                # never the ids: personal data
+                log.info("%d forget_user record(s): erased %d user(s)", forgets, len(set(result.forgotten)))
             self.stats.events += result.applied
             self.stats.duplicates += result.duplicates
             self.stats.recommendations += len(result.recommendations)
@@ -145,10 +176,44 @@ class Worker:
         self.stats.latencies_ms.append((time.perf_counter() - t0) * 1000.0)
         self.stats.last_batch_at = time.time()
 
+    def _plan_forgets(
+        self, events: list[Event], positions: list[tuple[int, int]], raw: Mapping[str, bytes | None]
+    ) -> tuple[list[Event], list[tuple[int, int]], dict[str, set[int]]]:
+        """The batch without the forget copies that leave this worker's profiles alone, and the changelog
+        tombstones the batch's copies write (:func:`~streamrec.worker.routing.plan_forgets`)."""
+        offsets = {e.user_id: stored_offsets(raw.get(e.user_id)) for e in events if e.is_forget}
+        rekeyed = self.source_topic != self.settings.kafka.topic("events")
+        owned = {position_key(p, rekeyed) for p in self.assigned_partitions()} | {key for key, _ in positions}
+        plan = plan_forgets(events, positions, offsets, owned, self.routes.home)
+        kept = [i for i, keep in enumerate(plan.keep) if keep]
+        return [events[i] for i in kept], [positions[i] for i in kept], plan.tombstones
+
+    def repartition_key(self, source: Any) -> Callable[[bytes | None], bytes | None]:
+        """The key ``events`` are re-keyed by (``repartition``): the user id, murmur2-partitioned by Faust's producer.
+
+        ``source`` is the ``events`` stream being re-keyed: each record's partition is checked (and counted in
+        ``misrouted_events``) as it is forwarded. A record that is not a valid event keeps its own key; the
+        worker sends it to dead-letters when it arrives on the internal topic.
+        """
+        limit = self.settings.kafka.max_message_bytes
+
+        def user_key(value: bytes | None) -> bytes | None:
+            message = source.current_event.message
+            try:
+                event = event_from_dict(loads_message(value, limit))
+            except InvalidMessage:
+                return message.key  # type: ignore[no-any-return]
+            if not event.is_forget and self.routes.observe(event.user_id, message.partition):
+                self.stats.misrouted += 1
+            return event.user_id.encode()
+
+        return user_key
+
     # --- telemetry ----------------------------------------------------------------------------------
     def _assigned(self) -> list[Any]:
-        """The ``events`` partitions (TopicPartitions) this worker holds now; empty while between generations."""
-        topic = self.settings.kafka.topic("events")
+        """The partitions (TopicPartitions) of the topic the batches come from that this worker holds now; empty
+        while between generations."""
+        topic = self.source_topic
         try:
             return [tp for tp in self.app.consumer.assignment() if tp.topic == topic]
         except Exception as exc:  # the consumer is not started yet, or between generations
@@ -156,11 +221,13 @@ class Worker:
             return []
 
     def assigned_partitions(self) -> list[int]:
-        """Partitions of ``events`` this worker holds now (empty while between generations)."""
+        """Partitions of the topic the batches come from (``events``, or the re-keyed one) this worker holds now
+        (empty while between generations)."""
         return sorted(tp.partition for tp in self._assigned())
 
     def consumer_lag(self) -> dict[int, int]:
-        """Events not processed yet, per assigned partition of ``events`` (highwater − next offset).
+        """Events not processed yet, per assigned partition of the topic the batches come from (highwater − next
+        offset).
 
         On the local broker highwaters can lag the true end by a batch (see its notes), so this is a floor.
         """
@@ -201,6 +268,25 @@ class Worker:
     def metrics(self, table: Mapping[bytes, bytes] | None = None) -> list[Metric]:
         """Everything ``/metrics`` shows (Prometheus computes events/s from the counters)."""
         return metrics(self.reading(table))
+
+    async def explain(self, user_id: str, table: Mapping[bytes, bytes] | None) -> tuple[int, dict[str, Any]]:
+        """``/explain?user=``: (HTTP status, body) — the user's list ranked now from their profile in this worker's
+        table, with each feature's contribution to every score (read-only: nothing is learned, remembered or
+        published). 404 with a message when the user's partition is not held here or they have no profile."""
+        if not 1 <= len(user_id) <= MAX_ID_LEN:
+            return HTTP_BAD_REQUEST, {"error": "bad_user", "message": f"a user id has 1 to {MAX_ID_LEN} characters"}
+        partition = key_partition(user_id.encode(), range(self.app.conf.topic_partitions))
+        where = {"user_id": user_id, "partition": partition, "worker_id": self.worker_id}
+        if partition not in self.assigned_partitions():
+            message = f"partition {partition} of events, which holds this user, is not held by this worker"
+            return HTTP_NOT_FOUND, {**where, "error": "not_here", "message": message}
+        raw = table.get(user_id.encode()) if table is not None else None
+        if raw is None:
+            return HTTP_NOT_FOUND, {**where, "error": "no_profile", "message": "no profile for this user here"}
+        try:
+            return HTTP_OK, await self.core.explain(raw)
+        except CoreError as exc:
+            return HTTP_UNAVAILABLE, {**where, "error": "core", "message": str(exc)}
 
     # --- catalogue ----------------------------------------------------------------------------------
     async def follow_catalog(self) -> None:

@@ -116,6 +116,9 @@ def test_every_board_query_names_a_metric_the_worker_exports(families: dict[str,
         "streamrec_consumer_lag",
         "streamrec_event_to_recommendation_ms_bucket",
         "streamrec_dead_letters_total",
+        "streamrec_online_hits_total",
+        "streamrec_online_scored_total",
+        "streamrec_online_hit_rank_bucket",
     } <= used
 
 

@@ -30,8 +30,9 @@ from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from streamrec.io.kafka import key_partition
 from streamrec.io.recommendations import latest_recommendation
-from streamrec.io.topics import apply_topics
+from streamrec.io.topics import apply_topics, load_topics
 from streamrec.lab.broker import LocalBroker, free_port
 from streamrec.lab.processes import Service, settings_env, worker_stats
 from streamrec.model.events import Event, Item, ItemEmbedding, dumps
@@ -462,11 +463,11 @@ def test_backpressure_lag_grows_then_drains_nothing_dropped(ops: Ops) -> None:
 # --- 6. privacy ----------------------------------------------------------------------------------------------
 
 
-def changelog(settings: Settings) -> dict[bytes, list[bytes | None]]:
-    """Every value per key of the profile table's changelog, in order."""
-    out: dict[bytes, list[bytes | None]] = {}
+def changelog(settings: Settings) -> dict[bytes, dict[int, list[bytes | None]]]:
+    """Every value per key and partition of the profile table's changelog, in order."""
+    out: dict[bytes, dict[int, list[bytes | None]]] = {}
     for r in run(read_all(settings, changelog_topic(settings))):
-        out.setdefault(r.key, []).append(r.value)
+        out.setdefault(r.key, {}).setdefault(r.partition, []).append(r.value)
     return out
 
 
@@ -503,18 +504,25 @@ def test_forget_user_deletes_state_publishes_tombstones_and_survives_restart(ops
     before = ops.stats()
 
     out = streamrec_cli(settings, "forget", alice)
-    assert f"forget_user request for '{alice}' published" in out
+    partitions = load_topics()["events"].partitions
+    assert f"forget_user request for '{alice}' published" in out and f"({partitions} partitions)" in out
+    # the request is one record per partition: each counts
     stats = wait_for(
-        lambda: (s := run(worker_stats(settings))) and s["forgotten_users"] == before["forgotten_users"] + 1 and s,
+        lambda: (
+            (s := run(worker_stats(settings))) and s["forgotten_users"] == before["forgotten_users"] + partitions and s
+        ),
         "the forget request",
         [ops.worker],
     )
     assert stats["profiles"] == before["profiles"] - 1
 
-    # the table's changelog ends with a tombstone for alice (compaction will erase her profile), not for bob
+    # every changelog partition ends with a tombstone for alice (compaction will erase her profile), not for bob
     log = changelog(settings)
-    assert log[alice.encode()][-1] is None and log[alice.encode()][-2] is not None
-    assert log[bob.encode()][-1] is not None
+    home = key_partition(alice.encode(), list(range(partitions)))
+    assert sorted(log[alice.encode()]) == list(range(partitions))
+    assert all(values[-1] is None for values in log[alice.encode()].values())
+    assert log[alice.encode()][home][-2] is not None
+    assert [values[-1] is not None for values in log[bob.encode()].values()] == [True]
     # recommendations: a tombstone, so compaction drops her lists and readers see "nothing for this user"
     recs = recommendations(settings)
     assert recs[alice.encode()][-1] is None and recs[alice.encode()][0] is not None
@@ -529,14 +537,14 @@ def test_forget_user_deletes_state_publishes_tombstones_and_survives_restart(ops
     recovered = wait_for(
         lambda: (s := run(worker_stats(settings))) and s["events"] >= 1 and s, "recovery", [ops.worker]
     )
-    live = {k for k, values in changelog(settings).items() if values[-1] is not None}
+    live = {k for k, parts in changelog(settings).items() if any(v[-1] is not None for v in parts.values())}
     assert alice.encode() not in live
     # every live profile recovered (table recovery reads each changelog to its true end), alice's not
     assert recovered["profiles"] == len(live)
     # a new event for alice starts a fresh profile: one event, none of her purchases
     run(publish(settings, [("events", alice, dumps(Event(alice, "view", 300.0, item_id=item_id(7)).to_dict()))]))
-    wait_for(lambda: changelog(settings)[alice.encode()][-1] is not None, "alice's new profile", [ops.worker])
-    fresh = UserProfile.from_bytes(changelog(settings)[alice.encode()][-1])  # type: ignore[arg-type]
+    wait_for(lambda: changelog(settings)[alice.encode()][home][-1] is not None, "alice's new profile", [ops.worker])
+    fresh = UserProfile.from_bytes(changelog(settings)[alice.encode()][home][-1])  # type: ignore[arg-type]
     assert (fresh.events, fresh.recent, fresh.purchased) == (1, [item_id(7)], [])
 
 

@@ -71,3 +71,12 @@ def test_online_mf_learns_a_users_taste_over_popularity() -> None:
         mf.learn(Event("me", "click", t, item_id=items[20 + int(rng.integers(10))]))
     scores = {i: mf.model.predict_one("me", i) for i in items}
     assert np.mean([scores[i] for i in items[20:]]) > np.mean([scores[i] for i in items[10:20]])
+
+
+def test_popularity_counts_items_it_was_never_told_about_past_its_first_capacity() -> None:
+    """Events may name items no upsert announced (a jsonl log without item records): rows grow as they come."""
+    pop = PopularityBaseline(settings())
+    for n in range(3000):
+        pop.learn(Event("u", "view", float(n), item_id=f"i{n}"))
+    assert len(pop.ids) == 3000
+    assert pop.recommend("stranger", 3000.0, 2) == ["i2999", "i2998"]

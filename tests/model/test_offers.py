@@ -61,7 +61,8 @@ def test_forgetting_frees_the_slot_without_evicting_anyone() -> None:
 def test_memory_is_fixed_by_the_capacity_whatever_the_number_of_users() -> None:
     offers = OfferCache(users=4, pool_width=3, list_width=2)
     reserved = offers.nbytes
-    assert reserved == 4 * 3 * 4 + 4 * 2 * 4 + 2 * 4 * 4
+    # pools, shown and published lists (int32), three lengths (int32), one kind code (int8) per user
+    assert reserved == 4 * 3 * 4 + 2 * 4 * 2 * 4 + 3 * 4 * 4 + 4
     for u in range(100):
         offers.remember(f"u{u}", rows(u, u + 1, u + 2), rows(u + 2))
     assert offers.nbytes == reserved and len(offers) == 4
@@ -90,3 +91,22 @@ def test_views_are_read_only() -> None:
 def test_a_cache_without_room_is_refused() -> None:
     with pytest.raises(ValueError, match="room for a user"):
         OfferCache(users=0, pool_width=10, list_width=10)
+
+
+def test_the_published_list_keeps_its_ranks_when_items_are_taken() -> None:
+    offers = OfferCache(users=2, pool_width=5, list_width=3)
+    offers.remember("a", rows(5, 6, 7, 8), rows(8, 6, 5), kind=1)
+    offers.taken("a", 8)
+    assert offers.shown("a").tolist() == [6, 5] and offers.published("a").tolist() == [8, 6, 5]
+    which, ranks, kinds = offers.published_ranks(["a", "a", "nobody", "a"], [8, 5, 8, 7])
+    assert (which.tolist(), ranks.tolist(), kinds.tolist()) == ([0, 1, 3], [1, 3, 0], [1, 1, 1])
+    offers.remember("a", rows(1, 2), rows(2))  # a new, shorter list: the old one's tail is not in it
+    assert offers.published_ranks(["a", "a"], [2, 5])[1].tolist() == [1, 0]
+    assert offers.published_ranks(["a"], [2])[2].tolist() == [0]  # the default kind
+    offers.forget("a")
+    assert offers.published("a").tolist() == [] and len(offers.published_ranks(["a"], [2])[0]) == 0
+
+
+def test_published_ranks_of_no_pairs() -> None:
+    offers = OfferCache(users=1, pool_width=1, list_width=1)
+    assert [x.tolist() for x in offers.published_ranks([], [])] == [[], [], []]

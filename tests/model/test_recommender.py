@@ -234,3 +234,76 @@ def test_candidate_pools_are_each_users_sorted_union_less_their_exclusions() -> 
     nothing = np.zeros(0, np.int64)  # no candidates at all (an empty catalogue), but something to exclude
     empty = candidate_pools(np.zeros((2, 0), np.int64), [nothing, nothing], nothing, [[3], []])
     assert [p.tolist() for p in empty] == [[], []]
+
+
+def online(rec: Recommender) -> dict[tuple[str, str], list[int]]:
+    """Per (kind, discovery label), [scored, hits] so far."""
+    counts = rec.online.counts()
+    return {key: [n, counts.hits()[key]] for key, n in counts.scored().items() if n}
+
+
+def test_each_item_event_is_scored_against_the_list_last_published_to_its_user_before_it_is_learned() -> None:
+    query_vec = np.eye(DIM)[CATS.index("books")].astype(np.float32)
+    rec = build()
+    rec.encode_queries = lambda qs: np.stack([query_vec for _ in qs])
+    store = DictProfileStore()
+    [first] = rec.process([Event("u", "click", 1.0, item_id="coffee-1")], store).recommendations
+    assert online(rec) == {}  # nothing was published to u before: nothing to score
+    listed = first.items.item_ids
+    # one batch: the 1st item of the list, then the 3rd (scored against the same list as published: no new list in
+    # between, and taking the 1st does not move the 3rd up), an item outside the list, and a repeat of u's first
+    # item (in their profile's recent items)
+    batch = [
+        Event("u", "view", 2.0, item_id=listed[0]),
+        Event("u", "view", 3.0, item_id=listed[2]),
+        Event("u", "view", 4.0, item_id="shoes-9" if "shoes-9" not in listed else "shoes-8"),
+        Event("u", "view", 5.0, item_id="coffee-1"),
+    ]
+    [second] = rec.process(batch, store).recommendations
+    assert online(rec) == {("behaviour", "discovery"): [3, 2], ("behaviour", "repeat"): [1, 0]}
+    assert rec.online.counts().hit_ranks()[("behaviour", "discovery")][:3] == [1, 0, 1]
+    # a search list is of kind search; the item taken from it is scored against it
+    [found] = rec.process([Event("u", "search", 6.0, query="a novel")], store).recommendations
+    assert found.kind == "search" and found.items.item_ids != second.items.item_ids
+    rec.process([Event("u", "click", 7.0, item_id=found.items.item_ids[1])], store)
+    assert online(rec)[("search", "discovery")] == [1, 1]
+    assert rec.online.counts().hit_ranks()[("search", "discovery")][1] == 1
+    figures = rec.online.counts().figures()
+    assert (figures["scored"], figures["recall"], figures["scored_all"]) == (4, 3 / 4, 5)
+
+
+def test_a_redelivered_event_is_not_scored_twice() -> None:
+    rec = build()
+    store = DictProfileStore()
+    [out] = rec.process([Event("u", "click", 1.0, item_id="coffee-1")], store, [(0, 1)]).recommendations
+    again = [Event("u", "click", 2.0, item_id=out.items[0].item_id)]
+    rec.process(again, store, [(0, 2)])
+    rec.process(again, store, [(0, 2)])
+    assert online(rec) == {("behaviour", "discovery"): [1, 1]}
+
+
+def test_explaining_a_list_changes_nothing_and_its_terms_add_up_to_the_scores() -> None:
+    def run(explain: bool) -> tuple[list[list[str]], list[dict[str, object]]]:
+        rec = build()
+        store = DictProfileStore()
+        published, explained = [], []
+        for t in range(40):
+            user = f"u{t % 3}"
+            item = f"{CATS[t % 3]}-{(t * 7) % 10}"
+            for r in rec.process([Event(user, "click", float(t), item_id=item)], store).recommendations:
+                published.append(r.items.item_ids)
+            if explain:
+                explained.append(rec.explain(store.get(user)))
+        return published, explained
+
+    plain, _ = run(explain=False)
+    published, explained = run(explain=True)
+    assert published == plain
+    last = explained[-1]
+    assert last["user_id"] == "u0" and len(last["items"]) == 5
+    assert [i["item_id"] for i in last["items"]] == published[-1]  # nothing changed since it was published
+    for item in last["items"]:
+        assert set(item["contributions"]) == set(FEATURES)
+        assert sum(item["contributions"].values()) == pytest.approx(item["score"], abs=1e-5)
+    assert [c["category"] for c in last["top_categories"]] == ["shoes"]  # u0 only ever took shoes
+    assert [r["item_id"] for r in last["recent_items"]][:2] == ["shoes-3", "shoes-2"]  # newest first

@@ -13,6 +13,7 @@ import pytest
 
 from streamrec.model.events import Event, Item, ItemEmbedding, dumps
 from streamrec.model.profiles import UserProfile
+from streamrec.model.ranker import FEATURES
 from streamrec.model.shared_model import snapshot_key
 from streamrec.settings import Settings
 from streamrec.worker.core import CoreBatch, CoreClient, CoreError
@@ -80,10 +81,15 @@ def test_the_core_gives_the_same_results_in_its_own_process_as_in_a_thread() -> 
     listed = [i["item_id"] for i in orjson.loads(second.recommendations[0][1])["items"]]
     assert len(listed) == 5 and not {"i1", "i5"} & set(listed)  # seen and purchased items are left out
     assert state.items_indexed == 40 and state.rss_bytes > 0
+    # the replies carry the ranker's weights and the online-quality counts: u1's purchase was scored against u1's
+    # first list (u2's forget request is no item event)
+    assert list(state.ranker_weights) == list(FEATURES)
+    assert sum(state.online.scored().values()) == 1 and state.online.k == 5
     # the thread runs the very same service: identical lists (bar the publish time), profiles and state
     t_loaded, t_batches, t_table, t_state = in_thread
     assert (t_loaded, t_table) == (loaded, table)
     assert t_state.rss_bytes == 0 and t_state.model_steps == state.model_steps
+    assert t_state.ranker_weights == state.ranker_weights and t_state.online == state.online
 
     def lists(bs: list[CoreBatch]) -> list[Any]:
         return [[(k, orjson.loads(v)["items"]) for k, v in b.recommendations] for b in bs]
@@ -128,3 +134,28 @@ def test_a_dead_core_process_fails_every_call_at_once_and_says_it_is_gone() -> N
         asyncio.run(run())
     finally:
         client.close()
+
+
+def test_explaining_a_stored_profile_through_the_client() -> None:
+    # no exploration slot: its pick is a random draw, which an explanation does not replay
+    settings = Settings.of(embedding_dim=DIM, top_k=5, seed=3, core_process=False, exploration_slots=0)
+    client = CoreClient(settings, "w1", with_query_encoder=False)
+
+    async def run() -> tuple[dict[str, Any], CoreBatch, int]:
+        await client.upsert_items(item_values(), False)
+        events = [Event("u1", "view", 200.0, item_id="i1"), Event("u1", "purchase", 201.0, item_id="i6")]
+        batch = await client.process(events, [None, None], {"u1": None})
+        steps = client.state.model_steps
+        explained = await client.explain(batch.profiles["u1"])
+        return explained, batch, steps
+
+    try:
+        explained, batch, steps = asyncio.run(run())
+    finally:
+        client.close()
+    published = [i["item_id"] for i in orjson.loads(batch.recommendations[0][1])["items"]]
+    assert explained["user_id"] == "u1" and [i["item_id"] for i in explained["items"]] == published
+    assert [r["item_id"] for r in explained["recent_items"]] == ["i6", "i1"]
+    assert [r["purchased"] for r in explained["recent_items"]] == [True, False]
+    assert [c["category"] for c in explained["top_categories"]] == ["c2", "c1"]  # a purchase outweighs a view
+    assert client.state.model_steps == steps

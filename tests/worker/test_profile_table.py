@@ -1,4 +1,4 @@
-"""The profiles table's changelog replay never moves a user's state backwards (no broker needed)."""
+"""The profiles table: changelog replay never moves a user state backwards; forget tombstones go out first."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import faust
 from streamrec.model.events import Event
 from streamrec.model.profiles import UserProfile, apply_event
 from streamrec.settings import Settings
-from streamrec.worker.profile_table import ProfileTable, applied_events
+from streamrec.worker.profile_table import ProfileTable, TableProfileStore, applied_events
 
 
 def _profile(user: str, n: int) -> bytes:
@@ -43,3 +43,21 @@ def test_changelog_replay_skips_records_older_than_the_profile_in_memory() -> No
     assert applied_events(table.data[b"b"]) == 9
     assert b"a" not in table.data
     assert applied_events(None) == -1
+
+
+def test_a_forget_writes_its_tombstones_before_the_batchs_profiles() -> None:
+    table = SimpleNamespace(data={b"a": b"old a", b"b": b"old b", b"c": b"old c"})
+    store = TableProfileStore(table, "cl")
+    records = store.write(
+        {"a": b"fresh a", "b": None, "c": b"new c"},
+        {"a": 4, "c": 1},  # b had only its forget in the batch: no event, so no partition of its own
+        {"a": {4, 0}, "b": {2}},
+    )
+    assert records == [
+        ("cl", 0, b"a", None),
+        ("cl", 4, b"a", None),
+        ("cl", 2, b"b", None),
+        ("cl", 4, b"a", b"fresh a"),  # after the tombstone on its partition: the profile made after the forget
+        ("cl", 1, b"c", b"new c"),
+    ]
+    assert table.data == {b"a": b"fresh a", b"c": b"new c"}
