@@ -451,6 +451,128 @@ def forget(ctx: click.Context, user: str) -> None:
     click.echo(f"forget_user request for {user!r} published to {_settings(ctx).kafka.topic('events')} ({n} partitions)")
 
 
+@cli.group()
+def rules() -> None:
+    """Business rules every worker applies to every list (the compacted rules topic; see README)."""
+
+
+def _multipliers(pairs: tuple[str, ...], option: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for pair in pairs:
+        name, sep, value = pair.rpartition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise click.UsageError(f"{option} expects NAME=MULTIPLIER, got {pair!r}")
+    return out
+
+
+@rules.command("set")
+@click.argument("name")
+@click.option("--exclude-item", multiple=True, help="No list may hold this item (repeatable).")
+@click.option("--exclude-category", multiple=True, help="No list may hold items of this category (repeatable).")
+@click.option("--exclude-brand", multiple=True, help="No list may hold items of this brand (repeatable).")
+@click.option("--boost-category", multiple=True, metavar="CATEGORY=M", help="Multiply the category's scores by M.")
+@click.option("--boost-brand", multiple=True, metavar="BRAND=M", help="Multiply the brand's scores by M (<1 demotes).")
+@click.option("--max-per-category", type=int, default=None, help="At most N items of one category per list.")
+@click.option("--max-per-brand", type=int, default=None, help="At most N items of one brand per list.")
+@click.option("--description", default=None, help="What the rule is for (shown by `rules list`).")
+@click.option("--json", "as_json", default=None, help="The whole rule as JSON (topics/rules.json), instead of options.")
+@click.pass_context
+def rules_set(
+    ctx: click.Context,
+    name: str,
+    exclude_item: tuple[str, ...],
+    exclude_category: tuple[str, ...],
+    exclude_brand: tuple[str, ...],
+    boost_category: tuple[str, ...],
+    boost_brand: tuple[str, ...],
+    max_per_category: int | None,
+    max_per_brand: int | None,
+    description: str | None,
+    as_json: str | None,
+) -> None:
+    """Set the rule NAME (replacing the rule of that name); every worker applies it within a couple of seconds."""
+    from streamrec.io.rules import publish_rule
+    from streamrec.model.events import InvalidMessage
+    from streamrec.model.rules import rule_from_dict
+
+    if as_json is not None:
+        try:
+            obj = orjson.loads(as_json)
+        except orjson.JSONDecodeError as exc:
+            raise click.UsageError(f"--json is not JSON: {exc}") from None
+        if not isinstance(obj, dict):
+            raise click.UsageError("--json must be a JSON object")
+    else:
+        exclude = {"item_ids": list(exclude_item), "categories": list(exclude_category), "brands": list(exclude_brand)}
+        boost = {
+            "categories": _multipliers(boost_category, "--boost-category"),
+            "brands": _multipliers(boost_brand, "--boost-brand"),
+        }
+        cap = {"per_category": max_per_category, "per_brand": max_per_brand}
+        obj = {
+            "exclude": {k: v for k, v in exclude.items() if v},
+            "boost": {k: v for k, v in boost.items() if v},
+            "cap": {k: v for k, v in cap.items() if v is not None},
+        }
+        obj = {k: v for k, v in obj.items() if v}
+        if description is not None:
+            obj["description"] = description
+    obj.setdefault("ts", time.time())
+    try:
+        rule = rule_from_dict(name, obj)
+    except InvalidMessage as exc:
+        raise click.UsageError(f"invalid rule: {exc}") from None
+    settings = _settings(ctx)
+    asyncio.run(publish_rule(settings.kafka, name, rule))
+    click.echo(f"rule {name!r} set on {settings.kafka.topic('rules')}: {orjson.dumps(rule.to_dict()).decode()}")
+
+
+@rules.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the rules as one JSON object by name.")
+@click.pass_context
+def rules_list(ctx: click.Context, as_json: bool) -> None:
+    """Print the rules in force (and names whose newest value is invalid: workers keep their earlier rule)."""
+    from streamrec.io.rules import read_rules
+
+    found = asyncio.run(read_rules(_settings(ctx).kafka))
+    if as_json:
+        click.echo(orjson.dumps({n: r.to_dict() for n, r in sorted(found.rules.items())}, option=orjson.OPT_INDENT_2))
+        return
+    if not found.rules:
+        click.echo("no rules in force")
+    for name, rule in sorted(found.rules.items()):
+        value = {k: v for k, v in rule.to_dict().items() if k != "ts"}
+        click.echo(f"{name:24} {orjson.dumps(value).decode()}")
+    for name, reason in sorted(found.rejected.items()):
+        click.echo(f"{name:24} newest value invalid (dead-lettered by the workers): {reason}", err=True)
+
+
+@rules.command("clear")
+@click.argument("names", nargs=-1)
+@click.option("--all", "clear_all", is_flag=True, help="Delete every rule in force.")
+@click.pass_context
+def rules_clear(ctx: click.Context, names: tuple[str, ...], clear_all: bool) -> None:
+    """Delete the rules NAMES (a tombstone each), or every rule with --all."""
+    from streamrec.io.rules import publish_rule, read_rules
+    from streamrec.model.events import MAX_ID_LEN
+
+    if bool(names) == clear_all:
+        raise click.UsageError("give rule names or --all (not both)")
+    settings = _settings(ctx)
+    if clear_all:
+        found = asyncio.run(read_rules(settings.kafka))
+        names = tuple(sorted({*found.rules, *found.rejected}))
+    for name in names:
+        if not 1 <= len(name) <= MAX_ID_LEN:
+            raise click.UsageError(f"a rule name has 1..{MAX_ID_LEN} characters, got {name!r}")
+        asyncio.run(publish_rule(settings.kafka, name, None))
+    click.echo(f"cleared {len(names)} rule(s){': ' + ', '.join(names) if names else ''}")
+
+
 @cli.command()
 @click.option("--dataset", type=click.Path(exists=True, path_type=Path), default=None, help="Replay a real log.")
 @click.option("--format", "fmt", type=click.Choice(["taobao", "movielens", "jsonl"]), default="taobao")
@@ -565,6 +687,7 @@ def taobao_option(flag: str, help_text: str) -> Any:
     help="Encoder processes timed together (default: one per core, as STREAMREC_ENCODER_PROCESSES would run).",
 )
 @click.option("--quick", is_flag=True, help="A CI-sized run: small inputs, every figure (the other sizes ignored).")
+@click.option("--withdrawals", type=int, default=20, show_default=True, help="Most-listed items withdrawn and timed.")
 @click.pass_context
 def bench(
     ctx: click.Context,
@@ -578,9 +701,10 @@ def bench(
     taobao_limit: int,
     encoder_processes: int | None,
     quick: bool,
+    withdrawals: int,
 ) -> None:
     """The worker against its Faust floor and the transport (ratios), then throughput, latency, encoder speed,
-    item freshness and memory on this machine, on the local broker (docs/performance.md)."""
+    item freshness, withdrawals and memory on this machine, on the local broker (docs/performance.md)."""
     from streamrec.lab.bench import BenchOptions, run_bench
 
     if not taobao.exists():
@@ -598,6 +722,7 @@ def bench(
             latency_s=latency_seconds,
             taobao=sample,
             taobao_limit=taobao_limit,
+            withdrawals=withdrawals,
             **processes,
         )
     run_bench(_settings(ctx), opts, json_out)

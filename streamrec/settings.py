@@ -155,9 +155,12 @@ class ProfileSettings:
     """Bounded list of the user's latest items (state size and co-visitation window)."""
     max_categories: int = 16
     max_purchased: int = 64
+    max_hidden: int = 1000
+    """Items, and categories, a user can hide ("not interested") at most; past it the oldest hide is dropped, so a
+    profile stays bounded."""
 
     def __post_init__(self) -> None:
-        _check(self, ("recent_items",))
+        _check(self, ("recent_items", "max_hidden"))
 
     def event_weight(self, event_type: str) -> float:
         return float(getattr(self, f"weight_{event_type}"))
@@ -222,6 +225,44 @@ class RetrievalSettings:
             raise SettingsError("session_max_items must be >= 1 and session_capacity >= 0")
         if not 0.0 <= self.search_query_weight <= 1.0:
             raise SettingsError("search_query_weight must be within [0, 1]")
+
+
+@dataclass(frozen=True)
+class ListSettings:
+    """What a published list may hold besides the best scores: no near-duplicates, diversity, exploration, and how
+    fast lists holding a withdrawn item are replaced."""
+
+    near_duplicate_cosine: float = 0.97
+    """Two items whose embeddings have at least this cosine, or whose normalised titles are equal, are near-duplicates:
+    a list keeps only the better one. Above 1 turns the filter off (titles included)."""
+    rerank_depth: int = 60
+    """Best-scored candidates per user the list selection looks at (near-duplicates, caps, MMR, exploration)."""
+    mmr_lambda: float = 1.0
+    """Maximal marginal relevance: each next item maximises ``λ·relevance − (1−λ)·max cosine to the items already
+    listed`` (relevance min-max scaled per list); 1 ranks by relevance alone (off)."""
+    exploration_slots: int = 1
+    """List positions (the last ones) given to items the model is uncertain about, chosen by Thompson sampling on
+    their exposure/uptake among the user's ``rerank_depth`` best candidates outside the list; 0 turns exploration
+    off. Behaviour lists only: a search answers its query."""
+    exploration_max_exposures: int = 200
+    """An item listed fewer times than this (on this worker) is uncertain: new or under-exposed."""
+    withdrawal_refresh_per_s: float = 500.0
+    """Users a worker gives a fresh list per second because their last list holds a withdrawn item: withdrawing a
+    bestseller that sits in many lists is spread out, so the events keep flowing meanwhile."""
+
+    def __post_init__(self) -> None:
+        _check(self, ("rerank_depth", "withdrawal_refresh_per_s"))
+        if self.near_duplicate_cosine <= 0.0:
+            raise SettingsError(f"near_duplicate_cosine must be > 0, got {self.near_duplicate_cosine!r}")
+        if not 0.0 <= self.mmr_lambda <= 1.0:
+            raise SettingsError(f"mmr_lambda must be within [0, 1], got {self.mmr_lambda!r}")
+        if self.exploration_slots < 0 or self.exploration_max_exposures < 0:
+            raise SettingsError("exploration_slots and exploration_max_exposures must be >= 0")
+
+    @property
+    def near_duplicates(self) -> bool:
+        """Whether the near-duplicate filter is on."""
+        return self.near_duplicate_cosine <= 1.0
 
 
 @dataclass(frozen=True)
@@ -294,6 +335,7 @@ SECTIONS: dict[str, type] = {
     "profile": ProfileSettings,
     "retrieval": RetrievalSettings,
     "ranker": RankerSettings,
+    "lists": ListSettings,
     "encoder": EncoderSettings,
     "lab": LabSettings,
 }
@@ -324,6 +366,7 @@ class Settings:
     profile: ProfileSettings = field(default_factory=ProfileSettings)
     retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
     ranker: RankerSettings = field(default_factory=RankerSettings)
+    lists: ListSettings = field(default_factory=ListSettings)
     encoder: EncoderSettings = field(default_factory=EncoderSettings)
     lab: LabSettings = field(default_factory=LabSettings)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -54,7 +55,8 @@ class RecommendationWatcher:
     """Consumes ``recommendations`` from the beginning in the background.
 
     Per user it keeps the newest event time a list reflects (and, with ``keep_latest``, the list itself);
-    while ``measure_latency`` is set it records receive time − ``event_ts`` for every list.
+    while ``measure_latency`` is set it records receive time − ``event_ts`` for every list, and ``listener`` (if set)
+    is called with every list and its receive time.
     """
 
     def __init__(self, kafka: KafkaSettings, keep_latest: bool = False) -> None:
@@ -67,6 +69,7 @@ class RecommendationWatcher:
         self.count = 0
         self.measure_latency = False
         self.latencies_ms: list[float] = []
+        self.listener: Callable[[dict[str, Any], float], None] | None = None
         self._consumer: Any = None
         self._task: asyncio.Task[None] | None = None
 
@@ -96,6 +99,8 @@ class RecommendationWatcher:
                     self.count += 1
                     if self.measure_latency:
                         self.latencies_ms.append((now - ts) * 1000.0)
+                    if self.listener is not None:
+                        self.listener(rec, now)
 
     def missing(self, last_ts: dict[str, float]) -> int:
         """Users whose newest list does not yet reflect their last event (``last_ts``: user → event time)."""

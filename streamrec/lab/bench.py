@@ -29,7 +29,10 @@ Absolute figures (of this machine only; ``machine`` says which, ISA flags includ
 * ``encoder_items_per_s`` — the text encoder on catalogue texts, on ``encoder_path`` (``cpu-bf16`` where the CPU
   has native bf16 and it agrees with fp32, else ``cpu-fp32``); ``new_item_visible_ms_p99`` — an item upsert
   published → indexed by the worker (through the encoder process); ``eval_events_per_s`` — the in-process
-  prequential harness.
+  prequential harness;
+* ``withdrawn_absent_ms_p50/p99`` — a withdrawal of one of the most listed items published (through the encoder)
+  → no list generated from then on holds it; ``withdrawn_refreshed_ms_p50/p99`` — the same withdrawal → a fresh
+  list without it received for each user whose last list held it, with a trickle of live events meanwhile.
 
 The catalogue for the throughput runs is embedded with the deterministic fallback vectors (category + id):
 the worker's cost per event does not depend on where its vectors came from, and encoding 50,000 texts on
@@ -48,7 +51,7 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +83,8 @@ LOAD_TICK_S = 0.01
 """The latency phase's load generator sends what is due every this long (at 500/s: 5 events per tick)."""
 WARMUP_TEXTS = 64
 WARMUP_ITEMS = 3
+REFRESH_TIMEOUT_S = 60.0
+"""How long the withdrawal phase waits for the last fresh list before it counts the rest as missing."""
 TAOBAO_SAMPLE = "taobao-userbehavior-sample/UserBehavior_head.csv"
 COHORT_SEED_STEP = 1_000
 """Cohort ``k`` of the backlog draws its events with seed + k × this (the latency phase's events use seed + 1)."""
@@ -120,6 +125,11 @@ class BenchOptions:
     ``encoder_processes``)."""
     new_items: int = 100
     new_item_rate: float = 10.0
+    withdrawals: int = 20
+    """Most-listed items withdrawn one after another (``withdrawal_rate`` a second) to time withdrawals."""
+    withdrawal_rate: float = 1.0
+    withdrawal_events_per_s: float = 50.0
+    """Live events sent meanwhile, so lists keep being published."""
     taobao: Path | None = None
     taobao_limit: int = 200_000
     eval_limit: int = 30_000
@@ -135,6 +145,9 @@ class BenchOptions:
             encoder_texts=64,
             new_items=5,
             new_item_rate=20.0,
+            withdrawals=3,
+            withdrawal_rate=2.0,
+            withdrawal_events_per_s=40.0,
             taobao=taobao,
             taobao_limit=3_000,
             eval_limit=1_000,
@@ -341,7 +354,7 @@ async def drain_backlog(
 
     ``program``: what runs ``worker`` instead of ``python -m streamrec`` (a profiling wrapper)."""
     worker = Service(f"worker-{name}", ["worker", "--loglevel", "warning"], settings, workdir, program).start()
-    watcher = RecommendationWatcher(settings.kafka)
+    watcher = RecommendationWatcher(settings.kafka, keep_latest=keep_running)
     samples: list[MemorySample] = []
     meter: CpuMeter | None = None
     metered_from = (0, 0.0)
@@ -591,12 +604,17 @@ def encoder_throughput(settings: Settings, texts: Sequence[str], processes: int)
 
 
 async def new_items_visible(
-    settings: Settings, items: Sequence[Item], rate: float, workdir: Path, services: Sequence[Service]
-) -> dict[str, float]:
+    settings: Settings,
+    items: Sequence[Item],
+    rate: float,
+    workdir: Path,
+    services: Sequence[Service],
+    then: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
     """Publish item upserts through the encoder process at ``rate``/s; the worker reports when each is indexed.
 
     The first :data:`WARMUP_ITEMS` items warm the encoder up (its first batch pays for lazy initialisation)
-    and are not counted.
+    and are not counted. ``then`` runs afterwards, while the encoder still runs (the withdrawal phase).
     """
     encoder = Service("encoder", ["encoder"], settings, workdir).start()
     producer = make_producer(settings.kafka, linger_ms=0)
@@ -625,16 +643,98 @@ async def new_items_visible(
         await wait_for_services(
             lambda: indexed(base + len(items)), DRAIN_TIMEOUT_S, "the new items", [*services, encoder]
         )
+        stats = await worker_stats(settings) or {}
+        later = await then() if then is not None else {}
     finally:
         await producer.stop()
         encoder.stop()
-    stats = await worker_stats(settings) or {}
     measured = len(items) - WARMUP_ITEMS
     lags = np.array(stats.get("item_visible_ms_recent", [])[-measured:], np.float64)
     return {
         "new_items": measured,
         "new_item_visible_ms_p50": float(np.percentile(lags, 50)),
         "new_item_visible_ms_p99": float(np.percentile(lags, 99)),
+        **later,
+    }
+
+
+async def withdrawals_timed(
+    settings: Settings,
+    watcher: RecommendationWatcher,
+    events: Sequence[Event],
+    opts: BenchOptions,
+    services: Sequence[Service],
+) -> dict[str, Any]:
+    """Withdraw the most-listed items one after another (through ``items`` and the encoder) under a trickle of live
+    events; time when lists stop holding each one, and when each user whose last list held it gets a fresh list.
+
+    "Absent" for an item is the later of the worker applying the withdrawal and the last list generated after the
+    withdrawal that still held it; "refreshed" is per (item, user whose newest list held it when it was withdrawn):
+    the first list received without the item.
+    """
+    counts: dict[str, int] = {}
+    for rec in watcher.latest.values():
+        for entry in rec["items"]:
+            counts[entry["item_id"]] = counts.get(entry["item_id"], 0) + 1
+    targets = sorted(counts, key=lambda i: (-counts[i], i))[: opts.withdrawals]
+    withdrawn_at: dict[str, float] = {}
+    holders: dict[str, set[str]] = {}
+    last_held_s: dict[str, float] = {}
+    refreshed_s: dict[tuple[str, str], float] = {}
+
+    def on_list(rec: dict[str, Any], received: float) -> None:
+        listed = {entry["item_id"] for entry in rec["items"]}
+        for item, t0 in withdrawn_at.items():
+            if rec["generated_at"] <= t0:
+                continue
+            if item in listed:
+                last_held_s[item] = max(last_held_s.get(item, 0.0), rec["generated_at"] - t0)
+            elif rec["user_id"] in holders[item] and (item, rec["user_id"]) not in refreshed_s:
+                refreshed_s[(item, rec["user_id"])] = received - t0
+
+    watcher.listener = on_list
+    producer = make_producer(settings.kafka, linger_ms=0)
+    await producer.start()
+    sent = 0
+    t_start = time.perf_counter()
+    try:
+        for n, item in enumerate(targets):
+            holders[item] = {u for u, rec in watcher.latest.items() if item in {e["item_id"] for e in rec["items"]}}
+            withdrawn_at[item] = t0 = time.time()
+            value = dumps({"item_id": item, "available": False, "ts": t0})
+            await producer.send_and_wait(settings.kafka.topic("items"), value, key=item.encode())
+            while time.perf_counter() - t_start < (n + 1) / opts.withdrawal_rate:
+                due = min(len(events), int((time.perf_counter() - t_start) * opts.withdrawal_events_per_s))
+                for e in events[sent:due]:
+                    value = dumps(e.to_dict() | {"ts": time.time()})
+                    await producer.send(settings.kafka.topic("events"), value, key=e.user_id.encode())
+                sent = max(sent, due)
+                await asyncio.sleep(LOAD_TICK_S)
+        wanted = sum(len(h) for h in holders.values())
+
+        async def all_refreshed() -> bool:
+            return len(refreshed_s) >= wanted
+
+        with contextlib.suppress(TimeoutError):
+            await wait_for_services(all_refreshed, REFRESH_TIMEOUT_S, "the refreshed lists", services)
+    finally:
+        await producer.stop()
+        watcher.listener = None
+    stats = await worker_stats(settings) or {}
+    applied = np.array(stats.get("withdrawal_applied_ms_recent", [])[-len(targets) :], np.float64)
+    absent = np.array(
+        [max(a, last_held_s.get(i, 0.0) * 1000.0) for i, a in zip(targets, applied, strict=False)], np.float64
+    )
+    refreshed = np.array(sorted(refreshed_s.values()), np.float64) * 1000.0
+    return {
+        "withdrawn_items": len(targets),
+        "withdrawn_holders": wanted,
+        "withdrawn_absent_ms_p50": float(np.percentile(absent, 50)) if len(absent) else None,
+        "withdrawn_absent_ms_p99": float(np.percentile(absent, 99)) if len(absent) else None,
+        "withdrawn_refreshed_ms_p50": float(np.percentile(refreshed, 50)) if len(refreshed) else None,
+        "withdrawn_refreshed_ms_p99": float(np.percentile(refreshed, 99)) if len(refreshed) else None,
+        "withdrawn_refresh_missing": wanted - len(refreshed_s),
+        "withdrawn_events_sent": sent,
     }
 
 
@@ -739,10 +839,23 @@ async def _run(settings: Settings, opts: BenchOptions, workdir: Path, broker_pid
             Item(f"new-{i}", item.title, 0.0, item.description, item.category, item.brand, item.price)
             for i, item in enumerate(shop.items[: opts.new_items + WARMUP_ITEMS])
         ]
-        figures.update(await new_items_visible(settings, fresh, opts.new_item_rate, workdir, [worker]))
+        trickle = make_events(shop, int(opts.withdrawal_events_per_s * opts.withdrawals / opts.withdrawal_rate), 9)
+
+        async def withdrawals() -> dict[str, Any]:
+            return await withdrawals_timed(settings, watcher, trickle, opts, [worker])
+
+        figures.update(await new_items_visible(settings, fresh, opts.new_item_rate, workdir, [worker], withdrawals))
         print(
             f"new item visible: p50 {figures['new_item_visible_ms_p50']:.0f} ms, "
             f"p99 {figures['new_item_visible_ms_p99']:.0f} ms"
+        )
+        print(
+            f"withdrawn ({figures['withdrawn_items']} items in {figures['withdrawn_holders']} users' lists): absent "
+            f"from new lists p50 {_fmt('{:.0f}', figures['withdrawn_absent_ms_p50'])} ms, p99 "
+            f"{_fmt('{:.0f}', figures['withdrawn_absent_ms_p99'])} ms; last list refreshed p50 "
+            f"{_fmt('{:.0f}', figures['withdrawn_refreshed_ms_p50'])} ms, p99 "
+            f"{_fmt('{:.0f}', figures['withdrawn_refreshed_ms_p99'])} ms "
+            f"({figures['withdrawn_refresh_missing']} missing)"
         )
     finally:
         await watcher.stop()
@@ -785,6 +898,10 @@ TABLE_ROWS: tuple[tuple[str, str, str], ...] = (
     ("latency_ms_p99", "latency p99 (ms)", "{:.1f}"),
     ("encoder_items_per_s", "encoder (items/s)", "{:,.0f}"),
     ("new_item_visible_ms_p99", "new item visible p99 (ms)", "{:,.0f}"),
+    ("withdrawn_absent_ms_p50", "withdrawn → absent from new lists p50 (ms)", "{:,.0f}"),
+    ("withdrawn_absent_ms_p99", "withdrawn → absent from new lists p99 (ms)", "{:,.0f}"),
+    ("withdrawn_refreshed_ms_p50", "withdrawn → last list refreshed p50 (ms)", "{:,.0f}"),
+    ("withdrawn_refreshed_ms_p99", "withdrawn → last list refreshed p99 (ms)", "{:,.0f}"),
     ("rss_bytes_per_user_total", "RSS growth per user, whole drain (B)", "{:,.0f}"),
     ("rss_core_bytes_per_user", "  of which the core process (median)", "{:,.0f}"),
     ("profile_bytes_per_user", "stored profile per user (bytes)", "{:,.0f}"),

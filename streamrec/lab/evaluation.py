@@ -4,7 +4,8 @@ For every item event, each system is first asked for the top-k list it would pub
 that moment; the list is scored against the event's item; only then does the system learn from the event.
 ``streamrec`` here is the very :class:`~streamrec.model.recommender.Recommender` the Faust agents run, with a
 dict in place of the Faust table. Primary metrics count *discovery* events (the user's first interaction
-with that item); all events are reported as a secondary metric.
+with that item); all events are reported as a secondary metric. Beside accuracy, every system's scored lists are
+measured for catalogue coverage, intra-list diversity, new-item exposure and novelty (:mod:`.list_metrics`).
 
 With ``protocol="published"`` streamrec is replayed as the worker runs it instead (:func:`_replay_published`):
 in micro-batches through the worker's core, each item event scored against the list last *published* to its
@@ -31,7 +32,8 @@ import numpy as np
 
 from streamrec.encoding.threads import limit_threads
 from streamrec.lab.baselines import CooccurrenceBaseline, OnlineMFBaseline, PopularityBaseline, TextOnlyBaseline
-from streamrec.model.events import ITEM_EVENT_TYPES, Event, Item, ItemEmbedding, event_from_dict, item_from_dict
+from streamrec.lab.list_metrics import ItemVectors, ListMetrics
+from streamrec.model.events import HIDE, ITEM_EVENT_TYPES, Event, Item, ItemEmbedding, event_from_dict, item_from_dict
 from streamrec.model.metrics import MetricSums, OnlineCounts, PrequentialScore, hit_rank, quality
 from streamrec.model.profiles import DictProfileStore, UserProfile
 from streamrec.model.recommender import Recommender
@@ -276,6 +278,20 @@ class _Job:
     batch_size: int = 1
     """Events per micro-batch of the published protocol."""
 
+    _vectors: tuple[ItemVectors, int] | None = None
+
+    def list_metrics(self) -> ListMetrics:
+        """A fresh accumulator of the beyond-accuracy metrics, over the log's items and their embeddings (prepared
+        once, before systems replay in forked processes)."""
+        if self._vectors is None:
+            vectors = ItemVectors.of({e.item.item_id: e.vector for e in self.embeddings.values()})
+            items = set(vectors.row_of)
+            for r in self.records:
+                if r.topic == "events" and r.value.get("item_id") is not None:
+                    items.add(r.value["item_id"])
+            self._vectors = (vectors, len(items))
+        return ListMetrics(*self._vectors)
+
 
 @dataclass(frozen=True)
 class _Task:
@@ -296,6 +312,8 @@ class _Result:
     seconds: float
     stats: dict[str, Any]
     cpu_seconds: float
+    beyond: dict[str, float] = field(default_factory=dict)
+    """Coverage, intra-list diversity, new-item exposure and novelty of the lists scored (:mod:`.list_metrics`)."""
 
 
 _JOB: _Job | None = None
@@ -303,11 +321,12 @@ _JOB: _Job | None = None
 
 def _replay(
     system: System, job: _Job, position: int = 0, stop: int | None = None, label: str | None = None
-) -> tuple[list[int | None], list[bool], float]:
+) -> tuple[list[int | None], list[bool], float, dict[str, float]]:
     """Test-then-train one system over the log (its first ``stop`` records): ranks of scored events, whether each
-    was a discovery, seconds."""
+    was a discovery, seconds, and the beyond-accuracy metrics of its lists."""
     from tqdm import tqdm
 
+    lists = job.list_metrics()
     seen: set[tuple[str, str]] = set()
     ranks: list[int | None] = []
     discoveries: list[bool] = []
@@ -326,7 +345,7 @@ def _replay(
             system.upsert_item(job.embeddings[i])
             continue
         event = event_from_dict(record.value)
-        if event.is_forget:  # a privacy request, not an interaction: nothing to score, nothing to learn from
+        if event.is_forget or event.type == HIDE:  # requests, not interactions: nothing to score or learn from
             continue
         if event.type in ITEM_EVENT_TYPES and event.item_id is not None:
             pair = (event.user_id, event.item_id)
@@ -334,8 +353,10 @@ def _replay(
             seen.add(pair)
             ranked = system.recommend(event.user_id, event.ts, job.k)  # test ...
             ranks.append(hit_rank(event.item_id, ranked))
+            lists.add(ranked)
+            lists.observe(event.item_id)
         system.learn(event)  # ... then train
-    return ranks, discoveries, time.perf_counter() - t0
+    return ranks, discoveries, time.perf_counter() - t0, lists.summary()
 
 
 def _replay_published(name: str, job: _Job, position: int = 0) -> tuple[OnlineCounts, float]:
@@ -413,10 +434,10 @@ def _run(task: _Task, job: _Job) -> _Result:
         params[task.name] = task.params
     cpu = time.process_time()
     [system] = make_systems(job.settings, [task.name], job.workers, job.sync_every, params, job.total_events)
-    ranks, discoveries, seconds = _replay(system, job, task.position, task.stop, task.label or None)
+    ranks, discoveries, seconds, beyond = _replay(system, job, task.position, task.stop, task.label or None)
     stats_of = getattr(system, "stats", None)
     stats = stats_of() if stats_of else {}
-    return _Result(task, ranks, discoveries, seconds, stats, time.process_time() - cpu)
+    return _Result(task, ranks, discoveries, seconds, stats, time.process_time() - cpu, beyond)
 
 
 def _run_forked(task: _Task) -> _Result:
@@ -582,6 +603,7 @@ def evaluate(
     if protocol == PUBLISHED:
         return _evaluate_published(job, names, dataset)
     t_start = time.perf_counter()
+    job.list_metrics()  # the shared part, before any fork
     results, tuning = _schedule(job, names, jobs, tune)
     elapsed = time.perf_counter() - t_start
     discoveries = results[0].discoveries
@@ -597,7 +619,7 @@ def evaluate(
         for rank, is_new in zip(result.ranks, result.discoveries, strict=True):
             score.add(rank, is_new)
         systems[name] = score.summary() | {"scored_all": score.all_events.n}
-        systems[name] |= halves(result.ranks, result.discoveries)
+        systems[name] |= halves(result.ranks, result.discoveries) | result.beyond
         stats = dict(result.stats)
         if "params" in stats:
             systems[name]["params"] = stats.pop("params")
@@ -649,7 +671,8 @@ def format_table(report: EvalReport) -> str:
     k = report.k
     head = (
         f"{'system':20} {'Recall@' + str(k):>10} {'NDCG@' + str(k):>10} {'MRR@' + str(k):>10} "
-        f"{'R 1st half':>10} {'R 2nd half':>10} {'N 2nd half':>10} {'Recall(all)':>12} {'s':>7} {'train s':>8}"
+        f"{'R 1st half':>10} {'R 2nd half':>10} {'N 2nd half':>10} {'Recall(all)':>12} {'cover@' + str(k):>9} "
+        f"{'ILD':>6} {'new':>6} {'novelty':>8} {'s':>7} {'train s':>8}"
     )
     lines = [head, "-" * len(head)]
     for name, m in rows:
@@ -657,6 +680,7 @@ def format_table(report: EvalReport) -> str:
         lines.append(
             f"{name:20} {m['recall']:10.4f} {m['ndcg']:10.4f} {m['mrr']:10.4f} {m['first_half']['recall']:10.4f} "
             f"{m['second_half']['recall']:10.4f} {m['second_half']['ndcg']:10.4f} {m['recall_all']:12.4f} "
+            f"{m['coverage']:9.4f} {m['diversity']:6.3f} {m['new_exposure']:6.3f} {m['novelty']:8.2f} "
             f"{report.seconds[name]:7.1f} {train}"
         )
     for name, entry in report.tuning.items():

@@ -2,7 +2,8 @@
 
 A pool is the union of four sources — semantic (FAISS) hits for the user's taste (or search query), the items
 co-visited with their recent ones, the items of their session's neighbours (:mod:`streamrec.model.sessions`) and
-the currently popular items — less what the user must not be offered.
+the currently popular items — less what the user must not be offered (their purchases, recent and hidden items)
+and what no one may be offered (withdrawn items, rule exclusions).
 """
 
 from __future__ import annotations
@@ -43,10 +44,15 @@ def retrieval_queries(
 
 
 def candidate_pools(
-    semantic: np.ndarray, covisited: Sequence[np.ndarray], popular: np.ndarray, excluded: Sequence[Sequence[int]]
+    semantic: np.ndarray,
+    covisited: Sequence[np.ndarray],
+    popular: np.ndarray,
+    excluded: Sequence[Sequence[int]],
+    blocked: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Each user's candidate rows: the sorted union of their semantic hits (``-1``: none), co-visited rows and
-    the popular rows, less their excluded rows — for a whole batch in a few array operations, not per user.
+    the popular rows, less their excluded rows and the rows ``blocked`` marks for everyone (withdrawn items,
+    rule exclusions) — for a whole batch in a few array operations, not per user.
 
     >>> pools = candidate_pools(np.array([[5, 1], [2, -1]]), [np.array([1, 7]), np.array([], np.int64)],
     ...                         np.array([9]), [[7], []])
@@ -70,6 +76,8 @@ def candidate_pools(
     pooled.sort(axis=1)
     keep = pooled >= 0
     keep[:, 1:] &= pooled[:, 1:] != pooled[:, :-1]
+    if blocked is not None:
+        keep &= ~blocked[np.maximum(pooled, 0)]
     ex_lens = np.fromiter(map(len, excluded), np.int64, n)
     if ex_lens.any():
         ex_rows = np.fromiter((r for rs in excluded for r in rs), np.int64, int(ex_lens.sum()))

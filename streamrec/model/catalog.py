@@ -5,6 +5,10 @@ arrays indexed by row so features for many candidates are computed in one vector
 only embedded items (``IndexIDMap2`` over inner product on unit vectors = cosine); an updated item is
 replaced in place, so a new or changed item is retrievable as soon as its embedding arrives.
 
+An item can be withdrawn (sold out, delisted: :meth:`Catalog.withdraw`) and relisted by a later upsert: a
+withdrawn item leaves the FAISS index and the popular set, and ``available`` marks it for every other source,
+while its attributes, vector and counters stay for when it comes back.
+
 Popularity is a decayed counter on a :class:`~streamrec.model.numeric.DecayClock`: adding ``w·g(t)`` and
 dividing by ``g(now)`` at read time is exponential decay in O(1) per update, and rankings at a given moment
 need no division at all.
@@ -13,6 +17,7 @@ need no division at all.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import faiss
@@ -33,6 +38,17 @@ ANN_REBUILD_GROWTH = 2.0
 """Retrain the IVF index each time the catalogue has doubled since the last training."""
 ANN_TRAIN_POINTS_PER_LIST = 40
 """k-means training sample per IVF list (FAISS asks for at least 39)."""
+NO_TITLE = -1
+_NOT_WORDS = re.compile(r"[\W_]+")
+
+
+def normalised_title(title: str) -> str:
+    """A title as the near-duplicate check compares it: lower case, runs of punctuation and spaces as one space.
+
+    >>> normalised_title("  Beatline  Bluetooth-Headset! "), normalised_title("beatline bluetooth headset")
+    ('beatline bluetooth headset', 'beatline bluetooth headset')
+    """
+    return _NOT_WORDS.sub(" ", title.lower()).strip()
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +74,8 @@ class Catalog:
         self.meta: list[ItemMeta | None] = []
         self.category_code: dict[str, int] = {}
         self.category_names: list[str] = []
+        self.brand_code: dict[str, int] = {}
+        self.title_code: dict[str, int] = {}
         cap = INITIAL_CAPACITY
         self.vectors = np.zeros((cap, self.dim), np.float32)
         self.has_vector = np.zeros(cap, bool)
@@ -65,8 +83,21 @@ class Catalog:
         self.price_feature = np.zeros(cap, np.float32)
         """``price_feature(price)`` per row, computed once at upsert rather than per ranking."""
         self.category = np.full(cap, NO_CATEGORY, np.int32)
+        self.brand = np.full(cap, NO_CATEGORY, np.int32)
+        self.title_group = np.full(cap, NO_TITLE, np.int32)
+        """Rows with the same normalised (non-empty) title share a group: near-duplicates."""
         self.item_ts = np.zeros(cap, np.float64)
         self.popularity = np.zeros(cap, np.float64)
+        self.available = np.ones(cap, bool)
+        """False while an item is withdrawn: no source may offer it."""
+        self.withdrawn_at: dict[int, float] = {}
+        """Withdrawn rows → the withdrawal's time (-inf for a tombstone): an upsert older than it is stale."""
+        self.exposures = np.zeros(cap, np.int64)
+        """Times each item was in a published list (exploration's estimate of how well it is known)."""
+        self.uptakes = np.zeros(cap, np.int64)
+        """Times a user took an item from the list last published to them."""
+        self.version = 0
+        """Bumped whenever an item's attributes or availability change (what rule masks are compiled from)."""
         self.pop_clock = DecayClock(cfg.popularity_half_life_s)
         self._peak_popularity = 0.0
         self._top_size = cfg.candidates_per_source
@@ -94,8 +125,13 @@ class Catalog:
             ("price", np.nan),
             ("price_feature", 0.0),
             ("category", NO_CATEGORY),
+            ("brand", NO_CATEGORY),
+            ("title_group", NO_TITLE),
             ("item_ts", 0.0),
             ("popularity", 0.0),
+            ("available", True),
+            ("exposures", 0),
+            ("uptakes", 0),
         ):
             old = getattr(self, name)
             new = np.full((cap, *old.shape[1:]), fill, old.dtype)
@@ -124,34 +160,80 @@ class Catalog:
             self.category_names.append(category)
         return code
 
+    @staticmethod
+    def _code(codes: dict[str, int], name: str | None, none: int) -> int:
+        if not name:
+            return none
+        return codes.setdefault(name, len(codes))
+
     def upsert(self, emb: ItemEmbedding) -> bool:
-        """Add or replace an item; an embedding older than the one held is ignored (returns False)."""
+        """Add or replace an item, relisting it if it was withdrawn; an embedding older than the version held (or
+        than the withdrawal) is ignored (returns False). After a tombstone the item is gone: any upsert relists it."""
         item = emb.item
         row = self.ensure(item.item_id)
         current = self.meta[row]
-        if current is not None and item.ts < current.ts:
+        withdrawn_at = self.withdrawn_at.get(row)
+        if current is not None and item.ts < current.ts and withdrawn_at != -math.inf:
+            return False
+        if withdrawn_at is not None and item.ts < withdrawn_at:
             return False
         self.meta[row] = ItemMeta(item.item_id, item.title, item.category, item.brand, item.price, item.ts, emb.source)
         self.price[row] = np.nan if item.price is None else item.price
         self.price_feature[row] = price_feature(self.price[row : row + 1])[0]
         self.category[row] = self.code_for(item.category)
+        self.brand[row] = self._code(self.brand_code, item.brand, NO_CATEGORY)
+        self.title_group[row] = self._code(self.title_code, normalised_title(item.title), NO_TITLE)
         self.item_ts[row] = item.ts
         vector = emb.vector.astype(np.float32)
         norm = float(np.linalg.norm(vector))
         self.vectors[row] = vector / norm if norm > 0 else vector
         ids = np.array([row], dtype=np.int64)
-        if self.has_vector[row]:
+        if self.has_vector[row] and self.available[row]:
             self.index.remove_ids(ids)
         self.index.add_with_ids(self.vectors[row : row + 1], ids)
         self.has_vector[row] = True
+        self.version += 1
+        if not self.available[row]:
+            self.available[row] = True
+            del self.withdrawn_at[row]
+            self._rebuild_top()
         if self.index.ntotal >= self._next_ivf_build:
             self._build_ivf()
         return True
 
+    def withdraw(self, item_id: str, ts: float | None = None) -> bool:
+        """Take an item out of every candidate source until a later upsert relists it; returns False when it was
+        withdrawn already or the withdrawal is older than the version held (``ts`` None: a tombstone, always
+        applies). An item known only from events is withdrawn too (co-visitation and popularity offer those)."""
+        row = self.ensure(item_id)
+        current = self.meta[row]
+        if ts is not None and current is not None and ts < current.ts:
+            return False
+        if not self.available[row]:
+            self.withdrawn_at[row] = max(self.withdrawn_at[row], -math.inf if ts is None else ts)
+            return False
+        self.available[row] = False
+        self.withdrawn_at[row] = -math.inf if ts is None else ts
+        if self.has_vector[row]:
+            self.index.remove_ids(np.array([row], dtype=np.int64))
+        if row in self._top:
+            self._rebuild_top()
+        self.version += 1
+        return True
+
+    @property
+    def n_withdrawn(self) -> int:
+        return len(self.withdrawn_at)
+
+    def record_exposure(self, rows: np.ndarray) -> None:
+        """Rows listed in published lists (a row listed twice counts twice)."""
+        np.add.at(self.exposures, rows, 1)
+
     def _build_ivf(self) -> None:
         """Switch from exact search to IVF once the catalogue is large (a query then scans ~nprobe/nlist of it),
         and retrain it as the catalogue grows, so lists stay short and centroids follow the content."""
-        rows = np.flatnonzero(self.has_vector[: len(self.row_of)]).astype(np.int64)
+        size = len(self.row_of)
+        rows = np.flatnonzero(self.has_vector[:size] & self.available[:size]).astype(np.int64)
         self._next_ivf_build = int(len(rows) * ANN_REBUILD_GROWTH)
         nlist = int(np.clip(ANN_LISTS_PER_SQRT * np.sqrt(len(rows)), ANN_MIN_LISTS, ANN_MAX_LISTS))
         sample = rows
@@ -176,6 +258,7 @@ class Catalog:
         """Record a category learned from an event's context for an item without an upsert yet."""
         if category is not None and self.category[row] == NO_CATEGORY:
             self.category[row] = self.code_for(category)
+            self.version += 1
 
     # --- popularity ---------------------------------------------------------------------------------
     def add_popularity(self, row: int, weight: float, ts: float) -> None:
@@ -189,8 +272,13 @@ class Catalog:
         self._update_top(row)
 
     def _update_top(self, row: int) -> None:
-        """Keep the most-popular set current: only the row that just grew can enter it (O(1) mostly)."""
+        """Keep the most-popular set current: only the row that just grew can enter it (O(1) mostly).
+
+        Withdrawn items never enter: the set is the most popular *available* items.
+        """
         top = self._top
+        if not self.available[row]:
+            return
         if row in top:
             if row == self._top_min:
                 self._top_min = None
@@ -205,6 +293,16 @@ class Catalog:
             del top[weakest]
             top[row] = None
             self._top_min = None
+
+    def _rebuild_top(self) -> None:
+        """The most-popular set recomputed from the counters (after an item was withdrawn or relisted): the same
+        set the per-event upkeep keeps, as rows only enter it by growing past its weakest."""
+        size = len(self.row_of)
+        pop = self.popularity[:size]
+        rows = np.flatnonzero((pop > 0) & self.available[:size])
+        rows = rows[np.lexsort((rows, -pop[rows]))][: self._top_size]
+        self._top = dict.fromkeys(rows.tolist())
+        self._top_min = None
 
     def _weakest(self) -> int:
         if self._top_min is None:
@@ -233,9 +331,10 @@ class Catalog:
             rows = np.fromiter(self._top, np.int64, len(self._top))
         else:  # more than the maintained set: a scan over the catalogue
             size = len(self.row_of)
-            rows = np.argpartition(-self.popularity[:size], min(n, size) - 1)[:n]
+            pop = np.where(self.available[:size], self.popularity[:size], 0.0)
+            rows = np.argpartition(-pop, min(n, size) - 1)[:n]
         pop = self.popularity[rows]
-        keep = pop > 0
+        keep = (pop > 0) & self.available[rows]
         rows, pop = rows[keep], pop[keep]
         return rows[np.lexsort((rows, -pop))][:n]
 

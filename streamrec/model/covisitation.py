@@ -36,9 +36,13 @@ class CovisScores:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def top(self, n: int) -> np.ndarray:
-        """Rows of the ``n`` best co-visited items, best first."""
-        return self.rows[self.order[:n]]
+    def top(self, n: int, blocked: np.ndarray | None = None) -> np.ndarray:
+        """Rows of the ``n`` best co-visited items, best first (leaving out rows ``blocked`` marks: withdrawn or
+        excluded items, so they do not take the places of offerable ones)."""
+        order = self.order
+        if blocked is not None and len(order):
+            order = order[~blocked[self.rows[order]]]
+        return self.rows[order[:n]]
 
     def rank_values(self) -> np.ndarray:
         """Each item's rank value here (see :func:`covis_rank_table`), in ``rows`` order."""

@@ -9,7 +9,7 @@ Event(user_id='u1', type='click', ts=12.5, item_id='i9', query=None, session_id=
 >>> parse_event(b'{"user_id": "u1", "type": "like", "ts": 1}')  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-streamrec.model.events.InvalidMessage: unknown event type 'like' (expected one of view, click, ..., forget_user)
+streamrec.model.events.InvalidMessage: unknown event type 'like' (expected one of view, click, ..., hide)
 >>> parse_event(b'{"user_id": "u1", "type": "forget_user", "ts": 3}').is_forget
 True
 """
@@ -25,10 +25,13 @@ from typing import Any, Literal, get_args
 import numpy as np
 import orjson
 
-EventType = Literal["view", "click", "add_to_cart", "purchase", "search", "forget_user"]
+EventType = Literal["view", "click", "add_to_cart", "purchase", "search", "forget_user", "hide"]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 FORGET_USER = "forget_user"
 """A privacy request on the events topic: delete everything kept about ``user_id`` (ordered with their events)."""
+HIDE = "hide"
+""""Not interested": ``item_id`` is never recommended to the user again, or, without an item, the category in
+``context.category`` (until ``forget_user``)."""
 #: Event types that carry an item and are training labels for the ranker (view is a weak one).
 ITEM_EVENT_TYPES = frozenset({"view", "click", "add_to_cart", "purchase"})
 EmbeddingSource = Literal["text", "category", "id"]
@@ -66,6 +69,13 @@ class Event:
         """A ``forget_user`` privacy request rather than an interaction."""
         return self.type == FORGET_USER
 
+    @property
+    def hidden_category(self) -> str | None:
+        """The category a ``hide`` event without an item hides (None for any other event)."""
+        if self.type != HIDE or self.item_id is not None or self.context is None:
+            return None
+        return self.context.get("category")
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"user_id": self.user_id, "type": self.type, "ts": self.ts}
         for name in ("item_id", "query", "session_id", "event_id", "context"):
@@ -98,6 +108,21 @@ class Item:
     @property
     def has_text(self) -> bool:
         return bool(self.title.strip() or (self.description or "").strip())
+
+
+@dataclass(frozen=True, slots=True)
+class ItemWithdrawal:
+    """An item leaves the catalogue (sold out, delisted): a tombstone (``ts`` None) or ``"available": false``.
+
+    A later upsert brings it back (one older than ``ts`` is stale and ignored, as for upserts).
+    """
+
+    item_id: str
+    ts: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The withdrawal record on ``items`` and ``item-embeddings`` (a tombstone carries no value at all)."""
+        return {"item_id": self.item_id, "available": False, "ts": self.ts or 0.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,8 +214,9 @@ def _number(obj: dict[str, Any], name: str, required: bool) -> float | None:
 
 
 _EVENT_KEYS = frozenset({"event_id", "user_id", "item_id", "type", "ts", "query", "session_id", "context"})
-_ITEM_KEYS = frozenset({"item_id", "title", "description", "category", "brand", "price", "ts"})
+_ITEM_KEYS = frozenset({"item_id", "title", "description", "category", "brand", "price", "ts", "available"})
 _EMBEDDING_KEYS = frozenset(_ITEM_KEYS - {"description"} | {"embedding", "dim", "model", "source"})
+_WITHDRAWAL_KEYS = frozenset({"item_id", "available", "ts"})
 
 
 def event_from_dict(obj: dict[str, Any]) -> Event:
@@ -208,7 +234,16 @@ def event_from_dict(obj: dict[str, Any]) -> Event:
     context = obj.get("context")
     if context is not None and not isinstance(context, dict):
         raise InvalidMessage("field 'context' must be an object")
-    if etype == "search":
+    if etype == HIDE:  # an item, or (without one) the category in context.category
+        query = _text(obj, "query", MAX_QUERY_LEN, min_len=1)
+        item_id = _id(obj, "item_id", required=False)
+        if item_id is None:
+            category = (context or {}).get("category")
+            if not isinstance(category, str) or not 1 <= len(category) <= MAX_ATTR_LEN:
+                raise InvalidMessage(
+                    f"a hide event needs 'item_id' or a 'context.category' of 1..{MAX_ATTR_LEN} characters"
+                )
+    elif etype == "search":
         query = _text(obj, "query", MAX_QUERY_LEN, required=True, min_len=1)
         item_id = _id(obj, "item_id", required=False)
     elif etype == FORGET_USER:  # only the user matters; an item or query is allowed but ignored
@@ -229,9 +264,35 @@ def event_from_dict(obj: dict[str, Any]) -> Event:
     )
 
 
+def _available(obj: dict[str, Any]) -> bool:
+    value = obj.get("available", True)
+    if not isinstance(value, bool):
+        raise InvalidMessage(f"field 'available' must be true or false, got {type(value).__name__}")
+    return value
+
+
+def withdrawal_from_dict(obj: dict[str, Any]) -> ItemWithdrawal | None:
+    """The withdrawal an ``items``/``item-embeddings`` object is (``"available": false``), or None for an upsert.
+
+    The other attributes a withdrawal may carry (a shop may send the whole item, sold out) must still be valid.
+    """
+    if _available(obj):
+        return None
+    item_from_dict({"title": "", **obj, "available": True})
+    return ItemWithdrawal(_id(obj, "item_id"), _number(obj, "ts", required=True))  # type: ignore[arg-type]
+
+
+def item_record_from_dict(obj: dict[str, Any]) -> Item | ItemWithdrawal:
+    """Validate a decoded ``items`` value: an upsert, or a withdrawal (``"available": false``)."""
+    _check_keys(obj, _ITEM_KEYS, "item")
+    return withdrawal_from_dict(obj) or item_from_dict(obj)
+
+
 def item_from_dict(obj: dict[str, Any], allowed: frozenset[str] = _ITEM_KEYS) -> Item:
-    """Validate a decoded item upsert (the ``items`` topic contract)."""
+    """Validate a decoded item upsert (the ``items`` topic contract; ``available`` may only be true here)."""
     _check_keys(obj, allowed, "item")
+    if not _available(obj):
+        raise InvalidMessage("an item with 'available': false is a withdrawal, not an upsert")
     return Item(
         item_id=_id(obj, "item_id"),  # type: ignore[arg-type]
         title=_text(obj, "title", MAX_TITLE_LEN, required=True),  # type: ignore[arg-type]
@@ -251,8 +312,47 @@ def parse_item(raw: bytes | str, max_bytes: int = DEFAULT_MAX_BYTES) -> Item:
     return item_from_dict(loads_message(raw, max_bytes))
 
 
-def parse_item_embedding(raw: bytes | str, max_bytes: int = 1 << 20) -> ItemEmbedding:
+def parse_item_record(
+    key: bytes | None, raw: bytes | str | None, max_bytes: int = DEFAULT_MAX_BYTES
+) -> Item | ItemWithdrawal:
+    """An ``items`` record: an upsert, or a withdrawal (a tombstone — the key names the item — or
+    ``"available": false``)."""
+    if raw is None:
+        return _tombstone(key)
+    return item_record_from_dict(loads_message(raw, max_bytes))
+
+
+def _tombstone(key: bytes | None) -> ItemWithdrawal:
+    try:
+        item_id = (key or b"").decode()
+    except UnicodeDecodeError:
+        raise InvalidMessage("a tombstone's key must be the item id in UTF-8") from None
+    if not 1 <= len(item_id) <= MAX_ID_LEN:
+        raise InvalidMessage(f"a tombstone's key must be the item id (1..{MAX_ID_LEN} characters)")
+    return ItemWithdrawal(item_id)
+
+
+def parse_embedding_record(
+    key: bytes | None, raw: bytes | str | None, max_bytes: int = 1 << 20
+) -> ItemEmbedding | ItemWithdrawal:
+    """An ``item-embeddings`` record: an embedding, or a withdrawal passed on by the encoder (a tombstone, or
+    ``{"item_id", "available": false, "ts"}``)."""
+    if raw is None:
+        return _tombstone(key)
     obj = loads_message(raw, max_bytes)
+    if obj.get("available", True) is not True and "embedding" not in obj:
+        _check_keys(obj, _WITHDRAWAL_KEYS, "item withdrawal")
+        withdrawal = withdrawal_from_dict(obj)
+        if withdrawal is not None:
+            return withdrawal
+    return _embedding_from_dict(obj)
+
+
+def parse_item_embedding(raw: bytes | str, max_bytes: int = 1 << 20) -> ItemEmbedding:
+    return _embedding_from_dict(loads_message(raw, max_bytes))
+
+
+def _embedding_from_dict(obj: dict[str, Any]) -> ItemEmbedding:
     for name in ("embedding", "dim", "model", "source"):
         if name not in obj:
             raise InvalidMessage(f"missing required field '{name}'")

@@ -64,6 +64,10 @@ class UserProfile:
     purchased: list[str] = field(default_factory=list)
     offsets: dict[int, int] = field(default_factory=dict)
     """Highest applied source offset per partition: makes re-delivered events no-ops."""
+    hidden_items: list[str] = field(default_factory=list)
+    """Items the user said they are not interested in (``hide``): never recommended to them again."""
+    hidden_categories: list[str] = field(default_factory=list)
+    """Categories the user hid: none of their items is recommended to them again."""
 
     @classmethod
     def new(cls, user_id: str, dim: int) -> UserProfile:
@@ -82,15 +86,19 @@ class UserProfile:
 
     def _record(self, long_scale: float, long_q: bytes, intent_scale: float, intent_q: bytes) -> bytes:
         """The record of :meth:`to_bytes` around the already quantised vectors."""
-        lists = orjson.dumps(
-            {
-                "u": self.user_id,
-                "r": self.recent,
-                "c": self.categories,
-                "p": self.purchased,
-                "o": {str(k): v for k, v in self.offsets.items()},
-            }
-        )
+        fields = {
+            "u": self.user_id,
+            "r": self.recent,
+            "c": self.categories,
+            "p": self.purchased,
+            "o": {str(k): v for k, v in self.offsets.items()},
+        }
+        # optional keys, written only when set: a profile without hides is byte for byte what it was before them
+        if self.hidden_items:
+            fields["hi"] = self.hidden_items
+        if self.hidden_categories:
+            fields["hc"] = self.hidden_categories
+        lists = orjson.dumps(fields)
         head = HEADER.pack(MAGIC, FORMAT_VERSION, self.events, self.last_ts, len(self.long_term))
         return b"".join((head, SCALES.pack(long_scale, intent_scale), long_q, intent_q, lists))
 
@@ -118,6 +126,8 @@ class UserProfile:
             categories=d["c"],
             purchased=d["p"],
             offsets={int(k): v for k, v in d["o"].items()},
+            hidden_items=d.get("hi", []),
+            hidden_categories=d.get("hc", []),
         )
 
     def already_applied(self, partition: int | None, offset: int | None) -> bool:
@@ -241,6 +251,28 @@ def apply_event(
             weakest = min(cats, key=cats.__getitem__)
             del cats[weakest]
     profile.last_ts = max(profile.last_ts, event.ts)
+    profile.events += 1
+    if partition is not None and offset is not None:
+        profile.offsets[partition] = offset
+    return True
+
+
+def apply_hide(
+    profile: UserProfile, event: Event, cfg: ProfileSettings, partition: int | None = None, offset: int | None = None
+) -> bool:
+    """Fold a ``hide`` event in: remember the hidden item, or (without one) the category in ``context.category``.
+
+    Nothing else changes (a hide is no interest: no taste, recency or category weight, and the decay clock of
+    the profile stays where the user's last interaction left it); returns False for a redelivered event.
+    """
+    if profile.already_applied(partition, offset):
+        return False
+    if event.item_id is not None:
+        _push_bounded(profile.hidden_items, event.item_id, cfg.max_hidden)
+    else:
+        category = event.hidden_category
+        if category is not None:
+            _push_bounded(profile.hidden_categories, category, cfg.max_hidden)
     profile.events += 1
     if partition is not None and offset is not None:
         profile.offsets[partition] = offset

@@ -7,7 +7,9 @@ apply in sequence — turning every labelled event into a training example score
 against the list last published to its user (online quality, :class:`~streamrec.model.metrics.OnlineScores`)
 and takes one SGD step on the fusion ranker for the whole batch, (4) folds the batch into the item-to-item
 statistics (co-visitation, co-embeddings) and the users' sessions (session neighbours), and (5) retrieves and
-ranks candidates for all touched users with one FAISS call.
+ranks candidates for all touched users with one FAISS call, and selects each list (:mod:`.selection`: no
+near-duplicates, rule caps, exploration slots) within the business rules in force (:mod:`.rules`) and without
+withdrawn items.
 """
 
 from __future__ import annotations
@@ -24,20 +26,27 @@ from streamrec.model.candidates import CANDIDATE_SOURCES, candidate_pools, retri
 from streamrec.model.catalog import Catalog
 from streamrec.model.coembedding import CoEmbedding
 from streamrec.model.covisitation import CoVisitation, CovisScores
-from streamrec.model.events import ITEM_EVENT_TYPES, Event, ItemEmbedding
+from streamrec.model.events import HIDE, ITEM_EVENT_TYPES, Event, ItemEmbedding
 from streamrec.model.features import ItemState, UserContext, feature_matrix, taste, tastes
 from streamrec.model.itemstats import ItemUpdate
 from streamrec.model.metrics import OnlineScores, is_repeat
 from streamrec.model.numeric import unit
-from streamrec.model.offers import OfferCache
-from streamrec.model.profiles import ProfileStore, UserProfile, apply_event
+from streamrec.model.offers import OfferCache, PublishedLists
+from streamrec.model.profiles import ProfileStore, UserProfile, apply_event, apply_hide
 from streamrec.model.ranker import FEATURES, FusionRanker
+from streamrec.model.rules import RuleSet, boosted, code_mask, code_multipliers
+from streamrec.model.selection import Constraints, select_lists
 from streamrec.model.sessions import SessionIndex
 from streamrec.settings import Settings
 
 QueryEncoder = Callable[[Sequence[str]], np.ndarray]
 SEARCH_KIND = "search"
 BEHAVIOUR_KIND = "behaviour"
+EXPLORING = "new — exploring"
+"""The reason an exploration pick carries (:mod:`.selection`)."""
+EXPLORATION_STREAM = 1
+"""Exploration draws from its own random stream (seeded with ``seed``), so turning it on or off leaves every other
+draw (negatives, co-embeddings) where it was."""
 LIST_KINDS = (BEHAVIOUR_KIND, SEARCH_KIND)
 """Kinds of published list, by the code the offer cache keeps with each (online quality is split by them)."""
 BEHAVIOUR_CODE, SEARCH_CODE = LIST_KINDS.index(BEHAVIOUR_KIND), LIST_KINDS.index(SEARCH_KIND)
@@ -155,29 +164,6 @@ class _Request:
     query_vector: np.ndarray | None = None
 
 
-def top_k_segments(scores: np.ndarray, lens: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The best ``k`` of each segment of ``scores`` (segments of ``lens`` laid end to end), best first, ties in
-    order: one stable sort of a (segments × longest) matrix padded with NaN, which sorts after every score, so
-    each row's order is the stable sort of its own segment. Returns the picked indices into ``scores``, segment
-    after segment, and how many each segment got (``min(k, len)``).
-
-    >>> picked, counts = top_k_segments(np.array([1.0, 3.0, 3.0, 0.5, 2.0], np.float32), np.array([3, 0, 2]), 2)
-    >>> picked.tolist(), counts.tolist()
-    ([1, 2, 4, 3], [2, 0, 2])
-    """
-    counts = np.minimum(lens, k)
-    width = int(lens.max(initial=0))
-    if width == 0 or k <= 0:
-        return np.zeros(0, np.int64), np.zeros(len(lens), np.int64)
-    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
-    inside = np.arange(width)[None, :] < lens[:, None]
-    padded = np.full((len(lens), width), np.nan, scores.dtype)
-    padded[inside] = -scores
-    order = np.argsort(padded, axis=1, kind="stable")[:, : min(k, width)]
-    taken = np.arange(order.shape[1])[None, :] < counts[:, None]
-    return (starts[:, None] + order)[taken], counts
-
-
 class Recommender:
     """Catalogue + co-visitation + popularity + fusion ranker, updated online."""
 
@@ -203,10 +189,56 @@ class Recommender:
         """Each item event scored against its user's last published list before it is learned (online quality)."""
         self.clock = 0.0
         """Latest event time seen: 'now' for popularity and freshness, so replays are reproducible."""
+        self.rules = RuleSet()
+        """The business rules in force (:meth:`set_rules`)."""
+        self.published = PublishedLists(settings.retrieval.top_k)
+        """Each user's last published list: whose list holds a withdrawn item (:meth:`users_listing`)."""
+        self.explore_rng = np.random.default_rng([settings.retrieval.seed, EXPLORATION_STREAM])
+        self._compiled: tuple[int, int, RuleSet, np.ndarray | None, np.ndarray | None] | None = None
 
     # --- catalogue ----------------------------------------------------------------------------------
     def upsert_item(self, emb: ItemEmbedding) -> bool:
         return self.catalog.upsert(emb)
+
+    def withdraw(self, item_id: str, ts: float | None = None) -> bool:
+        """Withdraw an item from every candidate source until a later upsert relists it (:meth:`Catalog.withdraw`);
+        False when nothing changed (already withdrawn, or the withdrawal is older than the version held)."""
+        return self.catalog.withdraw(item_id, ts)
+
+    def users_listing(self, item_ids: Sequence[str]) -> list[str]:
+        """Users whose last published list holds any of ``item_ids``."""
+        rows = [self.catalog.row_of[i] for i in item_ids if i in self.catalog.row_of]
+        return self.published.users_listing(rows) if rows else []
+
+    def set_rules(self, rules: RuleSet) -> None:
+        """Apply these business rules to every list from now on."""
+        self.rules = rules
+
+    def _rule_arrays(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(rows no list may hold, score multiplier per row), each None when nothing applies; compiled from the
+        catalogue and the rules, again only when either changed."""
+        cat, rules = self.catalog, self.rules
+        if not cat.n_withdrawn and not rules.excludes and not rules.boosts:
+            return None, None
+        held = self._compiled
+        if held is not None and held[0] == cat.version and held[1] == len(cat) and held[2] is rules:
+            return held[3], held[4]
+        size = len(cat)
+        blocked: np.ndarray | None = None
+        if cat.n_withdrawn or rules.excludes:
+            blocked = ~cat.available[:size]
+            if rules.excludes:
+                n_cats, n_brands = len(cat.category_names), len(cat.brand_code)
+                blocked |= code_mask(rules.exclude_categories, cat.category_code, n_cats)[cat.category[:size]]
+                blocked |= code_mask(rules.exclude_brands, cat.brand_code, n_brands)[cat.brand[:size]]
+                blocked[[cat.row_of[i] for i in rules.exclude_items if i in cat.row_of]] = True
+        multiplier: np.ndarray | None = None
+        if rules.boosts:
+            by_category = code_multipliers(rules.boost_categories, cat.category_code, len(cat.category_names))
+            by_brand = code_multipliers(rules.boost_brands, cat.brand_code, len(cat.brand_code))
+            multiplier = by_category[cat.category[:size]] * by_brand[cat.brand[:size]]
+        self._compiled = (cat.version, size, rules, blocked, multiplier)
+        return blocked, multiplier
 
     # --- features -----------------------------------------------------------------------------------
     def user_context(self, profile: UserProfile, now: float, query_vector: np.ndarray | None = None) -> UserContext:
@@ -387,7 +419,10 @@ class Recommender:
                 result.duplicates += 1
                 continue
             self.clock = max(self.clock, event.ts)
-            if event.type in ITEM_EVENT_TYPES and event.item_id is not None:
+            if event.type == HIDE:  # "not interested": remembered in the profile; the user's next list honours it
+                apply_hide(profile, event, self.settings.profile, part, off)
+                behaviour[event.user_id] = _Request(profile, event.ts)
+            elif event.type in ITEM_EVENT_TYPES and event.item_id is not None:
                 row = self.catalog.ensure(event.item_id)
                 if event.context and isinstance(event.context.get("category"), str):
                     self.catalog.set_category(row, event.context["category"])
@@ -410,6 +445,8 @@ class Recommender:
                     result.item_updates.append(ItemUpdate(event.item_id, recent, weight, event.ts))
                 vector = self.catalog.vectors[row] if self.catalog.has_vector[row] else None
                 apply_event(profile, event, vector, self.catalog.category_of(row), self.settings.profile, part, off)
+                if (self.offers.shown(event.user_id) == row).any():  # taken from the list: an uptake
+                    self.catalog.uptakes[row] += 1
                 self.offers.taken(event.user_id, row)  # no longer a shown-not-taken negative
                 self.fold_item_event(previous, row, weight, event.ts, visits)
                 session_visits.append((event.user_id, event.session_id, row, event.ts))
@@ -453,41 +490,89 @@ class Recommender:
         cfg = self.settings.retrieval
         queries = retrieval_queries([user.taste for user in users], qvs, cfg.search_query_weight, cfg.embedding_dim)
         _, sem_rows = self.catalog.search(queries, n_cand)
+        blocked, multiplier = self._rule_arrays()
         popular = self.catalog.top_popular(n_cand)
+        if blocked is not None:
+            popular = popular[~blocked[popular]]
         excluded: list[list[int]] = []
         for profile, user, qv in zip(profiles, users, qvs, strict=True):
             rows = self._rows(profile.purchased) if self.settings.retrieval.exclude_purchased else []
             if self.settings.retrieval.exclude_seen and qv is None:
                 rows += user.seeds
+            if profile.hidden_items:
+                rows += self._rows(profile.hidden_items)
             excluded.append(rows)
-        personal = [np.concatenate([user.covis.top(n_cand), _top(user.session, n_cand)]) for user in users]
-        pools = candidate_pools(sem_rows, personal, popular, excluded)
+        personal = [np.concatenate([user.covis.top(n_cand, blocked), _top(user.session, n_cand)]) for user in users]
+        pools = self._without_hidden_categories(
+            profiles, candidate_pools(sem_rows, personal, popular, excluded, blocked)
+        )
         x = self.features_many(users, pools, now)
         scores = self.ranker.score(x)
-        picked, counts = top_k_segments(scores, np.fromiter(map(len, pools), np.int64, len(pools)), k)
-        all_rows = np.concatenate(pools)[picked] if pools else np.zeros(0, np.int64)
+        all_rows = np.concatenate(pools) if pools else np.zeros(0, np.int64)
+        if multiplier is not None:
+            scores = boosted(scores, multiplier[all_rows])
+        lists = self.settings.lists
+        constraints = Constraints(
+            lists.near_duplicate_cosine if lists.near_duplicates else None,
+            self.rules.max_per_category,
+            self.rules.max_per_brand,
+            lists.mmr_lambda,
+        )
+        explore = [remember and qv is None for qv in qvs]
+        chosen = select_lists(self.catalog, pools, scores, k, lists, constraints, explore, self.explore_rng)
         if remember:
-            bounds = np.concatenate([[0], np.cumsum(counts)]).tolist()
-            for user, cands, qv, a, b in zip(users, pools, qvs, bounds[:-1], bounds[1:], strict=True):
+            for user, cands, top, qv in zip(users, pools, chosen.picked, qvs, strict=True):
+                listed = all_rows[top]
                 if len(cands):
                     kind = BEHAVIOUR_CODE if qv is None else SEARCH_CODE
-                    self.offers.remember(user.profile.user_id, cands, all_rows[a:b], kind)
+                    self.offers.remember(user.profile.user_id, cands, listed, kind)
+                self.published.remember(user.profile.user_id, listed)
+        picked = np.concatenate(chosen.picked) if chosen.picked else np.zeros(0, np.int64)
         why = self.ranker.reasons_many(x[picked]) if reasons else [()] * len(picked)
         ids = self.catalog.ids
-        row_list = all_rows.tolist()
+        picked_rows = all_rows[picked]
+        if remember:
+            self.catalog.record_exposure(picked_rows)
+        listed_rows = picked_rows.tolist()
         all_scores = scores[picked].tolist()
         out: list[RankedList] = []
         start = 0
-        for n in counts.tolist():
-            end = start + n
-            out.append(RankedList([ids[r] for r in row_list[start:end]], all_scores[start:end], why[start:end]))
+        for top, at, n_explored in zip(chosen.picked, chosen.explore_at, chosen.explored, strict=True):
+            end = start + len(top)
+            if n_explored and reasons:
+                why[start + at : start + at + n_explored] = [(EXPLORING,)] * n_explored
+            out.append(RankedList([ids[r] for r in listed_rows[start:end]], all_scores[start:end], why[start:end]))
             start = end
         return out
 
+    def _without_hidden_categories(self, profiles: Sequence[UserProfile], pools: list[np.ndarray]) -> list[np.ndarray]:
+        """Pools less the items of each user's hidden categories (only users who hid one pay for the check)."""
+        codes = self.catalog.category_code
+        for u, profile in enumerate(profiles):
+            if profile.hidden_categories:
+                hidden = [codes[c] for c in profile.hidden_categories if c in codes]
+                if hidden:
+                    pools[u] = pools[u][~np.isin(self.catalog.category[pools[u]], hidden)]
+        return pools
+
+    def refresh(self, user_ids: Sequence[str], store: ProfileStore) -> list[Recommendation]:
+        """Fresh lists for these users, from their profiles as they are (nothing is learned): how a worker replaces
+        lists that hold a withdrawn item. Users without a profile in ``store`` are skipped."""
+        profiles = [p for p in map(store.get, user_ids) if p is not None]
+        if not profiles:
+            return []
+        lists = self.recommend(profiles, self.clock, remember=True)
+        now = time.time()
+        version = self.ranker.version
+        return [
+            Recommendation(p.user_id, items, version, now, p.last_ts) for p, items in zip(profiles, lists, strict=True)
+        ]
+
     def explain(self, profile: UserProfile, categories: int = EXPLAIN_CATEGORIES) -> dict[str, Any]:
         """Why ``profile``'s user gets their list: the behaviour list ranked now from the profile (it can differ
-        from the last one published, ranked when their last event came), each item's score split into the
-        ranker's terms θ_f·x_f by feature (they add up to the score), their top categories and recent items.
+        from the last one published, ranked when their last event came, and has no exploration slot, a random draw
+        that is not replayed), each item's score split into the ranker's terms θ_f·x_f by feature (they add up to
+        the score), their top categories and recent items.
 
         Read-only, like any ranking that is not remembered: nothing is learned, remembered or published.
         """
@@ -549,6 +634,7 @@ class Recommender:
         store.delete(user_id)
         self.offers.forget(user_id)
         self.sessions.forget(user_id)
+        self.published.forget(user_id)
 
     def process(
         self,

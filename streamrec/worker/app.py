@@ -6,7 +6,10 @@
   :mod:`.profile_table`; one ranker step per batch), and the refreshed top-k per user goes to
   ``recommendations`` — the batch's lists and profile changelog records as one record batch per partition.
 * catalogue follower — every worker reads the whole compacted ``item-embeddings`` topic (not a consumer
-  group: each worker needs every item) and upserts items into its FAISS index as they arrive (:mod:`.follow`).
+  group: each worker needs every item) and upserts items into its FAISS index as they arrive (:mod:`.follow`);
+  a withdrawal takes the item out of every source, and users whose last list holds it get a fresh one.
+* rules follower — every worker reads the whole compacted ``rules`` topic and applies the business rules in
+  force to every list; events wait until the rules are loaded.
 * one model across workers — every worker publishes its ranker contribution every ``snapshot_interval_s`` to
   the compacted ``model-snapshots`` topic under its own key, follows its peers' and adds theirs into its own
   parameters (:class:`~streamrec.model.shared_model.SharedModel`); at start-up it resumes from its own last snapshot.
@@ -147,6 +150,14 @@ def create_app(settings: Settings | None = None, with_query_encoder: bool = True
     @app.task
     async def follow_item_updates() -> None:
         await worker.follow_item_updates()
+
+    @app.task
+    async def follow_rules() -> None:
+        await worker.follow_rules()
+
+    @app.task
+    async def refresh_withdrawn() -> None:
+        await worker.refresh_withdrawn(store)
 
     @app.timer(settings.batching.snapshot_interval_s)
     async def snapshot() -> None:

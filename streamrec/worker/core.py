@@ -26,12 +26,13 @@ from multiprocessing.connection import Connection
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from streamrec.encoding.threads import limit_threads
-from streamrec.model.events import Event, InvalidMessage, dumps, parse_item_embedding
+from streamrec.model.events import Event, InvalidMessage, ItemWithdrawal, dumps, parse_embedding_record
 from streamrec.model.itemstats import ItemUpdate, encode_updates
 from streamrec.model.metrics import OnlineCounts
 from streamrec.model.profiles import UserProfile, profiles_to_bytes
 from streamrec.model.ranker import FEATURES
 from streamrec.model.recommender import Recommender
+from streamrec.model.rules import RuleSet
 from streamrec.model.shared_model import SharedModel
 from streamrec.settings import Settings
 from streamrec.worker.memory import release_free_memory, rss_bytes
@@ -92,6 +93,13 @@ class CatalogUpdate:
     upserted: int = 0
     visible_ms: list[float] = field(default_factory=list)
     """Item timestamp → indexed, for each upserted item (when the run is live, not the initial load)."""
+    withdrawn: int = 0
+    """Items withdrawn by the run (tombstones and ``"available": false``)."""
+    withdrawn_ms: list[float] = field(default_factory=list)
+    """Withdrawal timestamp → applied here, for each live withdrawal that carries a time (from then on no new list
+    holds the item)."""
+    refresh: list[str] = field(default_factory=list)
+    """Users whose last list holds an item the run withdrew: they need a fresh list."""
 
 
 class BytesProfileStore:
@@ -171,15 +179,26 @@ class CoreService:
             self.trim()
         return batch
 
-    def upsert_items(self, values: Sequence[bytes | None], live: bool) -> CatalogUpdate:
-        """Apply ``item-embeddings`` record values; ``live``: after the initial load (items count as new)."""
+    def upsert_items(
+        self, values: Sequence[bytes | None], live: bool, keys: Sequence[bytes | None] | None = None
+    ) -> CatalogUpdate:
+        """Apply ``item-embeddings`` records (values, and keys for tombstones); ``live``: after the initial load
+        (items count as new). Withdrawals take the item out of every source at once and name the users whose last
+        list holds it."""
         out = CatalogUpdate()
         dim = self.settings.retrieval.embedding_dim
+        withdrawn: list[str] = []
         for i, value in enumerate(values):
             try:
-                emb = parse_item_embedding(value)
+                emb = parse_embedding_record(keys[i] if keys is not None else None, value)
             except InvalidMessage as exc:
                 out.rejected.append((i, str(exc)))
+                continue
+            if isinstance(emb, ItemWithdrawal):
+                if self.recommender.withdraw(emb.item_id, emb.ts):
+                    withdrawn.append(emb.item_id)
+                    if live and emb.ts is not None:
+                        out.withdrawn_ms.append((time.time() - emb.ts) * 1000.0)
                 continue
             if emb.vector.shape[0] != dim:
                 out.rejected.append((i, f"embedding has {emb.vector.shape[0]} dimensions, this deployment uses {dim}"))
@@ -188,7 +207,19 @@ class CoreService:
                 out.upserted += 1
                 if live:
                     out.visible_ms.append((time.time() - emb.item.ts) * 1000.0)
+        out.withdrawn = len(withdrawn)
+        if withdrawn and live:
+            out.refresh = self.recommender.users_listing(withdrawn)
         return out
+
+    def set_rules(self, values: dict[str, dict[str, Any]]) -> None:
+        """Put these business rules (validated rule values by name) in force (:meth:`Recommender.set_rules`)."""
+        self.recommender.set_rules(RuleSet.from_values(values))
+
+    def refresh_lists(self, raw: dict[str, bytes | None]) -> list[tuple[bytes, bytes]]:
+        """Fresh lists for these users from their stored profiles, nothing learned (:meth:`Recommender.refresh`)."""
+        lists = self.recommender.refresh(list(raw), BytesProfileStore(raw))
+        return [(rec.user_id.encode(), dumps(rec.to_dict())) for rec in lists]
 
     def warm_up(self, users: int) -> None:
         """Rank once for ``users`` made-up users (each with a catalogue item's vector as taste), changing nothing.
@@ -299,9 +330,19 @@ class CoreClient:
         """Learn from a batch and refresh its users' lists (:meth:`CoreService.process`)."""
         return await self._run(CoreService.process, events, positions, raw)
 
-    async def upsert_items(self, values: Sequence[bytes | None], live: bool) -> CatalogUpdate:
-        """Apply ``item-embeddings`` record values (:meth:`CoreService.upsert_items`)."""
-        return await self._run(CoreService.upsert_items, values, live)
+    async def upsert_items(
+        self, values: Sequence[bytes | None], live: bool, keys: Sequence[bytes | None] | None = None
+    ) -> CatalogUpdate:
+        """Apply ``item-embeddings`` records (:meth:`CoreService.upsert_items`)."""
+        return await self._run(CoreService.upsert_items, values, live, keys)
+
+    async def set_rules(self, values: dict[str, dict[str, Any]]) -> None:
+        """Put these business rules in force (:meth:`CoreService.set_rules`)."""
+        await self._run(CoreService.set_rules, values)
+
+    async def refresh_lists(self, raw: dict[str, bytes | None]) -> list[tuple[bytes, bytes]]:
+        """Fresh lists for these users, nothing learned (:meth:`CoreService.refresh_lists`)."""
+        return await self._run(CoreService.refresh_lists, raw)
 
     async def warm_up(self, users: int) -> None:
         """Rank once for made-up users, changing nothing (:meth:`CoreService.warm_up`)."""

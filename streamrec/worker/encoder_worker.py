@@ -5,6 +5,9 @@ encoder`` runs ``encoder_processes`` of them: one single-threaded process per co
 poll takes up to ``encoder_batch_size`` items or what arrived within ``encoder_max_wait_s``; only the newest
 version of an item in a batch is embedded. The model runs in a thread so heartbeats keep flowing during inference.
 Offsets are committed after the embeddings are acknowledged by the broker (at-least-once).
+
+A withdrawal (a tombstone, or ``"available": false``) is passed on to ``item-embeddings`` as it came, with nothing
+to encode: the workers take the item out of their lists. A later upsert is embedded again and relists it.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ import multiprocessing
 import os
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from streamrec.encoding.encoder import TextEncoder
 from streamrec.io.kafka import DeadLetters, make_consumer, make_producer
-from streamrec.model.events import InvalidMessage, Item, dumps, parse_item
+from streamrec.model.events import InvalidMessage, Item, ItemWithdrawal, dumps, parse_item_record
 from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,7 +40,36 @@ class EncoderStats:
     items: int = 0
     batches: int = 0
     rejected: int = 0
+    withdrawn: int = 0
     encode_s: float = 0.0
+
+
+def newest_records(
+    records: Sequence[Any], max_bytes: int
+) -> tuple[dict[str, Item | ItemWithdrawal], list[tuple[Any, str]]]:
+    """The newest version of each item in a run of ``items`` records (upsert or withdrawal), and the records that
+    break the contract with the reason.
+
+    Newest by ``ts`` (a tie goes to the later record); a tombstone carries no time and always wins over what came
+    before it in the run, and an upsert after it wins over it.
+    """
+    newest: dict[str, Item | ItemWithdrawal] = {}
+    rejected: list[tuple[Any, str]] = []
+    for r in records:
+        try:
+            item = parse_item_record(r.key, r.value, max_bytes)
+        except InvalidMessage as exc:
+            rejected.append((r, str(exc)))
+            continue
+        held = newest.get(item.item_id)
+        if held is None or item.ts is None or held.ts is None or item.ts >= held.ts:
+            newest[item.item_id] = item
+    return newest, rejected
+
+
+def withdrawal_value(withdrawal: ItemWithdrawal) -> bytes | None:
+    """What goes on ``item-embeddings`` for a withdrawal: a tombstone for a tombstone, else the same record."""
+    return None if withdrawal.ts is None else dumps(withdrawal.to_dict())
 
 
 async def run_encoder(
@@ -71,27 +105,26 @@ async def run_encoder(
             )
             if not batch:
                 continue
-            newest: dict[str, Item] = {}
-            for records in batch.values():
-                for r in records:
-                    try:
-                        item = parse_item(r.value, settings.kafka.max_message_bytes)
-                    except InvalidMessage as exc:
-                        stats.rejected += 1
-                        await dead_letters.reject(items_topic, r.value, str(exc), r.key, r.partition, r.offset)
-                        continue
-                    held = newest.get(item.item_id)
-                    if held is None or item.ts >= held.ts:
-                        newest[item.item_id] = item
-            if newest:
+            newest, rejected = newest_records(
+                [r for records in batch.values() for r in records], settings.kafka.max_message_bytes
+            )
+            for r, reason in rejected:
+                stats.rejected += 1
+                await dead_letters.reject(items_topic, r.value, reason, r.key, r.partition, r.offset)
+            items = [i for i in newest.values() if isinstance(i, Item)]
+            withdrawals = [i for i in newest.values() if isinstance(i, ItemWithdrawal)]
+            futures = [await producer.send(out_topic, withdrawal_value(w), key=w.item_id.encode()) for w in withdrawals]
+            stats.withdrawn += len(withdrawals)
+            if items:
                 t0 = time.perf_counter()
-                embeddings = await loop.run_in_executor(None, encoder.embed_items, list(newest.values()))
+                embeddings = await loop.run_in_executor(None, encoder.embed_items, items)
                 stats.encode_s += time.perf_counter() - t0
-                futures = [
+                futures += [
                     await producer.send(out_topic, dumps(e.to_dict()), key=e.item.item_id.encode()) for e in embeddings
                 ]
-                await asyncio.gather(*futures)
                 stats.items += len(embeddings)
+            if futures:
+                await asyncio.gather(*futures)
             await producer.flush()
             await consumer.commit()
             stats.batches += 1

@@ -23,10 +23,14 @@ class BatchPublisher:
     def __init__(self, app: faust.App) -> None:
         self.app = app
         self._in_flight: list[asyncio.Future[Any]] = []
+        self._turn = asyncio.Lock()
+        """Publishers (the batches, the refreshed lists) take turns in call order: what was published first is
+        sent first, so a user's newest list is the last one on the topic."""
 
     async def publish(self, messages: Sequence[OutMessage]) -> None:
-        await self.delivered()
-        self._in_flight = await send_batched(faust_compat.raw_producer(self.app), messages)
+        async with self._turn:
+            await self.delivered()
+            self._in_flight = await send_batched(faust_compat.raw_producer(self.app), messages)
 
     async def delivered(self) -> None:
         """Wait until everything published so far is delivered (raises the first failure)."""

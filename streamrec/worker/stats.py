@@ -53,6 +53,17 @@ class WorkerStats:
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     item_visible_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     """Item timestamp → indexed here, for items that arrive after the catalogue was loaded."""
+    items_withdrawn: int = 0
+    """Items withdrawn (sold out, delisted) while this worker ran, its catalogue load included."""
+    withdrawal_applied_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    """Withdrawal timestamp → applied here (from then on no new list holds the item), for live withdrawals."""
+    lists_refreshed: int = 0
+    """Fresh lists published because the user's last list held a withdrawn item."""
+    refresh_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    """Withdrawal applied → the fresh list of a user whose last list held the item published."""
+    refresh_pending: int = 0
+    """Users waiting for such a fresh list (their number is bounded by ``withdrawal_refresh_per_s``)."""
+    rules_in_force: int = 0
     catalog_ready_at: float | None = None
     rss_ready_bytes: int = 0
     """Resident memory when the catalogue was loaded, the core process's included."""
@@ -256,6 +267,55 @@ FIGURES: tuple[Figure, ...] = (
         INFO,
         "Item timestamp → indexed of the newest live items (ms).",
         lambda r: [round(x, 1) for x in list(r.stats.item_visible_ms)[-RECENT_ITEMS_SHOWN:]],
+    ),
+    Figure(
+        "items_withdrawn",
+        "streamrec_items_withdrawn_total",
+        COUNTER,
+        "Items withdrawn (sold out, delisted).",
+        lambda r: r.stats.items_withdrawn,
+    ),
+    Figure(
+        "withdrawal_applied_ms_p50",
+        None,
+        GAUGE,
+        "Withdrawal timestamp → no new list holds the item, median of the recent live withdrawals (ms).",
+        lambda r: _percentile(r.stats.withdrawal_applied_ms, 50),
+    ),
+    Figure(
+        "withdrawal_applied_ms_recent",
+        None,
+        INFO,
+        "Withdrawal timestamp → no new list holds the item, of the newest live withdrawals (ms).",
+        lambda r: [round(x, 1) for x in list(r.stats.withdrawal_applied_ms)[-RECENT_ITEMS_SHOWN:]],
+    ),
+    Figure(
+        "lists_refreshed",
+        "streamrec_lists_refreshed_total",
+        COUNTER,
+        "Fresh lists published because the user's last list held a withdrawn item.",
+        lambda r: r.stats.lists_refreshed,
+    ),
+    Figure(
+        "refresh_ms_p99",
+        None,
+        GAUGE,
+        "Withdrawal applied → fresh list of a user whose last list held the item, 99th percentile (ms).",
+        lambda r: _percentile(r.stats.refresh_ms, 99),
+    ),
+    Figure(
+        "refresh_pending",
+        "streamrec_refresh_pending",
+        GAUGE,
+        "Users waiting for a fresh list because their last list holds a withdrawn item.",
+        lambda r: r.stats.refresh_pending,
+    ),
+    Figure(
+        "rules_in_force",
+        "streamrec_rules_in_force",
+        GAUGE,
+        "Business rules in force (the rules topic).",
+        lambda r: r.stats.rules_in_force,
     ),
     Figure(
         "catalog_ready_at",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ from aiokafka.structs import ConsumerRecord
 from streamrec.io.kafka import DeadLetters, key_partition
 from streamrec.model.events import MAX_ID_LEN, Event, InvalidMessage, dumps, event_from_dict, loads_message
 from streamrec.model.itemstats import ItemUpdate, decode_updates
+from streamrec.model.rules import parse_rule, rule_name
 from streamrec.model.shared_model import SNAPSHOT_KEY_PREFIX, snapshot_key
 from streamrec.settings import Settings
 from streamrec.worker.core import TRIM_AFTER_EVENTS, CoreClient, CoreError
@@ -33,6 +35,8 @@ from streamrec.worker.telemetry import Histogram, Metric
 
 log = logging.getLogger(__name__)
 
+REFRESH_TICK_S = 0.1
+"""How often the worker replaces lists that hold a withdrawn item (``withdrawal_refresh_per_s`` spread over ticks)."""
 HTTP_OK = 200
 HTTP_BAD_REQUEST = 400
 HTTP_NOT_FOUND = 404
@@ -84,6 +88,11 @@ class Worker:
         """Per partition of the topic the batches come from, the offset after the last event this worker processed:
         lag = highwater − it."""
         self.publisher = BatchPublisher(app)
+        self.rules_ready = asyncio.Event()
+        self.rules: dict[str, dict[str, Any]] = {}
+        """The business rules in force, by name (validated values of the ``rules`` topic)."""
+        self.refresh_pending: dict[str, float] = {}
+        """Users whose last list holds a withdrawn item → when the item was withdrawn (oldest first)."""
 
     def _core_gone(self) -> None:
         """The core process died: stop this worker (its partitions go to the group, and nothing unprocessed was
@@ -100,6 +109,7 @@ class Worker:
         the changed profiles, the refreshed lists and the item updates as one send per partition."""
         await self.catalog_ready.wait()
         await self.model_ready.wait()
+        await self.rules_ready.wait()
         t0 = time.perf_counter()
         if self.stats.first_batch_at is None:
             self.stats.first_batch_at = time.time()
@@ -289,14 +299,82 @@ class Worker:
         )
 
     async def _apply_items(self, records: list[ConsumerRecord]) -> None:
-        """Upsert a run of ``item-embeddings`` records on the core (never under a running batch); bad ones go to
-        dead-letters."""
+        """Upsert or withdraw a run of ``item-embeddings`` records on the core (never under a running batch); bad
+        ones go to dead-letters. Users whose last list holds a withdrawn item are queued for a fresh list."""
         live = self.catalog_ready.is_set()
-        done = await self.core.upsert_items([r.value for r in records], live)
+        done = await self.core.upsert_items([r.value for r in records], live, [r.key for r in records])
         self.stats.item_visible_ms.extend(done.visible_ms)
+        self.stats.items_withdrawn += done.withdrawn
+        self.stats.withdrawal_applied_ms.extend(done.withdrawn_ms)
+        now = time.time()
+        for user in done.refresh:
+            self.refresh_pending.setdefault(user, now)
+        self.stats.refresh_pending = len(self.refresh_pending)
         for i, reason in done.rejected:
             r = records[i]
             await self.dead_letters.reject(r.topic, r.value, reason, r.key, r.partition, r.offset)
+
+    async def refresh_withdrawn(self, store: TableProfileStore) -> None:
+        """Give users whose last list holds a withdrawn item a fresh list, at most ``withdrawal_refresh_per_s`` a
+        second, so withdrawing an item that sits in many lists never holds up the events.
+
+        A refreshed list is published only if the user's profile did not change while it was made: a batch that
+        changed it published a newer list (without the item) already.
+        """
+        per_tick = max(1, round(self.settings.lists.withdrawal_refresh_per_s * REFRESH_TICK_S))
+        while True:
+            await asyncio.sleep(REFRESH_TICK_S)
+            if self.refresh_pending and self.model_ready.is_set():
+                await self.refresh_some(store, per_tick)
+
+    async def refresh_some(self, store: TableProfileStore, most: int) -> int:
+        """Publish fresh lists for up to ``most`` of the users waiting for one (oldest first); returns how many."""
+        users = list(itertools.islice(self.refresh_pending, most))
+        since = {u: self.refresh_pending.pop(u) for u in users}
+        self.stats.refresh_pending = len(self.refresh_pending)
+        raw = {u: v for u, v in store.raw_for(users).items() if v is not None}  # the others moved to a peer
+        if not raw:
+            return 0
+        lists = await self.core.refresh_lists(raw)
+        now = time.time()
+        current = store.raw_for(raw)
+        topic = self.settings.kafka.topic("recommendations")
+        fresh = [(topic, None, key, value) for key, value in lists if current[key.decode()] == raw[key.decode()]]
+        await self.publisher.publish(fresh)
+        self.stats.lists_refreshed += len(fresh)
+        self.stats.refresh_ms.extend((now - since[key.decode()]) * 1000.0 for _, _, key, _ in fresh)
+        return len(fresh)
+
+    # --- business rules -----------------------------------------------------------------------------
+    async def follow_rules(self) -> None:
+        """Load every rule in force, mark the rules ready, then keep applying changes (each run within one fetch)."""
+        await follow(
+            self.settings.kafka, self.settings.kafka.topic("rules"), self._apply_rules, caught_up=self._rules_loaded
+        )
+
+    async def _apply_rules(self, records: list[ConsumerRecord]) -> None:
+        """Fold a run of ``rules`` records in (a tombstone deletes its rule) and hand the result to the core; an
+        invalid rule goes to dead-letters with the reason, and the rule held under its name stays in force."""
+        rules = dict(self.rules)
+        for r in records:
+            try:
+                name = rule_name(r.key)
+                if r.value is None:
+                    rules.pop(name, None)
+                else:
+                    rules[name] = parse_rule(r.key, r.value).to_dict()
+            except InvalidMessage as exc:
+                await self.dead_letters.reject(r.topic, r.value, f"invalid rule: {exc}", r.key, r.partition, r.offset)
+        if rules != self.rules:
+            await self.core.set_rules(rules)
+            self.rules = rules
+            self.stats.rules_in_force = len(rules)
+            if self.rules_ready.is_set():
+                log.info("rules in force: %s", ", ".join(sorted(rules)) or "none")
+
+    async def _rules_loaded(self, records: int) -> None:
+        log.info("rules loaded: %d record(s), %d rule(s) in force", records, len(self.rules))
+        self.rules_ready.set()
 
     async def _catalog_loaded(self, records: int) -> None:
         await self.core.warm_up(self.settings.batching.batch_size)  # one-time working memory, before the baseline

@@ -39,6 +39,8 @@ FIGURES = (
     "encoder_device",
     "encoder_path",
     "new_item_visible_ms_p99",
+    "withdrawn_absent_ms_p99",
+    "withdrawn_refreshed_ms_p99",
     "eval_events_per_s",
     "targets",
     "machine",
@@ -95,6 +97,10 @@ def test_bench_measures_every_figure(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert machine["isa"] == {name: flag in cpu_flags() for name, flag in ISA_FLAGS.items()}
     printed = capsys.readouterr().out
     assert printed.index("worker / Faust floor") < printed.index(f"on this machine ({machine['cpu_model']}")
+    # the three most listed items withdrawn: gone from new lists within 2 s, every holder's list replaced in 10 s
+    assert data["withdrawn_items"] == 3 and data["withdrawn_holders"] > 0 and data["withdrawn_refresh_missing"] == 0
+    assert 0 < data["withdrawn_absent_ms_p50"] <= data["withdrawn_absent_ms_p99"] < 2_000
+    assert 0 < data["withdrawn_refreshed_ms_p50"] <= data["withdrawn_refreshed_ms_p99"] < 10_000
     if taobao is None:
         assert data["taobao"] is None
     else:

@@ -53,7 +53,7 @@ def job(recs: list[Record]) -> _Job:
 
 def test_every_event_is_scored_before_it_is_learned() -> None:
     spy = Spy()
-    ranks, discoveries, _ = _replay(spy, job(records()))
+    ranks, discoveries, _, _ = _replay(spy, job(records()))
     event_calls = [c for c in spy.calls if c[0] != "upsert"]
     # strictly alternating: recommend for the event's user, then learn that event
     assert [c[0] for c in event_calls] == ["recommend", "learn"] * 5
@@ -84,6 +84,11 @@ def test_evaluate_reports_every_system_and_the_counts(taobao_path: Path) -> None
     for metrics in report.systems.values():
         assert 0.0 <= metrics["ndcg"] <= metrics["recall"] <= 1.0
         assert metrics["scored_all"] == 1500
+        assert 0.0 < metrics["coverage"] <= 1.0 and 0.0 < metrics["diversity"] <= 1.0
+        assert 0.0 <= metrics["new_exposure"] <= 1.0 and metrics["novelty"] > 0.0
+    # one list for everyone reaches few items: streamrec's personal lists cover more of the catalogue
+    assert report.systems["popularity"]["coverage"] < report.systems["streamrec"]["coverage"]
+    assert report.systems["popularity"]["novelty"] < report.systems["streamrec"]["novelty"]
 
 
 def test_streamrec_system_is_the_production_core() -> None:
@@ -169,7 +174,7 @@ def test_in_the_prequential_protocol_the_core_scores_the_very_lists_the_harness_
     items = [i for i, r in enumerate(recs) if r.topic == "items"]
     embedded = embed_catalog([item_from_dict(recs[i].value) for i in items], settings)
     system = StreamrecSystem(settings)
-    ranks, _, _ = _replay(system, _Job(recs, dict(zip(items, embedded, strict=True)), settings, 10, False))
+    ranks, _, _, _ = _replay(system, _Job(recs, dict(zip(items, embedded, strict=True)), settings, 10, False))
     counts = system.recommender.online.counts()
     # the harness asks for a list (remembered, as published) right before each event: the core scores that list
     assert counts.since_start.sum() == len(ranks) == len(recs) - len(items)

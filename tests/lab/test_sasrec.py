@@ -56,7 +56,7 @@ class Watched(SasrecSystem):
 def test_a_retrain_uses_exactly_the_events_before_the_scored_one(full_softmax_items: int) -> None:
     system = Watched(dataclasses.replace(TINY, full_softmax_items=full_softmax_items, negatives=8))
     records = log()
-    ranks, _, _ = _replay(system, job(records))
+    ranks, _, _, _ = _replay(system, job(records))
     n = len(records) - 3
     # retrained after every event, on all of them so far: 1, 2, ..., n events
     assert [r.events for r in system.retrains] == list(range(1, n + 1))

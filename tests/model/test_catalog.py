@@ -99,3 +99,59 @@ def test_relative_popularity_is_scaled_by_the_most_popular_item_across_rescales(
     peak = cat.popularity[:3].max()
     assert cat._peak_popularity == peak and cat.popularity_at(np.array([2]), 70.0) == pytest.approx([100.0])
     assert cat.relative_popularity(rows, 70.0)[2] == pytest.approx(1.0)
+
+
+# --- withdrawal -------------------------------------------------------------------------------------------------
+
+
+def test_a_withdrawn_item_leaves_faiss_and_the_popular_set_until_a_later_upsert_relists_it() -> None:
+    cat = Catalog(Settings.of(embedding_dim=4, candidates_per_source=2).retrieval)
+    for name, vec in (("a", [1, 0, 0, 0]), ("b", [0.9, 0.1, 0, 0]), ("c", [0, 1, 0, 0])):
+        cat.upsert(emb(name, vec, ts=5.0))
+    for name, weight in (("a", 3.0), ("b", 2.0), ("c", 1.0)):
+        cat.add_popularity(cat.row_of[name], weight, ts=5.0)
+    assert [cat.item_id(int(r)) for r in cat.top_popular(2)] == ["a", "b"]
+    assert not cat.withdraw("a", ts=4.0)  # older than the version held: stale
+    assert cat.withdraw("a", ts=6.0) and not cat.withdraw("a", ts=7.0)  # once only
+    assert (cat.n_indexed, cat.n_withdrawn, bool(cat.available[cat.row_of["a"]])) == (2, 1, False)
+    _, rows = cat.search(np.array([[1, 0, 0, 0]], np.float32), 3)
+    assert [cat.item_id(int(r)) for r in rows[0] if r >= 0] == ["b", "c"]
+    assert [cat.item_id(int(r)) for r in cat.top_popular(2)] == ["b", "c"]  # the next most popular moves up
+    cat.add_popularity(cat.row_of["a"], 5.0, ts=5.0)  # still viewed while sold out: counted, not offered
+    assert [cat.item_id(int(r)) for r in cat.top_popular(5)] == ["b", "c"]
+    assert not cat.upsert(emb("a", [1, 0, 0, 0], ts=6.5))  # older than the withdrawal: stale
+    assert cat.upsert(emb("a", [1, 0, 0, 0], ts=8.0))  # relisted, its popularity kept
+    assert (cat.n_indexed, cat.n_withdrawn) == (3, 0)
+    assert [cat.item_id(int(r)) for r in cat.top_popular(2)] == ["a", "b"]
+
+
+def test_a_tombstone_withdraws_any_version_and_items_known_only_from_events() -> None:
+    cat = Catalog(S.retrieval)
+    cat.upsert(emb("a", [1, 0, 0, 0], ts=50.0))
+    assert cat.withdraw("a") and cat.withdraw("only-from-events")
+    assert cat.n_indexed == 0 and not cat.available[cat.row_of["only-from-events"]]
+    version = cat.version
+    assert cat.upsert(emb("a", [1, 0, 0, 0], ts=1.0))  # after a tombstone any upsert relists
+    assert cat.version > version and cat.n_withdrawn == 1
+
+
+def test_withdrawn_items_stay_out_of_a_rebuilt_ivf_index() -> None:
+    cat = Catalog(Settings.of(embedding_dim=4, ann_threshold=80, candidates_per_source=5).retrieval)
+    rng = np.random.default_rng(3)
+    for i in range(79):
+        cat.upsert(emb(f"i{i}", rng.normal(size=4).tolist()))
+    cat.withdraw("i0")
+    cat.upsert(emb("i79", rng.normal(size=4).tolist()))  # the 80th indexed vector: switches to IVF
+    assert cat.n_indexed == 79
+    _, rows = cat.search(cat.vectors[[cat.row_of["i0"]]], 79)
+    assert cat.row_of["i0"] not in rows[0].tolist()
+
+
+def test_titles_are_grouped_by_their_normalised_form() -> None:
+    cat = Catalog(S.retrieval)
+    for name, title in (("a", "Beatline Bluetooth Headset"), ("b", "beatline  bluetooth-headset!"), ("c", "Other")):
+        cat.upsert(ItemEmbedding(Item(name, title, 1.0, brand="x"), np.ones(4, np.float32), "m", "text"))
+    cat.upsert(ItemEmbedding(Item("d", "", 1.0), np.ones(4, np.float32), "m", "text"))
+    groups = [int(cat.title_group[cat.row_of[n]]) for n in "abcd"]
+    assert groups[0] == groups[1] != groups[2] and groups[3] == -1
+    assert cat.brand[cat.row_of["a"]] == cat.brand[cat.row_of["c"]] == 0 and cat.brand[cat.row_of["d"]] == -1

@@ -87,3 +87,14 @@ def test_covis_rank_table_keys_each_users_items_and_values_their_rank() -> None:
     }
     assert len(keys) == 15 and got == expected and values.dtype == np.float32
     assert covis[3].rank_values().tolist() == values[6:15].tolist()  # one user's values: the same table, in rows order
+
+
+def test_top_leaves_blocked_rows_out_and_fills_their_places() -> None:
+    """Withdrawn or excluded items must not take the places of offerable ones among a user's co-visited items."""
+    covis = CoVisitation(Settings.of(cooc_window=2).retrieval)
+    covis.add_many([([0], 1, 3.0, 0.0), ([0], 2, 2.0, 0.0), ([0], 3, 1.0, 0.0)])
+    found = covis.score_arrays([0], 0.0)
+    assert found.top(2).tolist() == [1, 2]
+    blocked = np.zeros(4, bool)
+    blocked[1] = True
+    assert found.top(2, blocked).tolist() == [2, 3]

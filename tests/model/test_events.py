@@ -16,12 +16,16 @@ from streamrec.model.events import (
     InvalidMessage,
     Item,
     ItemEmbedding,
+    ItemWithdrawal,
     dead_letter,
     event_from_dict,
     item_from_dict,
+    item_record_from_dict,
+    parse_embedding_record,
     parse_event,
     parse_item,
     parse_item_embedding,
+    parse_item_record,
 )
 
 SPECS = load_topics()
@@ -141,12 +145,13 @@ event_like = st.fixed_dictionaries(
         "user_id": scalar,
         "item_id": scalar,
         "type": st.one_of(
-            st.sampled_from(["view", "click", "add_to_cart", "purchase", "search", "forget_user", "bogus"]), scalar
+            st.sampled_from(["view", "click", "add_to_cart", "purchase", "search", "forget_user", "hide", "bogus"]),
+            scalar,
         ),
         "ts": scalar,
         "query": scalar,
         "session_id": scalar,
-        "context": scalar,
+        "context": st.one_of(scalar, st.fixed_dictionaries({}, optional={"category": scalar})),
         "junk": scalar,
     },
 )
@@ -160,6 +165,7 @@ item_like = st.fixed_dictionaries(
         "category": scalar,
         "brand": scalar,
         "description": scalar,
+        "available": st.one_of(st.booleans(), scalar),
         "colour": scalar,
     },
 )
@@ -190,10 +196,65 @@ def test_event_validator_matches_schema(obj: dict) -> None:
 @settings(max_examples=400, deadline=None)
 @given(item_like)
 def test_item_validator_matches_schema(obj: dict) -> None:
-    assert _ours_ok(item_from_dict, obj) == _schema_ok(obj, "items"), obj
+    assert _ours_ok(item_record_from_dict, obj) == _schema_ok(obj, "items"), obj
 
 
 def test_schema_and_validator_agree_on_a_valid_event() -> None:
     obj = {"user_id": "u", "item_id": "i", "type": "add_to_cart", "ts": 1.5}
     assert _schema_ok(obj, "events") and _ours_ok(event_from_dict, obj)
     assert not math.isnan(event_from_dict(obj).ts)
+
+
+# --- hides and withdrawals ----------------------------------------------------------------------------------
+
+
+def test_hide_names_an_item_or_a_category() -> None:
+    item = parse_event(b'{"user_id":"u","type":"hide","item_id":"i9","ts":4,"context":{"category":"shoes"}}')
+    assert (item.item_id, item.hidden_category) == ("i9", None)  # with an item, the context is the item's
+    cat = parse_event(b'{"user_id":"u","type":"hide","ts":4,"context":{"category":"shoes"}}')
+    assert (cat.item_id, cat.hidden_category) == (None, "shoes")
+    assert (
+        parse_event(b'{"user_id":"u","type":"view","item_id":"i","ts":1,"context":{"category":"x"}}').hidden_category
+        is None
+    )
+    for raw in (
+        b'{"user_id":"u","type":"hide","ts":4}',
+        b'{"user_id":"u","type":"hide","ts":4,"context":{"category":""}}',
+    ):
+        with pytest.raises(InvalidMessage, match=r"a hide event needs 'item_id' or a 'context\.category'"):
+            parse_event(raw)
+
+
+def test_item_records_upsert_or_withdraw() -> None:
+    assert parse_item_record(b"i", None) == ItemWithdrawal("i")  # a tombstone: the key names the item
+    assert parse_item_record(b"i", b'{"item_id":"i","available":false,"ts":5}') == ItemWithdrawal("i", 5.0)
+    sold_out = b'{"item_id":"i","title":"Shoe","price":3,"available":false,"ts":6}'
+    assert parse_item_record(b"i", sold_out) == ItemWithdrawal("i", 6.0)
+    relisted = parse_item_record(b"i", b'{"item_id":"i","title":"Shoe","available":true,"ts":7}')
+    assert relisted == Item("i", "Shoe", 7.0)
+    for raw, reason in [
+        (b'{"item_id":"i","available":false}', "missing required field 'ts'"),
+        (b'{"item_id":"i","available":"no","ts":1}', "'available' must be true or false"),
+        (b'{"item_id":"i","available":false,"ts":1,"price":-1}', "'price' must be >= 0"),
+    ]:
+        with pytest.raises(InvalidMessage, match=reason):
+            parse_item_record(b"i", raw)
+    with pytest.raises(InvalidMessage, match="tombstone's key must be the item id"):
+        parse_item_record(None, None)
+    with pytest.raises(InvalidMessage, match="is a withdrawal, not an upsert"):
+        item_from_dict({"item_id": "i", "title": "t", "ts": 1, "available": False})
+
+
+def test_embedding_records_carry_withdrawals_as_the_encoder_passes_them_on() -> None:
+    withdrawal = ItemWithdrawal("i", 8.0)
+    raw = orjson.dumps(withdrawal.to_dict())
+    assert parse_embedding_record(b"i", raw) == withdrawal
+    assert parse_embedding_record(b"i", None) == ItemWithdrawal("i")
+    jsonschema.validate(withdrawal.to_dict(), SPECS["item-embeddings"].schema)
+    emb = ItemEmbedding(Item("i", "t", 2.0), np.ones(4, np.float32) / 2, "m", "text")
+    assert parse_embedding_record(b"i", orjson.dumps(emb.to_dict())).item == emb.item
+    jsonschema.validate(emb.to_dict(), SPECS["item-embeddings"].schema)
+    for bad in (withdrawal.to_dict() | {"title": "t"}, emb.to_dict() | {"available": False}):
+        assert not _schema_ok(bad, "item-embeddings")
+        with pytest.raises(InvalidMessage):
+            parse_embedding_record(b"i", orjson.dumps(bad))

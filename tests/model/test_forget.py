@@ -80,5 +80,5 @@ def test_evaluation_skips_forget_requests() -> None:
     recs = records()
     recs.insert(5, Record("events", "u", forget("u", 2.5).to_dict(), 2.5))
     spy = Spy()
-    ranks, _, _ = _replay(spy, job(recs))
+    ranks, _, _, _ = _replay(spy, job(recs))
     assert len(ranks) == 5 and [c[0] for c in spy.calls if c[0] != "upsert"] == ["recommend", "learn"] * 5

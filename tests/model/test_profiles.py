@@ -214,3 +214,23 @@ def test_profiles_to_bytes_gives_each_profile_its_own_record_to_the_byte() -> No
     assert profiles_to_bytes([]) == []
     odd = UserProfile.new("odd", 8)  # a profile of another dimension: each on its own
     assert profiles_to_bytes([profiles[0], odd]) == [profiles[0].to_bytes(), odd.to_bytes()]
+
+
+def test_hides_live_in_the_profile_bounded_and_a_profile_without_them_is_unchanged() -> None:
+    from streamrec.model.profiles import apply_hide
+
+    cfg = Settings.of(max_hidden=2).profile
+    p = UserProfile.new("u", 3)
+    apply_event(p, Event("u", "view", 5.0, item_id="a"), E1, "x", cfg)
+    plain = p.to_bytes()
+    assert b'"hi"' not in plain and b'"hc"' not in plain
+    assert UserProfile.from_bytes(plain).to_bytes() == plain  # a format-3 profile from before hides reads the same
+    assert apply_hide(p, Event("u", "hide", 6.0, item_id="i1"), cfg, partition=0, offset=7)
+    assert not apply_hide(p, Event("u", "hide", 6.0, item_id="i1"), cfg, partition=0, offset=7)  # redelivered
+    apply_hide(p, Event("u", "hide", 7.0, context={"category": "shoes"}), cfg)
+    apply_hide(p, Event("u", "hide", 8.0, item_id="i2"), cfg)
+    apply_hide(p, Event("u", "hide", 9.0, item_id="i3"), cfg)  # past max_hidden: the oldest goes
+    assert (p.hidden_items, p.hidden_categories, p.events, p.last_ts) == (["i2", "i3"], ["shoes"], 5, 5.0)
+    assert p.recent == ["a"] and p.categories == {"x": pytest.approx(0.3)}  # a hide is no interest
+    back = UserProfile.from_bytes(p.to_bytes())
+    assert (back.hidden_items, back.hidden_categories, applied_count(p.to_bytes())) == (["i2", "i3"], ["shoes"], 5)

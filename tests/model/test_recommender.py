@@ -7,7 +7,7 @@ from streamrec.model.candidates import candidate_pools
 from streamrec.model.events import Event, Item, ItemEmbedding
 from streamrec.model.profiles import DictProfileStore
 from streamrec.model.ranker import FEATURES
-from streamrec.model.recommender import Recommender, top_k_segments
+from streamrec.model.recommender import Recommender
 from streamrec.settings import Settings
 
 DIM = 8
@@ -15,8 +15,9 @@ CATS = ("shoes", "coffee", "books")
 
 
 def build(settings: Settings | None = None, n_per_cat: int = 10) -> Recommender:
-    """A catalogue whose embeddings cluster by category (unit directions + noise)."""
-    s = settings or Settings.of(embedding_dim=DIM, top_k=5, seed=1)
+    """A catalogue whose embeddings cluster by category (unit directions + noise); lists by relevance alone
+    (exploration slots are tested in ``test_lists.py``)."""
+    s = settings or Settings.of(embedding_dim=DIM, top_k=5, seed=1, exploration_slots=0)
     rec = Recommender(s)
     rng = np.random.default_rng(0)
     centres = {c: np.eye(DIM)[i] for i, c in enumerate(CATS)}
@@ -306,19 +307,3 @@ def test_explaining_a_list_changes_nothing_and_its_terms_add_up_to_the_scores() 
         assert sum(item["contributions"].values()) == pytest.approx(item["score"], abs=1e-5)
     assert [c["category"] for c in last["top_categories"]] == ["shoes"]  # u0 only ever took shoes
     assert [r["item_id"] for r in last["recent_items"]][:2] == ["shoes-3", "shoes-2"]  # newest first
-
-
-def test_top_k_of_each_segment_in_one_sort_is_each_segments_own_stable_sort() -> None:
-    rng = np.random.default_rng(2)
-    lens = rng.integers(0, 40, 300)
-    lens[:3] = [0, 1, 25]
-    scores = rng.integers(-5, 5, int(lens.sum())).astype(np.float32)  # many ties
-    scores[rng.integers(0, len(scores), 20)] = np.nan
-    scores[rng.integers(0, len(scores), 10)] = -np.inf
-    for k in (1, 20, 50):
-        picked, counts = top_k_segments(scores, lens, k)
-        starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
-        expected = [s + np.argsort(-scores[s : s + n], kind="stable")[:k] for s, n in zip(starts, lens, strict=True)]
-        assert counts.tolist() == [len(e) for e in expected]
-        assert picked.tolist() == np.concatenate(expected).tolist()
-    assert [a.tolist() for a in top_k_segments(scores[:0], np.zeros(2, np.int64), 5)] == [[], [0, 0]]

@@ -137,7 +137,8 @@ def test_a_dead_core_process_fails_every_call_at_once_and_says_it_is_gone() -> N
 
 
 def test_explaining_a_stored_profile_through_the_client() -> None:
-    settings = Settings.of(embedding_dim=DIM, top_k=5, seed=3, core_process=False)
+    # no exploration slot: its pick is a random draw, which an explanation does not replay
+    settings = Settings.of(embedding_dim=DIM, top_k=5, seed=3, core_process=False, exploration_slots=0)
     client = CoreClient(settings, "w1", with_query_encoder=False)
 
     async def run() -> tuple[dict[str, Any], CoreBatch, int]:

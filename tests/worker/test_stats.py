@@ -29,6 +29,13 @@ STATS_KEYS = [
     "item_visible_ms_p50",
     "item_visible_ms_p99",
     "item_visible_ms_recent",
+    "items_withdrawn",
+    "withdrawal_applied_ms_p50",
+    "withdrawal_applied_ms_recent",
+    "lists_refreshed",
+    "refresh_ms_p99",
+    "refresh_pending",
+    "rules_in_force",
     "catalog_ready_at",
     "first_batch_at",
     "last_batch_at",
@@ -67,6 +74,10 @@ METRICS = {
     "streamrec_model_steps": "gauge",
     "streamrec_items_indexed": "gauge",
     "streamrec_users": "gauge",
+    "streamrec_items_withdrawn_total": "counter",
+    "streamrec_lists_refreshed_total": "counter",
+    "streamrec_refresh_pending": "gauge",
+    "streamrec_rules_in_force": "gauge",
     "streamrec_online_scored_total": "counter",
     "streamrec_online_hits_total": "counter",
     "streamrec_online_hit_rank": "histogram",
@@ -86,6 +97,8 @@ def reading() -> Reading:
     stats.offset_gaps_filled, stats.item_updates_applied, stats.misrouted = 4, 6, 11
     stats.latencies_ms.extend([1.0, 3.0])
     stats.item_visible_ms.extend([2.0, 4.04])
+    stats.items_withdrawn, stats.lists_refreshed, stats.refresh_pending, stats.rules_in_force = 2, 11, 3, 1
+    stats.withdrawal_applied_ms.extend([30.0, 50.0, 40.04])
     latency = Histogram((10.0, 100.0))
     latency.observe(12.0)
     return Reading(
@@ -125,6 +138,8 @@ def test_stats_keys_and_values() -> None:
     assert shown["processing_ms_p50"] == 2.0 and shown["item_visible_ms_recent"] == [2.0, 4.0]
     assert shown["next_offsets"] == {"0": 10, "2": 5} and list(shown["next_offsets"]) == ["0", "2"]
     assert (shown["model_peers"], shown["core_pid"], shown["model_restored_own_steps"]) == (["b"], 4242, 3)
+    assert (shown["items_withdrawn"], shown["lists_refreshed"], shown["refresh_pending"]) == (2, 11, 3)
+    assert shown["withdrawal_applied_ms_p50"] == 40.04 and shown["withdrawal_applied_ms_recent"] == [30.0, 50.0, 40.0]
     assert shown["ranker_weights"] == {"sim_long": 1.5, "price": -0.25}
 
 
@@ -188,7 +203,7 @@ def test_a_figure_on_both_pages_shows_the_same_value() -> None:
     r = reading()
     shown, samples = stats_json(r), parse(render(metrics(r)))
     both = [f for f in FIGURES if f.key is not None and f.metric is not None]
-    assert len(both) == 10
+    assert len(both) == 14
     for f in both:
         assert samples[f.metric] == shown[f.key], f.key  # type: ignore[index]
 
