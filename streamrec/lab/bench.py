@@ -498,18 +498,9 @@ async def transport_latency(
     """What the transport alone costs: the latency phase's events and load generator (:func:`offer_load`) into a
     topic partitioned like ``events``, read back by a bare aiokafka consumer with the worker's fetch wait
     (``fetch_max_wait_ms``) polling as the bench's watcher does; latency = received − send time."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    from streamrec.io.kafka import client_kwargs
-
     topic = settings.kafka.topic(TRANSPORT_TOPIC)
-    admin = AIOKafkaAdminClient(**client_kwargs(settings.kafka))
-    await admin.start()
-    try:
-        partitions = load_topics()["events"].partitions
-        await admin.create_topics([NewTopic(topic, partitions, settings.kafka.replication_factor)])
-    finally:
-        await admin.close()
+    like_events = dataclasses.replace(load_topics()["events"], name=TRANSPORT_TOPIC)
+    await apply_topics(settings.kafka, {TRANSPORT_TOPIC: like_events})
     consumer = make_consumer(settings.kafka, fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms)
     producer = make_producer(settings.kafka)
     await consumer.start()

@@ -20,6 +20,7 @@ so a worker watched on the same broker never sees them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -32,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from streamrec.io.kafka import OutMessage, client_kwargs
-from streamrec.io.topics import load_topics
+from streamrec.io.kafka import OutMessage
+from streamrec.io.topics import apply_topics, load_topics
 from streamrec.lab.processes import cpu_seconds, settings_env
 from streamrec.model.events import dumps, event_from_dict, loads_message
 from streamrec.model.profiles import UserProfile
@@ -69,22 +70,10 @@ def outputs(settings: Settings, item_ids: Sequence[str], users: Sequence[str]) -
 
 async def create_floor_topics(settings: Settings) -> None:
     """The floor's output topics, partitioned like the worker's changelog and ``recommendations``."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
     specs = load_topics()
-    admin = AIOKafkaAdminClient(**client_kwargs(settings.kafka))
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        wanted = [
-            NewTopic(settings.kafka.topic(name), specs[like].partitions, settings.kafka.replication_factor)
-            for name, like in FLOOR_TOPICS.values()
-            if settings.kafka.topic(name) not in existing
-        ]
-        if wanted:
-            await admin.create_topics(wanted)
-    finally:
-        await admin.close()
+    await apply_topics(
+        settings.kafka, {name: dataclasses.replace(specs[like], name=name) for name, like in FLOOR_TOPICS.values()}
+    )
 
 
 def run_floor(
