@@ -227,17 +227,23 @@ def _repeats(codes: np.ndarray, cap: int, none: int) -> np.ndarray:
 
 def _close_pairs(catalog: Catalog, rows: np.ndarray, present: np.ndarray, cosine: float) -> np.ndarray:
     """Per row of ``rows``, whether two of its items' embeddings have at least ``cosine`` (items without a vector
-    are never close to anything)."""
+    or a title are never close to anything: :func:`_titled`)."""
     out = np.zeros(len(rows), bool)
     width = rows.shape[1]
     upper = np.triu(np.ones((width, width), bool), 1)
     for a in range(0, len(rows), CHECK_CHUNK_USERS):
         block = rows[a : a + CHECK_CHUNK_USERS]
-        ok = present[a : a + CHECK_CHUNK_USERS] & catalog.has_vector[block]
+        ok = present[a : a + CHECK_CHUNK_USERS] & catalog.has_vector[block] & _titled(catalog, block)
         v = catalog.vectors[block] * ok[:, :, None]
         sims = np.matmul(v, v.transpose(0, 2, 1))
         out[a : a + CHECK_CHUNK_USERS] = ((sims >= cosine) & upper).any(axis=(1, 2))
     return out
+
+
+def _titled(catalog: Catalog, rows: np.ndarray) -> np.ndarray:
+    """Which items may be near-duplicates by embedding: those with a title. A title-less item's text is built from
+    its category, brand and price band, so a close embedding means the same attributes, not the same product."""
+    return catalog.title_group[rows] != NO_TITLE
 
 
 def _close(sims: np.ndarray | None, cosine: float | None) -> list[list[int]]:
@@ -277,7 +283,10 @@ def _greedy(
     if constraints.cosine is not None or mmr:
         vectors = catalog.vectors[rows] * catalog.has_vector[rows][:, None]
         sims = vectors @ vectors.T
-    close = _close(sims, constraints.cosine)
+    titled = _titled(catalog, rows)
+    close = _close(
+        None if sims is None else np.where(titled[:, None] & titled[None, :], sims, -np.inf), constraints.cosine
+    )
     caps = [
         (cap, codes.tolist(), {})
         for cap, codes in (

@@ -67,6 +67,19 @@ def test_near_duplicates_by_title_or_embedding_keep_only_the_better_one() -> Non
     assert len(ids) == 3 and len({"headset-1", "headset-2"} & set(ids)) == 1
 
 
+def test_title_less_items_with_equal_embeddings_are_not_near_duplicates() -> None:
+    """Without titles, items' text comes from their attributes: one vector means the same attributes, not the same
+    product, so the embedding check leaves them alone (a shop export of titleless items kept every one)."""
+    same = direction(1)
+    items = [(f"sku-{n}", "", "audio", "beatline", same.copy()) for n in range(3)]
+    items += [("other-1", "Other 1", "audio", "y", direction(2, 0.3, 2))]
+    for settings in (base(), base(mmr_lambda=0.5)):  # the quick path and the greedy one
+        rec = shop(settings, items)
+        assert sorted(listed(rec, user_looking_at(rec, same))) == ["other-1", "sku-0", "sku-1", "sku-2"]
+    titled = shop(base(), [(i, f"Title {i}", c, b, v) for i, _, c, b, v in items])
+    assert len({"sku-0", "sku-1", "sku-2"} & set(listed(titled, user_looking_at(titled, same)))) == 1
+
+
 def test_a_category_cap_and_a_brand_cap_hold_in_every_list() -> None:
     items = [(f"i{n}", f"item {n}", f"c{n % 2}", f"b{n % 3}", direction(n, 0.4, n)) for n in range(18)]
     rec = shop(base(top_k=6), items)
