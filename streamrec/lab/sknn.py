@@ -19,8 +19,6 @@ excluded, and a list the neighbours cannot fill is topped up with decayed popula
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -28,31 +26,14 @@ import numpy as np
 
 from streamrec.lab.baselines import PopularityBaseline, _fill
 from streamrec.model.events import ITEM_EVENT_TYPES, Event, ItemEmbedding
+from streamrec.model.sessions import DECAYS
 from streamrec.settings import Settings
 
 SESSION_GAP_S = 30 * 60.0
 """A user's events further apart than this start a new session (when the log has no ``session_id``)."""
 MAX_QUERY_ITEMS = 50
 """The query is at most the session's last 50 distinct items: bounded work per request on long rating bursts."""
-LOG_DECAY_OFFSET = 1.7
-"""``log`` decay: the newest item weighs ``1 / log10(1.7)`` ≈ 4.3, the one before ``1 / log10(2.7)`` ≈ 2.3 …"""
 INITIAL_CAPACITY = 1024
-
-
-def _linear(position: int, length: int) -> float:
-    return position / length
-
-
-def _log(position: int, length: int) -> float:
-    return 1.0 / math.log10(length - position + LOG_DECAY_OFFSET)
-
-
-def _none(position: int, length: int) -> float:
-    return 1.0
-
-
-DECAYS: dict[str, Callable[[int, int], float]] = {"linear": _linear, "log": _log, "none": _none}
-"""Position weight of the ``position``-th (1-based, oldest first) of ``length`` session items."""
 
 
 @dataclass(frozen=True)
