@@ -51,6 +51,13 @@ class InvalidMessage(ValueError):
     """A message that does not meet its topic's contract; ``str(exc)`` is the dead-letter reason."""
 
 
+def _fields(obj: object, required: tuple[str, ...], optional: tuple[str, ...]) -> dict[str, Any]:
+    """A message's JSON object: every required field, and the optional ones that are set."""
+    out = {name: getattr(obj, name) for name in required}
+    out.update((name, value) for name in optional if (value := getattr(obj, name)) is not None)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One user interaction (or a search)."""
@@ -77,12 +84,7 @@ class Event:
         return self.context.get("category")
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"user_id": self.user_id, "type": self.type, "ts": self.ts}
-        for name in ("item_id", "query", "session_id", "event_id", "context"):
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = value
-        return out
+        return _fields(self, ("user_id", "type", "ts"), ("item_id", "query", "session_id", "event_id", "context"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +100,7 @@ class Item:
     price: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"item_id": self.item_id, "title": self.title, "ts": self.ts}
-        for name in ("description", "category", "brand", "price"):
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = value
-        return out
+        return _fields(self, ("item_id", "title", "ts"), ("description", "category", "brand", "price"))
 
     @property
     def has_text(self) -> bool:
