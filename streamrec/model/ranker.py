@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -205,8 +206,8 @@ class FusionRanker:
         }
 
     def restore(self, snap: dict[str, Any]) -> None:
-        """Resume from a snapshot; refuses one whose feature list differs from this code's."""
-        check_features(snap)
+        """Resume from a snapshot, its features matched to this code's by name (:func:`aligned`)."""
+        snap = aligned(snap)
         self._weights_np = np.array(snap["params"]["weight"], np.float32)
         self._sq = np.array(snap["params"].get("grad_sq", [0.0] * len(FEATURES)), np.float32)
         self.steps = int(snap["steps"])
@@ -221,15 +222,37 @@ class FusionRanker:
         self._sq = np.array(grad_sq, np.float32)
 
 
-def same_features(snap: dict[str, Any]) -> bool:
-    """Whether a snapshot was taken by a model with this code's feature list (parameters line up)."""
-    return list(snap.get("features", ())) == list(FEATURES)
+def by_feature(values: Sequence[float], names: Sequence[str], missing: Mapping[str, float]) -> list[float]:
+    """``values`` (one per feature of ``names``) in this code's :data:`FEATURES` order; a feature ``names`` lacks
+    takes its value in ``missing`` (0 if absent), one this code lacks is dropped.
+
+    >>> by_feature([0.5, 2.0], ["gone", "price"], {})[FEATURES.index("price")]
+    2.0
+    """
+    given = dict(zip(names, values, strict=True))
+    return [float(given.get(f, missing.get(f, 0.0))) for f in FEATURES]
 
 
-def check_features(snap: dict[str, Any]) -> None:
-    """Refuse a snapshot whose feature list differs from this code's."""
-    if not same_features(snap):
-        raise ValueError(f"snapshot features {snap.get('features')} do not match {list(FEATURES)}")
+def aligned(snap: dict[str, Any]) -> dict[str, Any]:
+    """``snap`` with every per-feature vector in this code's feature order, so that a model from code with a
+    feature more or less (an upgrade adding a signal) keeps what it learned for the features both share: a new
+    feature starts at its prior (its contribution and optimizer state at 0). Raises ``ValueError`` when the two
+    share no feature."""
+    names = list(snap.get("features", ()))
+    if names == list(FEATURES):
+        return snap
+    if not set(names) & set(FEATURES):
+        raise ValueError(f"snapshot features {names} share none with {list(FEATURES)}")
+    out = dict(snap, features=list(FEATURES))
+    params = snap.get("params")
+    if params is not None:
+        out["params"] = dict(params, weight=by_feature(params["weight"], names, PRIOR_WEIGHTS))
+        if "grad_sq" in params:
+            out["params"]["grad_sq"] = by_feature(params["grad_sq"], names, {})
+    contribution = snap.get("contribution")
+    if contribution is not None:
+        out["contribution"] = dict(contribution, delta=by_feature(contribution["delta"], names, {}))
+    return out
 
 
 def prior_vector() -> np.ndarray:

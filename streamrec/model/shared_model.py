@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from streamrec.model.ranker import FEATURES, MODEL_NAME, FusionRanker, check_features, prior_vector, same_features
+from streamrec.model.ranker import FEATURES, MODEL_NAME, FusionRanker, aligned, prior_vector
 
 SNAPSHOT_KEY_PREFIX = f"{MODEL_NAME}/"
 
@@ -85,11 +85,15 @@ class SharedModel:
         """Add a peer's newest contribution (replacing its previous one); False when nothing changed.
 
         Ignored: this worker's own snapshots, snapshots without a contribution (single-worker format),
-        another feature list, and a contribution no newer (by steps) than the one already added.
+        a feature list sharing nothing with this code's, and a contribution no newer (by steps) than the one already
+        added. A peer on code with a feature more or less contributes to the features both have (:func:`aligned`).
         """
         peer = snap.get("worker")
-        contrib = snap.get("contribution")
-        if peer is None or peer == self.worker_id or contrib is None or not same_features(snap):
+        if peer is None or peer == self.worker_id or snap.get("contribution") is None:
+            return False
+        try:
+            contrib = aligned(snap)["contribution"]
+        except ValueError:
             return False
         delta = np.asarray(contrib["delta"], np.float64)
         steps = int(contrib["steps"])
@@ -102,8 +106,9 @@ class SharedModel:
         return True
 
     def resume(self, snap: dict[str, Any]) -> None:
-        """Take back this worker's own contribution, steps and optimizer state from its last snapshot."""
-        check_features(snap)
+        """Take back this worker's own contribution, steps and optimizer state from its last snapshot (its features
+        matched to this code's by name, so an upgrade that adds a feature keeps what was learned)."""
+        snap = aligned(snap)
         contrib = snap["contribution"]
         delta = np.asarray(contrib["delta"], np.float64)
         self.ranker.set_weights(self.ranker.weights.astype(np.float64) + delta - self.own_delta)

@@ -59,9 +59,33 @@ def test_snapshot_restore_roundtrip() -> None:
     b.restore(a.snapshot())
     np.testing.assert_array_equal(a.weights, b.weights)
     assert b.version == a.version == "fusion@5"
-    snap = a.snapshot() | {"features": ["other"]}
-    with pytest.raises(ValueError, match="do not match"):
+    snap = a.snapshot() | {"features": [f"other-{f}" for f in FEATURES]}
+    with pytest.raises(ValueError, match="share none"):
         b.restore(snap)
+
+
+def test_a_snapshot_from_code_with_a_feature_less_or_more_keeps_what_both_share() -> None:
+    """An upgrade that adds a feature (or drops one) resumes the learned weights by name; a new one starts at
+    its prior."""
+    a = FusionRanker(Settings.of(learning_rate=0.3).ranker)
+    for _ in range(5):
+        a.step(*_batch("seen"))
+    snap = a.snapshot()
+    new = FEATURES[-1]
+    keep = [f for f in FEATURES if f != new]
+    old = snap | {
+        "features": ["retired", *keep],  # older code: one feature since dropped, none of the newest
+        "params": {
+            "weight": [7.0, *(snap["params"]["weight"][FEATURES.index(f)] for f in keep)],
+            "grad_sq": [7.0, *(snap["params"]["grad_sq"][FEATURES.index(f)] for f in keep)],
+        },
+    }
+    b = FusionRanker(Settings().ranker)
+    b.restore(old)
+    for f in keep:
+        assert b.weight(f) == a.weight(f)
+    assert b.weight(new) == PRIOR_WEIGHTS[new] != a.weight(new)
+    assert b.steps == a.steps
 
 
 def test_reasons_name_the_largest_contributions() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamrec.model.ranker import FusionRanker, prior_vector
+from streamrec.model.ranker import FEATURES, PRIOR_WEIGHTS, FusionRanker, prior_vector
 from streamrec.model.shared_model import SharedModel
 from streamrec.settings import Settings
 from tests.model.test_ranker import _batch
@@ -53,3 +53,17 @@ def test_a_restarted_worker_resumes_its_contribution_steps_and_optimizer_state()
     assert fresh.ranker.steps == a.ranker.steps == 6 and fresh.own_steps == 4
     assert fresh.ranker.snapshot()["params"]["grad_sq"] == a.ranker.snapshot()["params"]["grad_sq"]
     assert not SharedModel(FusionRanker(Settings().ranker), "c").restore({})
+
+
+def test_a_peer_on_code_with_a_feature_less_contributes_to_the_features_both_have() -> None:
+    a, b = SharedModel(FusionRanker(Settings().ranker), "a"), SharedModel(FusionRanker(Settings().ranker), "b")
+    b.ranker.set_weights(b.ranker.weights + 1.0)
+    b.ranker.steps = 2
+    snap = b.contribution()
+    keep = list(FEATURES[:-1])
+    old = snap | {"features": keep, "contribution": {"delta": snap["contribution"]["delta"][:-1], "steps": 2}}
+    old |= {"params": {"weight": snap["params"]["weight"][:-1]}}
+    assert a.merge(old)
+    assert [a.ranker.weight(f) for f in keep] == [b.ranker.weight(f) for f in keep]
+    assert a.ranker.weight(FEATURES[-1]) == PRIOR_WEIGHTS[FEATURES[-1]]
+    assert not a.merge(old | {"worker": "c", "features": [f"x{f}" for f in keep]})  # nothing in common
