@@ -246,13 +246,14 @@ def _titled(catalog: Catalog, rows: np.ndarray) -> np.ndarray:
     return catalog.title_group[rows] != NO_TITLE
 
 
-def _close(sims: np.ndarray | None, cosine: float | None) -> list[list[int]]:
-    """For each candidate, the others whose embeddings have a cosine ≥ ``cosine`` with it (few, as a rule)."""
+def _close(sims: np.ndarray | None, cosine: float | None, titled: np.ndarray) -> list[list[int]]:
+    """For each candidate, the other ``titled`` ones whose embeddings have a cosine ≥ ``cosine`` with it (few, as a
+    rule; :func:`_titled`)."""
     n = 0 if sims is None else len(sims)
     out: list[list[int]] = [[] for _ in range(n)]
     if cosine is None or sims is None or n < 2:
         return out
-    close = sims >= cosine
+    close = (sims >= cosine) & titled[:, None] & titled[None, :]
     np.fill_diagonal(close, False)
     for a, b in zip(*np.nonzero(close), strict=True):
         out[int(a)].append(int(b))
@@ -283,10 +284,7 @@ def _greedy(
     if constraints.cosine is not None or mmr:
         vectors = catalog.vectors[rows] * catalog.has_vector[rows][:, None]
         sims = vectors @ vectors.T
-    titled = _titled(catalog, rows)
-    close = _close(
-        None if sims is None else np.where(titled[:, None] & titled[None, :], sims, -np.inf), constraints.cosine
-    )
+    close = _close(sims, constraints.cosine, _titled(catalog, rows))
     caps = [
         (cap, codes.tolist(), {})
         for cap, codes in (
