@@ -25,6 +25,7 @@ from streamrec.lab.broker import LocalBroker, free_port
 from streamrec.lab.processes import Service, settings_env, worker_stats
 from streamrec.model.events import Event, Item, ItemEmbedding, dumps
 from streamrec.settings import Settings
+from tests.integration.test_operations import item_id
 from tests.integration.test_pipeline import publish, read_all, run, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -35,10 +36,6 @@ DIM = 384
 NEW_LISTS_S = 2.0
 LAST_LIST_S = 10.0
 RULES_S = 2.0
-
-
-def item_id(n: int) -> str:
-    return f"item-{n}"
 
 
 def category(n: int) -> str:

@@ -27,6 +27,7 @@ from streamrec.lab.synthetic import make_events, make_shop
 from streamrec.settings import Settings
 from tests.dashboard.browser import CHART_STATE, browser_paths, chrome, console_errors
 from tests.dashboard.test_grafana import BOARD, board_queries, exported_families, unknown_metrics
+from tests.integration.test_pipeline import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -89,19 +90,6 @@ async def metrics_page(settings: Settings) -> str:
         return await resp.text()
 
 
-def wait_until(check: Any, what: str, services: list[Service], timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        for s in services:
-            assert s.alive, f"{s.name} died while waiting for {what}:\n{s.tail(60)}"
-        time.sleep(0.5)
-    logs = "\n".join(f"--- {s.name}\n{s.tail(30)}" for s in services)
-    raise AssertionError(f"timed out waiting for {what}\n{logs}")
-
-
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, list[Service], dict[str, Any]]]:
     browser_paths()  # skip before starting anything
@@ -112,10 +100,11 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, l
         services = asyncio.run(start_pipeline(settings, workdir))
         try:
             shop = asyncio.run(stream_shop(settings, services))
-            wait_until(
+            wait_for(
                 lambda: (s := asyncio.run(worker_stats(settings))) and s["events"] >= shop["events"],
                 "the events to be applied",
                 services,
+                timeout=WAIT_S,
             )
             yield settings, services, shop
         finally:
@@ -145,7 +134,7 @@ def test_the_page_shows_the_pipeline_working(demo: tuple[Settings, list[Service]
             caught_up = overview is not None and overview["totals"]["events"] >= shop["events"]
             return state if full and caught_up and state["chart-latency-hist"]["events"] > 0 else None
 
-        charts = wait_until(charts_ready, "every chart to have data", services)
+        charts = wait_for(charts_ready, "every chart to have data", services, timeout=WAIT_S)
         assert charts["chart-latency-hist"]["drawn"] and charts["chart-latency-hist"]["points"] > 0
         overview = driver.execute_script("return window.streamrec.state.overview")
         assert overview["totals"]["workers_up"] == 1
@@ -160,19 +149,20 @@ def test_the_page_shows_the_pipeline_working(demo: tuple[Settings, list[Service]
             asyncio.run(send_more(settings, shop["more"], QUALITY_NUDGE_EVENTS))
             return None
 
-        wait_until(quality_shows, "the online quality chart", services, timeout=QUALITY_WAIT_S)
+        wait_for(quality_shows, "the online quality chart", services, timeout=QUALITY_WAIT_S)
         assert not driver.find_element(By.ID, "quality-waiting").is_displayed()
         assert "since start: Recall" in driver.find_element(By.ID, "quality-k").text
 
         # a dead letter published now appears with its reason and its bytes
         marker = f"marker-{uuid.uuid4().hex[:8]}"
         asyncio.run(publish_bad_event(settings, marker))
-        entry = wait_until(
+        entry = wait_for(
             lambda: next(
                 (li.text for li in driver.find_elements(By.CSS_SELECTOR, "#dl-recent li") if marker in li.text), None
             ),
             "the dead letter on the page",
             services,
+            timeout=WAIT_S,
         )
         assert "unknown event type 'like'" in entry
         reasons = driver.find_element(By.ID, "dl-reasons").text
@@ -182,12 +172,13 @@ def test_the_page_shows_the_pipeline_working(demo: tuple[Settings, list[Service]
         box = driver.find_element(By.ID, "lookup-user")
         box.send_keys(shop["user"])
         driver.find_element(By.CSS_SELECTOR, "#lookup button").click()
-        wait_until(
+        wait_for(
             lambda: (
                 driver.find_element(By.ID, "lookup-result").get_attribute("data-state") in ("list", "none", "error")
             ),
             "the user lookup",
             services,
+            timeout=WAIT_S,
         )
         result = driver.find_element(By.ID, "lookup-result")
         assert result.get_attribute("data-state") == "list", result.text
@@ -225,7 +216,7 @@ def test_a_dashboard_without_a_list_finds_the_worker_on_model_snapshots(
             workers = (overview or {}).get("workers", [])
             return overview if [w["up"] for w in workers] == [True] and workers[0]["events"] >= 1 else None
 
-        overview = wait_until(found, "the discovered worker", [*services, finder])
+        overview = wait_for(found, "the discovered worker", [*services, finder], timeout=WAIT_S)
         (worker,) = overview["workers"]
         assert overview["discovery"] == "model-snapshots"
         assert worker["url"] == f"http://127.0.0.1:{settings.web.web_port}"
