@@ -359,21 +359,27 @@ async def drain_backlog(
     meter: CpuMeter | None = None
     metered_from = (0, 0.0)
     """Events applied and the time when the meter started."""
+
+    def meter_from(stats: dict[str, Any]) -> None:
+        """Meter the CPU each process spends on the drain from the worker's first answer, restarted at each poll
+        that finds the catalogue loaded and no batch yet (a fast drain can start and end between two polls)."""
+        nonlocal meter, metered_from
+        if meter is None or (stats["batches"] == 0 and stats.get("catalog_ready_at") is not None):
+            pids = {"worker": worker.process.pid if worker.process else None, "core": stats.get("core_pid")}
+            meter = CpuMeter(pids).start()
+            metered_from = (int(stats["events"]), time.perf_counter())
+
     try:
-        await wait_for_services(lambda: worker_stats(settings), STARTUP_TIMEOUT_S, "the worker", [worker])
+        meter_from(await wait_for_services(lambda: worker_stats(settings), STARTUP_TIMEOUT_S, "the worker", [worker]))
         await watcher.start()
         last_ts = _last_ts(events)
         n = len(events)
 
         async def drained() -> dict[str, Any] | None:
-            nonlocal meter, metered_from
             stats = await worker_stats(settings)
             if stats is None:
                 return None
-            if meter is None and stats["batches"] > 0:  # the CPU each process spends on the drain, from now on
-                pids = {"worker": worker.process.pid if worker.process else None, "core": stats.get("core_pid")}
-                meter = CpuMeter(pids).start()
-                metered_from = (int(stats["events"]), time.perf_counter())
+            meter_from(stats)
             samples.append(_memory_sample(stats))
             if stats["events"] + stats["duplicates_skipped"] + stats["dead_letters"] < n:
                 return None
