@@ -186,6 +186,9 @@ class RetrievalSettings:
     ann_nprobe: int = 16
     """IVF lists visited per query: recall vs. speed."""
     popularity_half_life_s: float = DAY_S
+    model_half_life_s: float = 0.0
+    """Half-life of the model's own item popularity and co-visitation counts; 0 takes ``popularity_half_life_s``
+    (which also decays the popularity baseline)."""
     cooc_window: int = 5
     """A new interaction co-visits with this many of the user's previous items."""
     cooc_max_neighbours: int = 64
@@ -210,6 +213,11 @@ class RetrievalSettings:
     """Session-kNN: the user's session is compared by its newest this many distinct items."""
     session_max_items: int = 100
     """Items each kept session holds (its newest)."""
+    session_min_overlap: int = 1
+    """Session-kNN: a past session is a neighbour only if it shares at least this many items with the user's
+    session (or all of them, when the user's session is shorter)."""
+    session_min_support: int = 1
+    """Session-kNN: an item is scored only if at least this many of the neighbours hold it."""
     session_capacity: int = 0
     """Sessions kept in memory (the oldest make room); 0 (the default) turns the session source and feature off:
     on, they raised MovieLens and lowered the Taobao sample (docs/evaluation.md, "What we tried")."""
@@ -221,10 +229,19 @@ class RetrievalSettings:
             self,
             ("top_k", "candidates_per_source", "session_neighbours", "session_sample", "session_query_items"),
         )
-        if self.session_max_items < 1 or self.session_capacity < 0:
-            raise SettingsError("session_max_items must be >= 1 and session_capacity >= 0")
+        if self.model_half_life_s < 0.0:
+            raise SettingsError(f"model_half_life_s must be >= 0, got {self.model_half_life_s!r}")
+        if min(self.session_max_items, self.session_min_overlap, self.session_min_support) < 1:
+            raise SettingsError("session_max_items, session_min_overlap and session_min_support must be >= 1")
+        if self.session_capacity < 0:
+            raise SettingsError(f"session_capacity must be >= 0, got {self.session_capacity!r}")
         if not 0.0 <= self.search_query_weight <= 1.0:
             raise SettingsError("search_query_weight must be within [0, 1]")
+
+    @property
+    def item_half_life_s(self) -> float:
+        """The half-life the model's item popularity and co-visitation counts decay with."""
+        return self.model_half_life_s or self.popularity_half_life_s
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,7 @@ class Catalog:
         """Times a user took an item from the list last published to them."""
         self.version = 0
         """Bumped whenever an item's attributes or availability change (what rule masks are compiled from)."""
-        self.pop_clock = DecayClock(cfg.popularity_half_life_s)
+        self.pop_clock = DecayClock(cfg.item_half_life_s)
         self._peak_popularity = 0.0
         self._top_size = cfg.candidates_per_source
         self._top: dict[int, None] = {}

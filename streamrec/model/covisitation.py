@@ -86,7 +86,7 @@ class CoVisitation:
     def __init__(self, cfg: RetrievalSettings) -> None:
         self.window = cfg.cooc_window
         self.max_neighbours = cfg.cooc_max_neighbours
-        self.clock = DecayClock(cfg.popularity_half_life_s)
+        self.clock = DecayClock(cfg.item_half_life_s)
         self._neighbours: dict[int, np.ndarray] = {}
         """Item row → its neighbours (a :data:`NEIGHBOUR` array)."""
 

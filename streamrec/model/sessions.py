@@ -6,7 +6,9 @@ than ``session_gap_s`` apart. The query is the user's latest session (its distin
 ``1 / log10(n - p + 1.7)``, the newest most). A past session's similarity is the summed weight of the query items
 it holds; of the sessions (any user's, the query's own excluded) sharing an item with the query, the
 ``session_sample`` most recent are kept, their ``session_neighbours`` most similar are the neighbours, and an
-item's score is the summed similarity of the neighbours holding it.
+item's score is the summed similarity of the neighbours holding it. Where items are rarely revisited, one shared
+item is weak evidence: a past session can be required to share ``session_min_overlap`` items with the query
+(all of them, if the query has fewer), and an item to be held by ``session_min_support`` neighbours.
 
 Bounded: each item keeps the ``session_sample + 1`` sessions that most recently added it, each session its newest
 ``session_max_items`` items, and the index its newest ``session_capacity`` sessions (the oldest make room).
@@ -75,6 +77,8 @@ class SessionIndex:
         self.query_items = cfg.session_query_items
         self.max_items = cfg.session_max_items
         self.capacity = cfg.session_capacity
+        self.min_overlap = cfg.session_min_overlap
+        self.min_support = cfg.session_min_support
         self.decay = DECAYS[cfg.session_decay]
         self._sessions: dict[int, _Session] = {}
         """Slot → session, oldest first (insertion order)."""
@@ -207,7 +211,12 @@ class SessionIndex:
         if not sum(lengths):
             return empty
         weights = np.repeat([self.decay(p, n) for p in range(start + 1, n + 1)], lengths)
-        sims = np.bincount(np.concatenate(arrays), weights=weights, minlength=self._next_slot)
+        holders = np.concatenate(arrays)
+        sims = np.bincount(holders, weights=weights, minlength=self._next_slot)
+        if self.min_overlap > 1:
+            # one shared item is weak evidence where items are rarely revisited: such sessions are no neighbours
+            overlap = np.bincount(holders, minlength=self._next_slot)
+            sims[overlap < min(self.min_overlap, len(arrays))] = 0.0
         sims[own] = 0.0
         found = np.flatnonzero(sims)
         last, opened = self._last[found], self._opened[found]
@@ -231,6 +240,9 @@ class SessionIndex:
             rows, first, inverse = np.unique(items, return_index=True, return_inverse=True)
             sums = np.bincount(inverse, weights=weights, minlength=len(rows))
             appearance = np.argsort(first, kind="stable")
+            if self.min_support > 1:
+                support = np.bincount(inverse, minlength=len(rows))[appearance]
+                appearance = appearance[support >= self.min_support]
             rows, sums = rows[appearance], sums[appearance]
             out.append(CovisScores(rows, sums, np.lexsort((np.arange(len(rows)), -sums))))
         return out

@@ -80,3 +80,8 @@ def test_popularity_counts_items_it_was_never_told_about_past_its_first_capacity
         pop.learn(Event("u", "view", float(n), item_id=f"i{n}"))
     assert len(pop.ids) == 3000
     assert pop.recommend("stranger", 3000.0, 2) == ["i2999", "i2998"]
+
+
+def test_popularity_baseline_decays_with_popularity_half_life_not_the_models() -> None:
+    s = Settings.of(popularity_half_life_s=10.0, model_half_life_s=99.0)
+    assert PopularityBaseline(s).clock.half_life_s == 10.0

@@ -5,7 +5,7 @@ import pytest
 
 from streamrec.model.catalog import Catalog
 from streamrec.model.events import Item, ItemEmbedding
-from streamrec.settings import Settings
+from streamrec.settings import Settings, SettingsError
 
 S = Settings.of(embedding_dim=4, popularity_half_life_s=10.0, cooc_window=2)
 
@@ -155,3 +155,18 @@ def test_titles_are_grouped_by_their_normalised_form() -> None:
     groups = [int(cat.title_group[cat.row_of[n]]) for n in "abcd"]
     assert groups[0] == groups[1] != groups[2] and groups[3] == -1
     assert cat.brand[cat.row_of["a"]] == cat.brand[cat.row_of["c"]] == 0 and cat.brand[cat.row_of["d"]] == -1
+
+
+def test_model_half_life_decays_the_models_popularity_apart_from_the_baselines() -> None:
+    both = Settings.of(embedding_dim=4, popularity_half_life_s=1.0)
+    apart = both.replace(model_half_life_s=2.0)
+    assert (both.retrieval.item_half_life_s, apart.retrieval.item_half_life_s) == (1.0, 2.0)
+    decayed = []
+    for s in (both, apart):
+        cat = Catalog(s.retrieval)
+        cat.upsert(emb("a", [1, 0, 0, 0]))
+        cat.add_popularity(0, 8.0, ts=0.0)
+        decayed.append(float(cat.popularity_at(np.array([0]), 2.0)[0]))
+    assert decayed == pytest.approx([2.0, 4.0])  # two half-lives of 1 s, or one of 2 s
+    with pytest.raises(SettingsError):
+        Settings.of(model_half_life_s=-1.0)

@@ -98,3 +98,11 @@ def test_top_leaves_blocked_rows_out_and_fills_their_places() -> None:
     blocked = np.zeros(4, bool)
     blocked[1] = True
     assert found.top(2, blocked).tolist() == [2, 3]
+
+
+def test_covisits_decay_with_the_models_half_life_when_it_is_set() -> None:
+    for model_half_life, expected in ((0.0, 0.25), (2.0, 0.5)):  # 0: popularity_half_life_s (1 s) applies
+        s = Settings.of(cooc_window=1, popularity_half_life_s=1.0, model_half_life_s=model_half_life)
+        cv = CoVisitation(s.retrieval)
+        cv.add([1], 2, 1.0, 0.0)
+        assert cv.scores([1], 2.0) == pytest.approx({2: expected})

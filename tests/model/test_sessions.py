@@ -106,3 +106,24 @@ def test_recommender_offers_session_neighbours_and_forgets_them() -> None:
     assert features[0, F_INDEX["covisit"]] == 0.0  # co-visitation (window 1) does not reach s from p
     rec.forget("a", store)
     assert rec.sessions.scores_many(["b"])[0].rows.tolist() == []
+
+
+def test_min_overlap_drops_neighbours_sharing_too_few_items() -> None:
+    # a shares 1 and 2 with u; b (2) and d (1) share one item each: with a minimum of 2 only a is a neighbour
+    idx = toy_index(session_decay="none", session_neighbours=5, session_sample=10, session_min_overlap=2)
+    assert scores(idx) == {1: 2.0, 2: 2.0, 3: 2.0}
+    assert list(scores(idx)) == [1, 2, 3]
+    # a one-item session cannot share two items: x's neighbours need share only its one (a, which holds 3)
+    idx.add("x", None, 3, 40.0)
+    assert scores(idx, "x") == {1: 1.0, 2: 1.0, 3: 1.0}
+    with pytest.raises(SettingsError):
+        RetrievalSettings(session_min_overlap=0)
+
+
+def test_min_support_scores_only_items_that_several_neighbours_hold() -> None:
+    # neighbours a (sim 2), b (1), d (1): 1 is held by a and d, 2 by a and b; 3, 4 and 5 by one neighbour each
+    idx = toy_index(session_decay="none", session_neighbours=5, session_sample=10, session_min_support=2)
+    assert scores(idx) == {1: 3.0, 2: 3.0}
+    assert list(scores(idx)) == [1, 2]
+    with pytest.raises(SettingsError):
+        RetrievalSettings(session_min_support=0)
