@@ -186,7 +186,7 @@ class RetrievalSettings:
     ann_nprobe: int = 16
     """IVF lists visited per query: recall vs. speed."""
     popularity_half_life_s: float = DAY_S
-    model_half_life_s: float = 0.0
+    model_half_life_s: float = 7 * DAY_S
     """Half-life of the model's own item popularity and co-visitation counts; 0 takes ``popularity_half_life_s``
     (which also decays the popularity baseline)."""
     cooc_window: int = 5
@@ -216,11 +216,10 @@ class RetrievalSettings:
     session_min_overlap: int = 1
     """Session-kNN: a past session is a neighbour only if it shares at least this many items with the user's
     session (or all of them, when the user's session is shorter)."""
-    session_min_support: int = 1
+    session_min_support: int = 2
     """Session-kNN: an item is scored only if at least this many of the neighbours hold it."""
-    session_capacity: int = 0
-    """Sessions kept in memory (the oldest make room); 0 (the default) turns the session source and feature off:
-    on, they raised MovieLens and lowered the Taobao sample (docs/evaluation.md, "What we tried")."""
+    session_capacity: int = 200_000
+    """Sessions kept in memory (the oldest make room); 0 turns the session source and feature off."""
     seed: int = 7
     """Seed of the model's random draws (negatives, co-embedding start, IVF training sample, fallback vectors)."""
 
@@ -295,7 +294,7 @@ class RankerSettings:
     """Per labelled event, this many items from the list last shown to the user and not taken are negatives.
     Few on purpose: if the user never saw the list (replays, other surfaces), top-ranked "negatives" teach the
     ranker to distrust its own best signals."""
-    negatives_pool: int = 16
+    negatives_pool: int = 48
     """Negatives sampled from the user's last candidate pool: the ranker's real decision set."""
     negatives_sampled: int = 2
     """Uniform random catalogue items as negatives."""

@@ -15,7 +15,7 @@ Bounded: each item keeps the ``session_sample + 1`` sessions that most recently 
 Sessions are personal data: :meth:`SessionIndex.forget` erases every session of a user.
 
 >>> from streamrec.settings import RetrievalSettings
->>> idx = SessionIndex(RetrievalSettings(session_neighbours=5, session_capacity=100))
+>>> idx = SessionIndex(RetrievalSettings(session_neighbours=5, session_capacity=100, session_min_support=1))
 >>> for user, row, ts in [("a", 1, 0.0), ("a", 2, 1.0), ("b", 1, 2.0), ("b", 3, 3.0), ("c", 1, 4.0)]:
 ...     idx.add(user, None, row, ts)
 >>> found = idx.scores_many(["c"])[0]

@@ -7,7 +7,7 @@ from streamrec.model.catalog import Catalog
 from streamrec.model.events import Item, ItemEmbedding
 from streamrec.settings import Settings, SettingsError
 
-S = Settings.of(embedding_dim=4, popularity_half_life_s=10.0, cooc_window=2)
+S = Settings.of(embedding_dim=4, model_half_life_s=10.0, cooc_window=2)
 
 
 def emb(item_id: str, vec: list[float], ts: float = 1.0, category: str | None = "c") -> ItemEmbedding:
@@ -51,7 +51,7 @@ def test_decayed_popularity_ranks_recent_activity_higher() -> None:
 
 def test_most_popular_set_follows_every_update_like_a_full_sort() -> None:
     """The incrementally kept top set equals sorting the whole catalogue, ties broken by lower row."""
-    cat = Catalog(Settings.of(embedding_dim=4, popularity_half_life_s=1.0, candidates_per_source=8).retrieval)
+    cat = Catalog(Settings.of(embedding_dim=4, model_half_life_s=1.0, candidates_per_source=8).retrieval)
     rng = np.random.default_rng(7)
     for i in range(60):
         cat.ensure(f"i{i}")
@@ -87,7 +87,7 @@ def test_ivf_index_is_built_at_the_threshold_and_retrained_as_the_catalogue_doub
 
 
 def test_relative_popularity_is_scaled_by_the_most_popular_item_across_rescales() -> None:
-    s = Settings.of(embedding_dim=4, popularity_half_life_s=1.0)
+    s = Settings.of(embedding_dim=4, model_half_life_s=1.0)
     cat = Catalog(s.retrieval)
     for item_id in "abc":
         cat.upsert(emb(item_id, [1, 0, 0, 0]))
@@ -158,7 +158,7 @@ def test_titles_are_grouped_by_their_normalised_form() -> None:
 
 
 def test_model_half_life_decays_the_models_popularity_apart_from_the_baselines() -> None:
-    both = Settings.of(embedding_dim=4, popularity_half_life_s=1.0)
+    both = Settings.of(embedding_dim=4, popularity_half_life_s=1.0, model_half_life_s=0.0)
     apart = both.replace(model_half_life_s=2.0)
     assert (both.retrieval.item_half_life_s, apart.retrieval.item_half_life_s) == (1.0, 2.0)
     decayed = []

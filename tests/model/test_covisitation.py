@@ -18,7 +18,7 @@ def dict_walk(cv: CoVisitation, seeds: list[int], ts: float) -> dict[int, float]
 
 
 def random_covisitation(steps: int, seed: int = 5) -> tuple[CoVisitation, list[int]]:
-    cv = CoVisitation(Settings.of(cooc_window=4, cooc_max_neighbours=6, popularity_half_life_s=7.0).retrieval)
+    cv = CoVisitation(Settings.of(cooc_window=4, cooc_max_neighbours=6, model_half_life_s=7.0).retrieval)
     rng = np.random.default_rng(seed)
     history: list[int] = []
     for step in range(steps):
@@ -58,7 +58,7 @@ def test_many_users_covisitation_scores_in_one_pass_are_each_users_own_to_the_bi
 
 
 def test_covisitation_is_symmetric_recency_weighted_and_bounded() -> None:
-    cv = CoVisitation(Settings.of(cooc_window=2, cooc_max_neighbours=2, popularity_half_life_s=1e9).retrieval)
+    cv = CoVisitation(Settings.of(cooc_window=2, cooc_max_neighbours=2, model_half_life_s=1e9).retrieval)
     cv.add([], 1, 1.0, 0.0)
     cv.add([1], 2, 1.0, 0.0)
     cv.add([1, 2], 3, 1.0, 0.0)  # 3 co-visits 2 (distance 1) and 1 (distance 2)

@@ -14,7 +14,7 @@ TOY = [("a", 1, 0.0), ("a", 2, 1.0), ("a", 3, 2.0), ("b", 2, 10.0), ("b", 4, 11.
 
 
 def toy_index(**cfg: object) -> SessionIndex:
-    idx = SessionIndex(RetrievalSettings(**({"session_capacity": 100} | cfg)))  # type: ignore[arg-type]
+    idx = SessionIndex(RetrievalSettings(**({"session_capacity": 100, "session_min_support": 1} | cfg)))  # type: ignore[arg-type]
     for user, row, ts in [*TOY, ("u", 1, 30.0), ("u", 2, 31.0)]:
         idx.add(user, None, row, ts)
     return idx
@@ -81,14 +81,17 @@ def test_capacity_and_session_length_are_bounded() -> None:
 
 def test_zero_capacity_turns_sessions_off() -> None:
     assert scores(toy_index(session_capacity=0)) == {}
-    assert Settings().retrieval.session_capacity == 0  # off by default (docs/evaluation.md, "What we tried")
+    on = Settings().retrieval  # on by default, with items held by two neighbours (docs/evaluation.md, "What we tried")
+    assert (on.session_capacity, on.session_min_support, on.session_min_overlap) == (200_000, 2, 1)
     with pytest.raises(SettingsError):
         RetrievalSettings(session_capacity=-1)
 
 
 def test_recommender_offers_session_neighbours_and_forgets_them() -> None:
     dim = 4
-    settings = Settings.of(embedding_dim=dim, candidates_per_source=2, top_k=3, cooc_window=1, session_capacity=100)
+    settings = Settings.of(
+        embedding_dim=dim, candidates_per_source=2, top_k=3, cooc_window=1, session_capacity=100, session_min_support=1
+    )
     rec = Recommender(settings)
     store = DictProfileStore()
     events = [Event("a", "click", float(t), item_id=i) for t, i in enumerate(["p", "q", "r", "s"])]
