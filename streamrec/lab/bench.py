@@ -133,6 +133,9 @@ class BenchOptions:
     taobao: Path | None = None
     taobao_limit: int = 200_000
     eval_limit: int = 30_000
+    latency_only: bool = False
+    """Only what ``latency_over_transport_p99`` needs: the backlog drained (the worker warmed up), the transport and
+    the latency phase; no encoder, floor, new items, withdrawals, Taobao or evaluation."""
 
     @classmethod
     def quick(cls, taobao: Path | None = None) -> BenchOptions:
@@ -807,17 +810,19 @@ async def _run(settings: Settings, opts: BenchOptions, workdir: Path, broker_pid
         f"synthetic shop: {len(shop.items):,} items, {opts.windows} cohorts of {len(shop.favourites):,} users, "
         f"{len(events):,} events ({time.perf_counter() - t0:.1f}s)"
     )
-    texts = [item_text(i) for i in shop.items[: opts.encoder_texts]]
-    figures.update(encoder_throughput(settings, texts, opts.encoder_processes))
-    print(
-        f"encoder ({figures['encoder_path']}: {figures['encoder_path_reason']}): "
-        f"{figures['encoder_items_per_s']:,.0f} items/s with {figures['encoder_processes']} process(es); "
-        f"one process alone {figures['encoder_items_per_s_one_process']:,.0f}"
-    )
+    if not opts.latency_only:
+        texts = [item_text(i) for i in shop.items[: opts.encoder_texts]]
+        figures.update(encoder_throughput(settings, texts, opts.encoder_processes))
+        print(
+            f"encoder ({figures['encoder_path']}: {figures['encoder_path_reason']}): "
+            f"{figures['encoder_items_per_s']:,.0f} items/s with {figures['encoder_processes']} process(es); "
+            f"one process alone {figures['encoder_items_per_s_one_process']:,.0f}"
+        )
     embeddings = fallback_embeddings(shop.items, settings)
     figures.update(await publish_backlog(settings, embeddings, events, "synthetic"))
-    figures.update(await faust_floor(settings, shop, events, workdir, broker_pid))
-    print(f"[synthetic] Faust floor: {figures['faust_floor_events_per_s']:,.0f} events/s")
+    if not opts.latency_only:
+        figures.update(await faust_floor(settings, shop, events, workdir, broker_pid))
+        print(f"[synthetic] Faust floor: {figures['faust_floor_events_per_s']:,.0f} events/s")
     figures.update(await transport_latency(settings, live, opts.latency_rate, broker_pid))
     print(
         f"transport at {opts.latency_rate:,.0f}/s: p50 {figures['transport_latency_ms_p50']:.1f} ms, "
@@ -832,32 +837,58 @@ async def _run(settings: Settings, opts: BenchOptions, workdir: Path, broker_pid
             f"latency at {opts.latency_rate:,.0f}/s: p50 {figures['latency_ms_p50']:.1f} ms, "
             f"p99 {figures['latency_ms_p99']:.1f} ms; CPU cores used meanwhile: {cpu}"
         )
-        fresh = [
-            Item(f"new-{i}", item.title, 0.0, item.description, item.category, item.brand, item.price)
-            for i, item in enumerate(shop.items[: opts.new_items + WARMUP_ITEMS])
-        ]
-        trickle = make_events(shop, int(opts.withdrawal_events_per_s * opts.withdrawals / opts.withdrawal_rate), 9)
-
-        async def withdrawals() -> dict[str, Any]:
-            return await withdrawals_timed(settings, watcher, trickle, opts, [worker])
-
-        figures.update(await new_items_visible(settings, fresh, opts.new_item_rate, workdir, [worker], withdrawals))
-        print(
-            f"new item visible: p50 {figures['new_item_visible_ms_p50']:.0f} ms, "
-            f"p99 {figures['new_item_visible_ms_p99']:.0f} ms"
-        )
-        print(
-            f"withdrawn ({figures['withdrawn_items']} items in {figures['withdrawn_holders']} users' lists): absent "
-            f"from new lists p50 {_fmt('{:.0f}', figures['withdrawn_absent_ms_p50'])} ms, p99 "
-            f"{_fmt('{:.0f}', figures['withdrawn_absent_ms_p99'])} ms; last list refreshed p50 "
-            f"{_fmt('{:.0f}', figures['withdrawn_refreshed_ms_p50'])} ms, p99 "
-            f"{_fmt('{:.0f}', figures['withdrawn_refreshed_ms_p99'])} ms "
-            f"({figures['withdrawn_refresh_missing']} missing)"
-        )
+        if not opts.latency_only:
+            figures.update(await _freshness(settings, shop, opts, workdir, watcher, worker))
     finally:
         await watcher.stop()
         worker.stop()
     figures.update(_worker_ratios(figures))
+    if not opts.latency_only:
+        figures.update(await _taobao_and_eval(result, settings, opts, embeddings, events, workdir))
+    figures["bench_seconds"] = time.perf_counter() - t0
+    return result
+
+
+async def _freshness(
+    settings: Settings, shop: Shop, opts: BenchOptions, workdir: Path, watcher: RecommendationWatcher, worker: Service
+) -> dict[str, Any]:
+    """New items visible and withdrawals, on the running worker."""
+    figures: dict[str, Any] = {}
+    fresh = [
+        Item(f"new-{i}", item.title, 0.0, item.description, item.category, item.brand, item.price)
+        for i, item in enumerate(shop.items[: opts.new_items + WARMUP_ITEMS])
+    ]
+    trickle = make_events(shop, int(opts.withdrawal_events_per_s * opts.withdrawals / opts.withdrawal_rate), 9)
+
+    async def withdrawals() -> dict[str, Any]:
+        return await withdrawals_timed(settings, watcher, trickle, opts, [worker])
+
+    figures.update(await new_items_visible(settings, fresh, opts.new_item_rate, workdir, [worker], withdrawals))
+    print(
+        f"new item visible: p50 {figures['new_item_visible_ms_p50']:.0f} ms, "
+        f"p99 {figures['new_item_visible_ms_p99']:.0f} ms"
+    )
+    print(
+        f"withdrawn ({figures['withdrawn_items']} items in {figures['withdrawn_holders']} users' lists): absent "
+        f"from new lists p50 {_fmt('{:.0f}', figures['withdrawn_absent_ms_p50'])} ms, p99 "
+        f"{_fmt('{:.0f}', figures['withdrawn_absent_ms_p99'])} ms; last list refreshed p50 "
+        f"{_fmt('{:.0f}', figures['withdrawn_refreshed_ms_p50'])} ms, p99 "
+        f"{_fmt('{:.0f}', figures['withdrawn_refreshed_ms_p99'])} ms "
+        f"({figures['withdrawn_refresh_missing']} missing)"
+    )
+    return figures
+
+
+async def _taobao_and_eval(
+    result: BenchResult,
+    settings: Settings,
+    opts: BenchOptions,
+    embeddings: Sequence[ItemEmbedding],
+    events: Sequence[Event],
+    workdir: Path,
+) -> dict[str, Any]:
+    """The Taobao drain (into ``result.taobao``) and the prequential evaluation's speed."""
+    figures: dict[str, Any] = {}
     eval_records: Sequence[Any]
     if opts.taobao is not None and opts.taobao.exists():
         records = _taobao_records(opts.taobao, opts.taobao_limit)
@@ -875,8 +906,7 @@ async def _run(settings: Settings, opts: BenchOptions, workdir: Path, broker_pid
         figures["eval_dataset"] = "synthetic"
     figures.update(eval_throughput(eval_records, settings))
     print(f"prequential evaluation: {figures['eval_events_per_s']:,.0f} events/s")
-    figures["bench_seconds"] = time.perf_counter() - t0
-    return result
+    return figures
 
 
 RATIO_ROWS: tuple[tuple[str, str, str], ...] = (
