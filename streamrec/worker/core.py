@@ -15,6 +15,7 @@ and written back after it, so the changelog-backed table stays in the Faust proc
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import signal
@@ -147,6 +148,8 @@ class CoreService:
         self.recommender = Recommender(settings, encode_queries)
         self.shared = SharedModel(self.recommender.ranker, worker_id)
         self.own_process = own_process
+        self.unfrozen_events = 0
+        """Events processed since the heap was last frozen (:meth:`freeze_heap`)."""
 
     def state(self) -> CoreState:
         rec = self.recommender
@@ -177,6 +180,10 @@ class CoreService:
         )
         if len(events) >= TRIM_AFTER_EVENTS:
             self.trim()
+        self.unfrozen_events += len(events)
+        every = self.settings.batching.gc_freeze_events
+        if every and self.own_process and self.unfrozen_events >= every:  # never Faust's heap: it makes cycles
+            self.freeze_heap()
         return batch
 
     def upsert_items(
@@ -261,6 +268,21 @@ class CoreService:
         """Hand freed heap back to the system, in the core's own process (in the worker's, the worker trims)."""
         if self.own_process:
             release_free_memory()
+
+    def freeze_heap(self, collect: bool = False) -> None:
+        """Take every object alive now out of the cyclic garbage collector's scans (``gc.freeze``), so no
+        collection walks the core's state again; objects made later are collected as usual (``gc_freeze_events``).
+
+        The state is freed by reference counting as before: freezing only stops the scans, which find nothing here
+        (the core's structures hold no reference cycles) yet took a full collection ~0.5 s at 50,000 items.
+        ``collect``: collect first (once at start-up, where the loading left garbage behind; never per batch).
+        """
+        if not self.settings.batching.gc_freeze_events:
+            return
+        if collect:
+            gc.collect()
+        gc.freeze()
+        self.unfrozen_events = 0
 
 
 def _serve(conn: Connection, settings: Settings, worker_id: str, with_query_encoder: bool) -> None:
@@ -351,6 +373,10 @@ class CoreClient:
     async def trim(self) -> None:
         """Hand the core process's freed heap back to the system (:meth:`CoreService.trim`)."""
         await self._run(CoreService.trim)
+
+    async def freeze_heap(self, collect: bool = False) -> None:
+        """Take the core's heap out of the garbage collector's scans (:meth:`CoreService.freeze_heap`)."""
+        await self._run(CoreService.freeze_heap, collect)
 
     async def apply_item_updates(self, updates: Sequence[ItemUpdate]) -> int:
         """Fold peers' item updates into the item statistics; returns how many applied."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import os
@@ -379,6 +380,10 @@ class Worker:
     async def _catalog_loaded(self, records: int) -> None:
         await self.core.warm_up(self.settings.batching.batch_size)  # one-time working memory, before the baseline
         await self.core.trim()  # the baseline, like every big batch, without the loading's freed buffers
+        await self.core.freeze_heap(collect=True)  # the catalogue and model out of the collector's scans
+        if self.settings.batching.gc_freeze_events and self.settings.batching.core_process:
+            gc.collect()  # this process's start-up heap too, once (Faust's own objects make cycles: never again)
+            gc.freeze()
         release_free_memory()
         log.info("catalogue loaded: %d records, %d items indexed", records, self.core.state.items_indexed)
         self.stats.catalog_ready_at = time.time()
