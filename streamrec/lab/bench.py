@@ -359,21 +359,8 @@ async def drain_backlog(
     worker = Service(f"worker-{name}", ["worker", "--loglevel", "warning"], settings, workdir, program).start()
     watcher = RecommendationWatcher(settings.kafka, keep_latest=keep_running)
     samples: list[MemorySample] = []
-    meter: CpuMeter | None = None
-    metered_from = (0, 0.0)
-    """Events applied and the time when the meter started."""
-
-    def meter_from(stats: dict[str, Any]) -> None:
-        """Meter the CPU each process spends on the drain from the worker's first answer, restarted at each poll
-        that finds the catalogue loaded and no batch yet (a fast drain can start and end between two polls)."""
-        nonlocal meter, metered_from
-        if meter is None or (stats["batches"] == 0 and stats.get("catalog_ready_at") is not None):
-            pids = {"worker": worker.process.pid if worker.process else None, "core": stats.get("core_pid")}
-            meter = CpuMeter(pids).start()
-            metered_from = (int(stats["events"]), time.perf_counter())
-
     try:
-        meter_from(await wait_for_services(lambda: worker_stats(settings), STARTUP_TIMEOUT_S, "the worker", [worker]))
+        await wait_for_services(lambda: worker_stats(settings), STARTUP_TIMEOUT_S, "the worker", [worker])
         await watcher.start()
         last_ts = _last_ts(events)
         n = len(events)
@@ -382,7 +369,6 @@ async def drain_backlog(
             stats = await worker_stats(settings)
             if stats is None:
                 return None
-            meter_from(stats)
             samples.append(_memory_sample(stats))
             if stats["events"] + stats["duplicates_skipped"] + stats["dead_letters"] < n:
                 return None
@@ -397,9 +383,9 @@ async def drain_backlog(
         await watcher.stop()
         worker.stop()
         raise
-    cores = meter.cores() if meter is not None else {}
-    metered_s, metered_events = time.perf_counter() - metered_from[1], max(len(events) - metered_from[0], 1)
     elapsed = watcher.last_record_ms / 1000.0 - stats["first_batch_at"]
+    spent = {k: stats["cpu_seconds"][k] - t0 for k, t0 in stats["cpu_seconds_at_first_batch"].items()}
+    """What each of the worker's processes spent from its first batch on, by its own account."""
     users = len(last_ts)
     ready = MemorySample(0, 0, stats["rss_ready_bytes"], stats["core_rss_ready_bytes"])
     per_user, core_per_user = growth_windows(ready, samples, _memory_sample(stats), n, windows)
@@ -407,8 +393,8 @@ async def drain_backlog(
         "users": users,
         "worker_events_per_s": n / max(elapsed, 1e-9),
         "worker_seconds": elapsed,
-        "drain_cpu_cores": {name: round(c, 3) for name, c in cores.items()},
-        "drain_cpu_us_per_event": {name: round(c * metered_s / metered_events * 1e6, 1) for name, c in cores.items()},
+        "drain_cpu_cores": {name: round(s / max(elapsed, 1e-9), 3) for name, s in spent.items()},
+        "drain_cpu_us_per_event": {name: round(s / max(stats["events"], 1) * 1e6, 1) for name, s in spent.items()},
         "recommendations": stats["recommendations"],
         "batches": stats["batches"],
         "batch_ms_p50": stats["processing_ms_p50"],
@@ -423,7 +409,8 @@ async def drain_backlog(
         "stats_request_ms": stats_request_ms,
     }
     cpu = ", ".join(
-        f"{k} {c:.2f} cores, {figures['drain_cpu_us_per_event'][k]:,.0f} µs/event" for k, c in cores.items()
+        f"{k} {c:.2f} cores, {figures['drain_cpu_us_per_event'][k]:,.0f} µs/event"
+        for k, c in figures["drain_cpu_cores"].items()
     )
     print(f"[{name}] worker drained {n:,} events in {elapsed:.1f}s: {figures['worker_events_per_s']:,.0f}/s ({cpu})")
     if not keep_running:

@@ -64,6 +64,8 @@ class CoreState:
     peers: tuple[str, ...] = ()
     rss_bytes: int = 0
     """Resident memory of the core's own process (0 when it runs in the worker's process)."""
+    cpu_seconds: float = 0.0
+    """CPU time the core's own process has used (0 when it runs in the worker's process)."""
     ranker_weights: dict[str, float] = field(default_factory=dict)
     """The fusion ranker's θ by feature."""
     online: OnlineCounts | None = None
@@ -160,6 +162,7 @@ class CoreService:
             self.shared.own_steps,
             tuple(sorted(self.shared.peers)),
             rss_bytes() if self.own_process else 0,
+            time.process_time() if self.own_process else 0.0,
             dict(zip(FEATURES, rec.ranker.weights.tolist(), strict=True)),
             rec.online.counts(),
         )

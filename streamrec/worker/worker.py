@@ -31,7 +31,7 @@ from streamrec.worker.memory import release_free_memory, rss_bytes
 from streamrec.worker.profile_table import TableProfileStore
 from streamrec.worker.publisher import BatchPublisher
 from streamrec.worker.routing import Routes, plan_forgets, position_key, stored_offsets
-from streamrec.worker.stats import Reading, WorkerStats, metrics, stats_json
+from streamrec.worker.stats import Reading, WorkerStats, cpu_by_process, metrics, stats_json
 from streamrec.worker.telemetry import Histogram, Metric
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,7 @@ class Worker:
         t0 = time.perf_counter()
         if self.stats.first_batch_at is None:
             self.stats.first_batch_at = time.time()
+            self.stats.cpu_at_first_batch = cpu_by_process(self.reading(None))
         batch = await self.gaps.fill(batch)
         valid: list[Event] = []
         positions: list[tuple[int, int]] = []
@@ -260,6 +261,7 @@ class Worker:
             restored_steps=self.restored_steps,
             restored_own_steps=self.restored_own_steps,
             rss_bytes=rss_bytes() + self.core.rss_bytes(),
+            cpu_seconds=time.process_time(),
         )
 
     def stats_dict(self, table: Mapping[bytes, bytes] | None = None) -> dict[str, Any]:
