@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test eval eval-full eval-docs bench chaos lint clean
+.PHONY: install demo test eval eval-full eval-synthetic eval-docs bench chaos lint clean
 
 install: $(STAMP)
 
@@ -47,10 +47,21 @@ eval: install
 eval-full:
 	$(MAKE) eval EVAL_SYSTEMS=$(EVAL_SYSTEMS),sasrec
 
-# The result tables in docs/evaluation.md and the README, rewritten from the last `make eval`.
+# The robustness check on a log with a known structure: a synthetic shop (favourite categories, Zipf
+# popularity inside each), written by `python -m streamrec.lab.synthetic`, about 10 minutes.
+eval-synthetic: install
+	mkdir -p out
+	$(PY) -m streamrec.lab.synthetic out/synthetic.jsonl
+	$(VENV)/bin/streamrec eval out/synthetic.jsonl --format jsonl --systems $(EVAL_SYSTEMS) --jobs $(EVAL_JOBS) \
+		--json out/eval-synthetic.json --markdown out/eval-synthetic.md $(ARGS)
+
+# The result tables in docs/evaluation.md and the README, rewritten from the last `make eval` (and
+# `make eval-synthetic`, when it has run).
 eval-docs: install
 	$(PY) -m streamrec.lab.evaluation --docs docs/evaluation.md --summary README.md \
 		out/eval-taobao.json out/eval-movielens.json
+	$(if $(wildcard out/eval-synthetic.json),$(PY) -m streamrec.lab.evaluation --docs docs/evaluation.md \
+		out/eval-synthetic.json)
 
 # The worker against its Faust floor and the transport, as ratios with their targets, then the absolute figures
 # of this machine, in one run on the local broker (docs/performance.md); `make bench ARGS=--quick` is CI-sized.

@@ -688,6 +688,13 @@ def taobao_option(flag: str, help_text: str) -> Any:
 )
 @click.option("--quick", is_flag=True, help="A CI-sized run: small inputs, every figure (the other sizes ignored).")
 @click.option("--withdrawals", type=int, default=20, show_default=True, help="Most-listed items withdrawn and timed.")
+@click.option(
+    "--only",
+    type=click.Choice(["latency"]),
+    default=None,
+    help="Only these phases: 'latency' drains the backlog, then times the transport and the worker at --rate "
+    "(latency_over_transport_p99), skipping the encoder, floor, freshness, Taobao and evaluation phases.",
+)
 @click.pass_context
 def bench(
     ctx: click.Context,
@@ -702,6 +709,7 @@ def bench(
     encoder_processes: int | None,
     quick: bool,
     withdrawals: int,
+    only: str | None,
 ) -> None:
     """The worker against its Faust floor and the transport (ratios), then throughput, latency, encoder speed,
     item freshness, withdrawals and memory on this machine, on the local broker (docs/performance.md)."""
@@ -710,7 +718,8 @@ def bench(
     if not taobao.exists():
         click.echo(f"Taobao sample not found at {taobao}: measuring the synthetic stream only", err=True)
     sample = taobao if taobao.exists() else None
-    processes = {"encoder_processes": encoder_processes} if encoder_processes else {}
+    processes: dict[str, Any] = {"encoder_processes": encoder_processes} if encoder_processes else {}
+    processes["latency_only"] = only == "latency"
     if quick:
         opts = dataclasses.replace(BenchOptions.quick(sample), **processes)
     else:

@@ -106,6 +106,10 @@ class BatchingSettings:
     share_item_stats: bool = True
     """Workers exchange their item-level updates (co-visitation, co-embeddings, popularity) over ``item-updates``,
     so each learns item statistics from every user, not only its partitions' (:mod:`streamrec.model.itemstats`)."""
+    gc_freeze_events: int = 10_000
+    """The core takes its heap out of the cyclic garbage collector's scans (``gc.freeze``) once the catalogue is
+    loaded and again after every this many events, so a full collection never walks its state (at 50,000 items one
+    paused a batch for ~0.5 s; the core's state makes no reference cycles: docs/performance.md). 0: never."""
     repartition: bool = False
     """Re-key every incoming event by its user id onto an internal topic (Faust's ``group_by``, murmur2 like
     Kafka's Java client) before it reaches user state, so producers with any partitioner work: one copy of
@@ -114,6 +118,8 @@ class BatchingSettings:
 
     def __post_init__(self) -> None:
         _check(self, ("batch_size",))
+        if self.gc_freeze_events < 0:
+            raise SettingsError(f"gc_freeze_events must be >= 0 (0: never), got {self.gc_freeze_events}")
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ def test_every_field_has_one_flat_environment_name_and_sections_are_frozen() -> 
     env = {ENV_PREFIX + name.upper(): str(value) for name, value in Settings().flat().items() if type(value) is int}
     assert Settings.from_env(env) == Settings()
     assert Settings.from_env({"STREAMREC_SNAPSHOT_INTERVAL_S": "2.5"}).batching.snapshot_interval_s == 2.5
+    assert Settings.from_env({"STREAMREC_GC_FREEZE_EVENTS": "0"}).batching.gc_freeze_events == 0
 
 
 def test_replace_routes_flat_names_and_rejects_unknown_ones() -> None:
@@ -50,6 +51,7 @@ def test_replace_routes_flat_names_and_rejects_unknown_ones() -> None:
         ({"STREAMREC_CANDIDATE_CACHE_USERS": "0"}, "candidate_cache_users must be > 0"),
         ({"STREAMREC_CANDIDATES_PER_SOURCE": "-1"}, "candidates_per_source must be > 0"),
         ({"STREAMREC_LEARN": "maybe"}, "not a valid bool"),
+        ({"STREAMREC_GC_FREEZE_EVENTS": "-1"}, "gc_freeze_events must be >= 0"),
     ],
 )
 def test_bad_values_are_clear_errors(env: dict[str, str], message: str) -> None:

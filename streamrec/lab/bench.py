@@ -133,6 +133,9 @@ class BenchOptions:
     taobao: Path | None = None
     taobao_limit: int = 200_000
     eval_limit: int = 30_000
+    latency_only: bool = False
+    """Only what ``latency_over_transport_p99`` needs: the backlog drained (the worker warmed up), the transport and
+    the latency phase; no encoder, floor, new items, withdrawals, Taobao or evaluation."""
 
     @classmethod
     def quick(cls, taobao: Path | None = None) -> BenchOptions:
@@ -356,21 +359,8 @@ async def drain_backlog(
     worker = Service(f"worker-{name}", ["worker", "--loglevel", "warning"], settings, workdir, program).start()
     watcher = RecommendationWatcher(settings.kafka, keep_latest=keep_running)
     samples: list[MemorySample] = []
-    meter: CpuMeter | None = None
-    metered_from = (0, 0.0)
-    """Events applied and the time when the meter started."""
-
-    def meter_from(stats: dict[str, Any]) -> None:
-        """Meter the CPU each process spends on the drain from the worker's first answer, restarted at each poll
-        that finds the catalogue loaded and no batch yet (a fast drain can start and end between two polls)."""
-        nonlocal meter, metered_from
-        if meter is None or (stats["batches"] == 0 and stats.get("catalog_ready_at") is not None):
-            pids = {"worker": worker.process.pid if worker.process else None, "core": stats.get("core_pid")}
-            meter = CpuMeter(pids).start()
-            metered_from = (int(stats["events"]), time.perf_counter())
-
     try:
-        meter_from(await wait_for_services(lambda: worker_stats(settings), STARTUP_TIMEOUT_S, "the worker", [worker]))
+        await wait_for_services(lambda: worker_stats(settings), STARTUP_TIMEOUT_S, "the worker", [worker])
         await watcher.start()
         last_ts = _last_ts(events)
         n = len(events)
@@ -379,7 +369,6 @@ async def drain_backlog(
             stats = await worker_stats(settings)
             if stats is None:
                 return None
-            meter_from(stats)
             samples.append(_memory_sample(stats))
             if stats["events"] + stats["duplicates_skipped"] + stats["dead_letters"] < n:
                 return None
@@ -394,9 +383,9 @@ async def drain_backlog(
         await watcher.stop()
         worker.stop()
         raise
-    cores = meter.cores() if meter is not None else {}
-    metered_s, metered_events = time.perf_counter() - metered_from[1], max(len(events) - metered_from[0], 1)
     elapsed = watcher.last_record_ms / 1000.0 - stats["first_batch_at"]
+    spent = {k: stats["cpu_seconds"][k] - t0 for k, t0 in stats["cpu_seconds_at_first_batch"].items()}
+    """What each of the worker's processes spent from its first batch on, by its own account."""
     users = len(last_ts)
     ready = MemorySample(0, 0, stats["rss_ready_bytes"], stats["core_rss_ready_bytes"])
     per_user, core_per_user = growth_windows(ready, samples, _memory_sample(stats), n, windows)
@@ -404,8 +393,8 @@ async def drain_backlog(
         "users": users,
         "worker_events_per_s": n / max(elapsed, 1e-9),
         "worker_seconds": elapsed,
-        "drain_cpu_cores": {name: round(c, 3) for name, c in cores.items()},
-        "drain_cpu_us_per_event": {name: round(c * metered_s / metered_events * 1e6, 1) for name, c in cores.items()},
+        "drain_cpu_cores": {name: round(s / max(elapsed, 1e-9), 3) for name, s in spent.items()},
+        "drain_cpu_us_per_event": {name: round(s / max(stats["events"], 1) * 1e6, 1) for name, s in spent.items()},
         "recommendations": stats["recommendations"],
         "batches": stats["batches"],
         "batch_ms_p50": stats["processing_ms_p50"],
@@ -420,7 +409,8 @@ async def drain_backlog(
         "stats_request_ms": stats_request_ms,
     }
     cpu = ", ".join(
-        f"{k} {c:.2f} cores, {figures['drain_cpu_us_per_event'][k]:,.0f} µs/event" for k, c in cores.items()
+        f"{k} {c:.2f} cores, {figures['drain_cpu_us_per_event'][k]:,.0f} µs/event"
+        for k, c in figures["drain_cpu_cores"].items()
     )
     print(f"[{name}] worker drained {n:,} events in {elapsed:.1f}s: {figures['worker_events_per_s']:,.0f}/s ({cpu})")
     if not keep_running:
@@ -807,17 +797,19 @@ async def _run(settings: Settings, opts: BenchOptions, workdir: Path, broker_pid
         f"synthetic shop: {len(shop.items):,} items, {opts.windows} cohorts of {len(shop.favourites):,} users, "
         f"{len(events):,} events ({time.perf_counter() - t0:.1f}s)"
     )
-    texts = [item_text(i) for i in shop.items[: opts.encoder_texts]]
-    figures.update(encoder_throughput(settings, texts, opts.encoder_processes))
-    print(
-        f"encoder ({figures['encoder_path']}: {figures['encoder_path_reason']}): "
-        f"{figures['encoder_items_per_s']:,.0f} items/s with {figures['encoder_processes']} process(es); "
-        f"one process alone {figures['encoder_items_per_s_one_process']:,.0f}"
-    )
+    if not opts.latency_only:
+        texts = [item_text(i) for i in shop.items[: opts.encoder_texts]]
+        figures.update(encoder_throughput(settings, texts, opts.encoder_processes))
+        print(
+            f"encoder ({figures['encoder_path']}: {figures['encoder_path_reason']}): "
+            f"{figures['encoder_items_per_s']:,.0f} items/s with {figures['encoder_processes']} process(es); "
+            f"one process alone {figures['encoder_items_per_s_one_process']:,.0f}"
+        )
     embeddings = fallback_embeddings(shop.items, settings)
     figures.update(await publish_backlog(settings, embeddings, events, "synthetic"))
-    figures.update(await faust_floor(settings, shop, events, workdir, broker_pid))
-    print(f"[synthetic] Faust floor: {figures['faust_floor_events_per_s']:,.0f} events/s")
+    if not opts.latency_only:
+        figures.update(await faust_floor(settings, shop, events, workdir, broker_pid))
+        print(f"[synthetic] Faust floor: {figures['faust_floor_events_per_s']:,.0f} events/s")
     figures.update(await transport_latency(settings, live, opts.latency_rate, broker_pid))
     print(
         f"transport at {opts.latency_rate:,.0f}/s: p50 {figures['transport_latency_ms_p50']:.1f} ms, "
@@ -832,32 +824,58 @@ async def _run(settings: Settings, opts: BenchOptions, workdir: Path, broker_pid
             f"latency at {opts.latency_rate:,.0f}/s: p50 {figures['latency_ms_p50']:.1f} ms, "
             f"p99 {figures['latency_ms_p99']:.1f} ms; CPU cores used meanwhile: {cpu}"
         )
-        fresh = [
-            Item(f"new-{i}", item.title, 0.0, item.description, item.category, item.brand, item.price)
-            for i, item in enumerate(shop.items[: opts.new_items + WARMUP_ITEMS])
-        ]
-        trickle = make_events(shop, int(opts.withdrawal_events_per_s * opts.withdrawals / opts.withdrawal_rate), 9)
-
-        async def withdrawals() -> dict[str, Any]:
-            return await withdrawals_timed(settings, watcher, trickle, opts, [worker])
-
-        figures.update(await new_items_visible(settings, fresh, opts.new_item_rate, workdir, [worker], withdrawals))
-        print(
-            f"new item visible: p50 {figures['new_item_visible_ms_p50']:.0f} ms, "
-            f"p99 {figures['new_item_visible_ms_p99']:.0f} ms"
-        )
-        print(
-            f"withdrawn ({figures['withdrawn_items']} items in {figures['withdrawn_holders']} users' lists): absent "
-            f"from new lists p50 {_fmt('{:.0f}', figures['withdrawn_absent_ms_p50'])} ms, p99 "
-            f"{_fmt('{:.0f}', figures['withdrawn_absent_ms_p99'])} ms; last list refreshed p50 "
-            f"{_fmt('{:.0f}', figures['withdrawn_refreshed_ms_p50'])} ms, p99 "
-            f"{_fmt('{:.0f}', figures['withdrawn_refreshed_ms_p99'])} ms "
-            f"({figures['withdrawn_refresh_missing']} missing)"
-        )
+        if not opts.latency_only:
+            figures.update(await _freshness(settings, shop, opts, workdir, watcher, worker))
     finally:
         await watcher.stop()
         worker.stop()
     figures.update(_worker_ratios(figures))
+    if not opts.latency_only:
+        figures.update(await _taobao_and_eval(result, settings, opts, embeddings, events, workdir))
+    figures["bench_seconds"] = time.perf_counter() - t0
+    return result
+
+
+async def _freshness(
+    settings: Settings, shop: Shop, opts: BenchOptions, workdir: Path, watcher: RecommendationWatcher, worker: Service
+) -> dict[str, Any]:
+    """New items visible and withdrawals, on the running worker."""
+    figures: dict[str, Any] = {}
+    fresh = [
+        Item(f"new-{i}", item.title, 0.0, item.description, item.category, item.brand, item.price)
+        for i, item in enumerate(shop.items[: opts.new_items + WARMUP_ITEMS])
+    ]
+    trickle = make_events(shop, int(opts.withdrawal_events_per_s * opts.withdrawals / opts.withdrawal_rate), 9)
+
+    async def withdrawals() -> dict[str, Any]:
+        return await withdrawals_timed(settings, watcher, trickle, opts, [worker])
+
+    figures.update(await new_items_visible(settings, fresh, opts.new_item_rate, workdir, [worker], withdrawals))
+    print(
+        f"new item visible: p50 {figures['new_item_visible_ms_p50']:.0f} ms, "
+        f"p99 {figures['new_item_visible_ms_p99']:.0f} ms"
+    )
+    print(
+        f"withdrawn ({figures['withdrawn_items']} items in {figures['withdrawn_holders']} users' lists): absent "
+        f"from new lists p50 {_fmt('{:.0f}', figures['withdrawn_absent_ms_p50'])} ms, p99 "
+        f"{_fmt('{:.0f}', figures['withdrawn_absent_ms_p99'])} ms; last list refreshed p50 "
+        f"{_fmt('{:.0f}', figures['withdrawn_refreshed_ms_p50'])} ms, p99 "
+        f"{_fmt('{:.0f}', figures['withdrawn_refreshed_ms_p99'])} ms "
+        f"({figures['withdrawn_refresh_missing']} missing)"
+    )
+    return figures
+
+
+async def _taobao_and_eval(
+    result: BenchResult,
+    settings: Settings,
+    opts: BenchOptions,
+    embeddings: Sequence[ItemEmbedding],
+    events: Sequence[Event],
+    workdir: Path,
+) -> dict[str, Any]:
+    """The Taobao drain (into ``result.taobao``) and the prequential evaluation's speed."""
+    figures: dict[str, Any] = {}
     eval_records: Sequence[Any]
     if opts.taobao is not None and opts.taobao.exists():
         records = _taobao_records(opts.taobao, opts.taobao_limit)
@@ -875,8 +893,7 @@ async def _run(settings: Settings, opts: BenchOptions, workdir: Path, broker_pid
         figures["eval_dataset"] = "synthetic"
     figures.update(eval_throughput(eval_records, settings))
     print(f"prequential evaluation: {figures['eval_events_per_s']:,.0f} events/s")
-    figures["bench_seconds"] = time.perf_counter() - t0
-    return result
+    return figures
 
 
 RATIO_ROWS: tuple[tuple[str, str, str], ...] = (

@@ -7,9 +7,14 @@ inside a category, and event types follow a view → click → cart → purchase
 
 from __future__ import annotations
 
+import argparse
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import orjson
 
 from streamrec.model.events import Event, Item
 
@@ -67,6 +72,8 @@ TYPE_FUNNEL: dict[str, float] = {"view": 0.68, "click": 0.2, "add_to_cart": 0.07
 FAVOURITE_SHARE = 0.85
 ZIPF_EXPONENT = 1.1
 HOT_USER_EXPONENT = 0.8
+LOG_START_TS = 1_700_000_000.0
+"""Where a written log's clock starts (a fixed instant, so the same arguments write the same file)."""
 
 
 @dataclass(frozen=True)
@@ -160,3 +167,34 @@ def _zipf_cdf(n: int) -> np.ndarray:
     """Cumulative probabilities of ranks 0..n-1 under a Zipf law bounded to ``n`` items (a long tail, no pile-up)."""
     p = 1.0 / np.arange(1, n + 1) ** ZIPF_EXPONENT
     return np.cumsum(p / p.sum())
+
+
+def write_log(path: Path | str, shop: Shop, events: Sequence[Event]) -> int:
+    """Write the catalogue, then the events, as one JSON object per line (``streamrec eval --format jsonl``)."""
+    with open(path, "wb") as f:
+        for record in [*shop.items, *events]:
+            f.write(orjson.dumps(record.to_dict()) + b"\n")
+    return len(shop.items) + len(events)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Write a synthetic shop's log: a log with a known structure, to test quality claims beyond the shared logs."""
+    parser = argparse.ArgumentParser(prog="python -m streamrec.lab.synthetic", description=main.__doc__)
+    parser.add_argument("out", type=Path, help="the JSONL file to write")
+    parser.add_argument("--items", type=int, default=2_000)
+    parser.add_argument("--users", type=int, default=1_000)
+    parser.add_argument("--events", type=int, default=40_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--step-s", type=float, default=30.0, help="seconds between two events of the stream")
+    args = parser.parse_args(argv)
+    if min(args.items, args.users, args.events) <= 0:
+        parser.error("--items, --users and --events must be positive")
+    shop = make_shop(args.items, args.users, seed=args.seed, ts=LOG_START_TS)
+    events = make_events(shop, args.events, seed=args.seed, start_ts=LOG_START_TS, step_s=args.step_s)
+    lines = write_log(args.out, shop, events)
+    print(f"{args.out}: {len(shop.items):,} items and {len(events):,} events ({lines:,} lines)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

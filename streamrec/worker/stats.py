@@ -69,6 +69,8 @@ class WorkerStats:
     """Resident memory when the catalogue was loaded, the core process's included."""
     core_rss_ready_bytes: int = 0
     first_batch_at: float | None = None
+    cpu_at_first_batch: dict[str, float] = field(default_factory=dict)
+    """CPU seconds each of the worker's processes had used when the first batch started (what a drain costs)."""
     last_batch_at: float | None = None
 
 
@@ -92,6 +94,8 @@ class Reading:
     restored_own_steps: int
     rss_bytes: int
     """This process's resident memory plus the core process's."""
+    cpu_seconds: float = 0.0
+    """CPU time this process has used."""
     now: float = field(default_factory=time.time)
 
     @property
@@ -130,6 +134,11 @@ class Figure:
 
 def _percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.array(values) if values else np.zeros(1), q))
+
+
+def cpu_by_process(r: Reading) -> dict[str, float]:
+    """CPU seconds used so far: the worker's process, and the core's own process (as of its last reply)."""
+    return {"worker": r.cpu_seconds} | ({"core": r.core.cpu_seconds} if r.core_pid is not None else {})
 
 
 def _online(r: Reading) -> OnlineCounts | None:
@@ -328,6 +337,21 @@ FIGURES: tuple[Figure, ...] = (
         "first_batch_at", None, GAUGE, "When the first batch started (Unix time).", lambda r: r.stats.first_batch_at
     ),
     Figure("last_batch_at", None, GAUGE, "Last batch ended (Unix time).", lambda r: r.stats.last_batch_at),
+    Figure(
+        "cpu_seconds",
+        "streamrec_cpu_seconds_total",
+        COUNTER,
+        "CPU time used by the worker's process and its core process (seconds).",
+        cpu_by_process,
+        label="process",
+    ),
+    Figure(
+        "cpu_seconds_at_first_batch",
+        None,
+        INFO,
+        "CPU seconds of each process when the first batch started (a backlog's cost is the difference).",
+        lambda r: dict(r.stats.cpu_at_first_batch),
+    ),
     Figure("rss_bytes", None, GAUGE, "Resident memory, the core process's included (bytes).", lambda r: r.rss_bytes),
     Figure(
         "rss_ready_bytes",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import os
@@ -30,7 +31,7 @@ from streamrec.worker.memory import release_free_memory, rss_bytes
 from streamrec.worker.profile_table import TableProfileStore
 from streamrec.worker.publisher import BatchPublisher
 from streamrec.worker.routing import Routes, plan_forgets, position_key, stored_offsets
-from streamrec.worker.stats import Reading, WorkerStats, metrics, stats_json
+from streamrec.worker.stats import Reading, WorkerStats, cpu_by_process, metrics, stats_json
 from streamrec.worker.telemetry import Histogram, Metric
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ class Worker:
         t0 = time.perf_counter()
         if self.stats.first_batch_at is None:
             self.stats.first_batch_at = time.time()
+            self.stats.cpu_at_first_batch = cpu_by_process(self.reading(None))
         batch = await self.gaps.fill(batch)
         valid: list[Event] = []
         positions: list[tuple[int, int]] = []
@@ -259,6 +261,7 @@ class Worker:
             restored_steps=self.restored_steps,
             restored_own_steps=self.restored_own_steps,
             rss_bytes=rss_bytes() + self.core.rss_bytes(),
+            cpu_seconds=time.process_time(),
         )
 
     def stats_dict(self, table: Mapping[bytes, bytes] | None = None) -> dict[str, Any]:
@@ -379,6 +382,10 @@ class Worker:
     async def _catalog_loaded(self, records: int) -> None:
         await self.core.warm_up(self.settings.batching.batch_size)  # one-time working memory, before the baseline
         await self.core.trim()  # the baseline, like every big batch, without the loading's freed buffers
+        await self.core.freeze_heap(collect=True)  # the catalogue and model out of the collector's scans
+        if self.settings.batching.gc_freeze_events and self.settings.batching.core_process:
+            gc.collect()  # this process's start-up heap too, once (Faust's own objects make cycles: never again)
+            gc.freeze()
         release_free_memory()
         log.info("catalogue loaded: %d records, %d items indexed", records, self.core.state.items_indexed)
         self.stats.catalog_ready_at = time.time()

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import pytest
+from click.testing import CliRunner
+
+from streamrec.cli import cli
+from streamrec.lab import bench
 from streamrec.lab.bench import (
     ISA_FLAGS,
+    BenchOptions,
     BenchResult,
     MemorySample,
     cohort_events,
@@ -15,6 +25,7 @@ from streamrec.lab.bench import (
     targets,
 )
 from streamrec.lab.synthetic import make_events, make_shop
+from streamrec.settings import Settings
 
 N_EVENTS = 3_001
 COHORTS = 3
@@ -90,3 +101,71 @@ def test_cpu_model_and_isa_flags_under_the_issues_names(tmp_path: Path) -> None:
     info.write_text("processor\t: 0\nflags\t\t: fpu sse2\n")
     model, isa = cpu_description(info)
     assert model and not any(isa.values())
+
+
+def _fake_phases(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Replace every phase of the bench with a stub that records its name and returns its figures."""
+    called: list[str] = []
+
+    def phase(name: str, figures: dict[str, Any]) -> Callable[..., Any]:
+        async def run(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            called.append(name)
+            return figures
+
+        return run
+
+    class Watcher:
+        async def stop(self) -> None:
+            called.append("watcher stopped")
+
+    class Worker:
+        def stop(self) -> None:
+            called.append("worker stopped")
+
+    async def drain(*args: Any, **kwargs: Any) -> tuple[dict[str, Any], Any, Any]:
+        called.append("drain")
+        return {"worker_events_per_s": 100.0, "ceiling_events_per_s": 1_000.0}, Worker(), Watcher()
+
+    def encoder(*args: Any) -> dict[str, Any]:
+        called.append("encoder")
+        return {k: 1 for k in ("encoder_path", "encoder_path_reason", "encoder_items_per_s", "encoder_processes")} | {
+            "encoder_items_per_s_one_process": 1
+        }
+
+    monkeypatch.setattr(bench, "encoder_throughput", encoder)
+    monkeypatch.setattr(bench, "publish_backlog", phase("publish", {}))
+    monkeypatch.setattr(bench, "faust_floor", phase("floor", {"faust_floor_events_per_s": 400.0}))
+    transport = {"transport_latency_ms_p50": 5.0, "transport_latency_ms_p99": 10.0}
+    monkeypatch.setattr(bench, "transport_latency", phase("transport", transport))
+    monkeypatch.setattr(bench, "drain_backlog", drain)
+    latency = {"latency_ms_p50": 10.0, "latency_ms_p99": 25.0, "latency_cpu_cores": {}}
+    monkeypatch.setattr(bench, "steady_latency", phase("latency", latency))
+    monkeypatch.setattr(bench, "_freshness", phase("freshness", {}))
+    monkeypatch.setattr(bench, "_taobao_and_eval", phase("taobao_eval", {}))
+    return called
+
+
+@pytest.mark.parametrize("latency_only", [True, False])
+def test_latency_only_runs_just_what_the_latency_ratio_needs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, latency_only: bool
+) -> None:
+    called = _fake_phases(monkeypatch)
+    opts = replace(BenchOptions.quick(), items=20, users=5, events=30, latency_only=latency_only)
+    result = asyncio.run(bench._run(Settings(), opts, tmp_path))
+    expected = ["publish", "transport", "drain", "latency", "watcher stopped", "worker stopped"]
+    if not latency_only:
+        expected = ["encoder", "publish", "floor", "transport", "drain", "latency", "freshness"]
+        expected += ["watcher stopped", "worker stopped", "taobao_eval"]
+    assert called == expected
+    assert result.figures["latency_over_transport_p99"] == 2.5
+    assert ("worker_over_floor" in result.figures) is not latency_only
+
+
+def test_only_latency_reaches_the_bench_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[BenchOptions] = []
+    monkeypatch.setattr(bench, "run_bench", lambda settings, opts, json_out: seen.append(opts))
+    for args in (["bench", "--quick", "--only", "latency"], ["bench", "--quick"], ["bench", "--only", "latency"]):
+        result = CliRunner().invoke(cli, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    assert [o.latency_only for o in seen] == [True, False, True]
+    assert seen[0].events == BenchOptions.quick().events and seen[2].events == BenchOptions().events

@@ -16,7 +16,8 @@ from streamrec.model.profiles import UserProfile
 from streamrec.model.ranker import FEATURES
 from streamrec.model.shared_model import snapshot_key
 from streamrec.settings import Settings
-from streamrec.worker.core import CoreBatch, CoreClient, CoreError
+from streamrec.worker import core as core_module
+from streamrec.worker.core import CoreBatch, CoreClient, CoreError, CoreService
 
 DIM = 8
 
@@ -159,3 +160,33 @@ def test_explaining_a_stored_profile_through_the_client() -> None:
     assert [r["purchased"] for r in explained["recent_items"]] == [True, False]
     assert [c["category"] for c in explained["top_categories"]] == ["c2", "c1"]  # a purchase outweighs a view
     assert client.state.model_steps == steps
+
+
+@pytest.mark.parametrize(
+    ("every", "own_process", "expected"),
+    [
+        # frozen at start-up (collected first), then whenever 3 or more events were processed since the last freeze
+        (3, True, ["collect", "freeze", "batch 2", "batch 2", "freeze", "batch 1", "batch 1", "batch 1", "freeze"]),
+        # in the worker's own process (a thread) only the start-up freeze: Faust's objects make cycles
+        (3, False, ["collect", "freeze", "batch 2", "batch 2", "batch 1", "batch 1", "batch 1"]),
+        (0, True, ["batch 2", "batch 2", "batch 1", "batch 1", "batch 1"]),  # 0: never
+    ],
+)
+def test_the_core_freezes_its_heap_at_start_up_and_every_gc_freeze_events(
+    monkeypatch: pytest.MonkeyPatch, every: int, own_process: bool, expected: list[str]
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(core_module.gc, "collect", lambda *a: calls.append("collect") or 0)
+    monkeypatch.setattr(core_module.gc, "freeze", lambda: calls.append("freeze"))
+    settings = Settings.of(embedding_dim=DIM, top_k=5, seed=3, gc_freeze_events=every)
+    service = CoreService(settings, "w1", with_query_encoder=False, own_process=own_process)
+    service.upsert_items(item_values(), False)
+    service.freeze_heap(collect=True)
+    table: dict[str, bytes | None] = {}
+    for n, size in enumerate([2, 2, 1, 1, 1]):
+        events = [Event(f"u{n}-{i}", "view", 200.0 + n, item_id=f"i{i}") for i in range(size)]
+        calls.append(f"batch {size}")
+        result = service.process(events, [None] * size, {e.user_id: None for e in events})
+        table.update(result.profiles)
+    assert calls == expected
+    assert len(table) == 7  # every batch applied

@@ -39,6 +39,8 @@ STATS_KEYS = [
     "catalog_ready_at",
     "first_batch_at",
     "last_batch_at",
+    "cpu_seconds",
+    "cpu_seconds_at_first_batch",
     "rss_bytes",
     "rss_ready_bytes",
     "core_rss_ready_bytes",
@@ -78,6 +80,7 @@ METRICS = {
     "streamrec_lists_refreshed_total": "counter",
     "streamrec_refresh_pending": "gauge",
     "streamrec_rules_in_force": "gauge",
+    "streamrec_cpu_seconds_total": "counter",
     "streamrec_online_scored_total": "counter",
     "streamrec_online_hits_total": "counter",
     "streamrec_online_hit_rank": "histogram",
@@ -99,6 +102,7 @@ def reading() -> Reading:
     stats.item_visible_ms.extend([2.0, 4.04])
     stats.items_withdrawn, stats.lists_refreshed, stats.refresh_pending, stats.rules_in_force = 2, 11, 3, 1
     stats.withdrawal_applied_ms.extend([30.0, 50.0, 40.04])
+    stats.cpu_at_first_batch = {"worker": 1.5, "core": 2.0}
     latency = Histogram((10.0, 100.0))
     latency.observe(12.0)
     return Reading(
@@ -109,6 +113,7 @@ def reading() -> Reading:
             model_steps=9,
             own_steps=4,
             peers=("b",),
+            cpu_seconds=6.25,
             ranker_weights={"sim_long": 1.5, "price": -0.25},
             online=online_scores().counts(),
         ),
@@ -124,6 +129,7 @@ def reading() -> Reading:
         restored_steps=8,
         restored_own_steps=3,
         rss_bytes=1000,
+        cpu_seconds=3.5,
         now=110.0,
     )
 
@@ -141,6 +147,10 @@ def test_stats_keys_and_values() -> None:
     assert (shown["items_withdrawn"], shown["lists_refreshed"], shown["refresh_pending"]) == (2, 11, 3)
     assert shown["withdrawal_applied_ms_p50"] == 40.04 and shown["withdrawal_applied_ms_recent"] == [30.0, 50.0, 40.0]
     assert shown["ranker_weights"] == {"sim_long": 1.5, "price": -0.25}
+    assert shown["cpu_seconds"] == {"worker": 3.5, "core": 6.25}
+    assert shown["cpu_seconds_at_first_batch"] == {"worker": 1.5, "core": 2.0}
+    in_process = stats_json(Reading(**{**reading().__dict__, "core_pid": None}))  # no core process of its own
+    assert in_process["cpu_seconds"] == {"worker": 3.5}
 
 
 def test_online_quality_on_stats() -> None:
@@ -192,6 +202,8 @@ def test_metrics_names_kinds_and_samples() -> None:
     assert samples["streamrec_misrouted_events_total"] == 11
     assert "misrouted events           11 (README: other clients)" in format_status(samples)
     assert samples["streamrec_users"] == 2
+    assert samples['streamrec_cpu_seconds_total{process="worker"}'] == 3.5
+    assert samples['streamrec_cpu_seconds_total{process="core"}'] == 6.25
     assert samples['streamrec_consumer_lag{partition="0"}'] == 3
     assert samples['streamrec_consumer_lag{partition="2"}'] == 0
     assert samples["streamrec_consumer_lag_total"] == 3
@@ -203,9 +215,13 @@ def test_a_figure_on_both_pages_shows_the_same_value() -> None:
     r = reading()
     shown, samples = stats_json(r), parse(render(metrics(r)))
     both = [f for f in FIGURES if f.key is not None and f.metric is not None]
-    assert len(both) == 14
+    assert len(both) == 15
     for f in both:
-        assert samples[f.metric] == shown[f.key], f.key  # type: ignore[index]
+        if f.label is not None:  # one sample per label value
+            shown_samples = {f'{f.metric}{{{f.label}="{k}"}}': v for k, v in shown[f.key].items()}  # type: ignore[index]
+            assert {name: samples[name] for name in shown_samples} == shown_samples, f.key
+        else:
+            assert samples[f.metric] == shown[f.key], f.key  # type: ignore[index]
 
 
 def test_a_figure_must_be_shown_somewhere_as_a_prometheus_type() -> None:
