@@ -657,8 +657,8 @@ async def withdrawals_timed(
 
     "Absent" for an item is the later of the worker applying the withdrawal and the last list generated after the
     withdrawal that still held it; "refreshed" is per (item, user whose newest list held it when it was withdrawn):
-    the first list received without the item.
-    """
+    the first list received without the item. A user's newest list then is the last one generated before the
+    withdrawal, counting one still in flight at that moment (with live traffic the watcher's view lags)."""
     counts: dict[str, int] = {}
     for rec in watcher.latest.values():
         for entry in rec["items"]:
@@ -672,7 +672,9 @@ async def withdrawals_timed(
     def on_list(rec: dict[str, Any], received: float) -> None:
         listed = {entry["item_id"] for entry in rec["items"]}
         for item, t0 in withdrawn_at.items():
-            if rec["generated_at"] <= t0:
+            if rec["generated_at"] <= t0:  # made before the withdrawal but received after: the user's newest list
+                # then, so whether they held the item is decided by it (a user's lists arrive in order)
+                (holders[item].add if item in listed else holders[item].discard)(rec["user_id"])
                 continue
             if item in listed:
                 last_held_s[item] = max(last_held_s.get(item, 0.0), rec["generated_at"] - t0)
@@ -697,30 +699,30 @@ async def withdrawals_timed(
                     await producer.send(settings.kafka.topic("events"), value, key=e.user_id.encode())
                 sent = max(sent, due)
                 await asyncio.sleep(LOAD_TICK_S)
-        wanted = sum(len(h) for h in holders.values())
 
         async def all_refreshed() -> bool:
-            return len(refreshed_s) >= wanted
+            return len(refreshed_s) >= sum(len(h) for h in holders.values())
 
         with contextlib.suppress(TimeoutError):
             await wait_for_services(all_refreshed, REFRESH_TIMEOUT_S, "the refreshed lists", services)
     finally:
         await producer.stop()
         watcher.listener = None
+    pairs = {(item, user) for item, users in holders.items() for user in users}
     stats = await worker_stats(settings) or {}
     applied = np.array(stats.get("withdrawal_applied_ms_recent", [])[-len(targets) :], np.float64)
     absent = np.array(
         [max(a, last_held_s.get(i, 0.0) * 1000.0) for i, a in zip(targets, applied, strict=False)], np.float64
     )
-    refreshed = np.array(sorted(refreshed_s.values()), np.float64) * 1000.0
+    refreshed = np.array(sorted(t for pair, t in refreshed_s.items() if pair in pairs), np.float64) * 1000.0
     return {
         "withdrawn_items": len(targets),
-        "withdrawn_holders": wanted,
+        "withdrawn_holders": len(pairs),
         "withdrawn_absent_ms_p50": float(np.percentile(absent, 50)) if len(absent) else None,
         "withdrawn_absent_ms_p99": float(np.percentile(absent, 99)) if len(absent) else None,
         "withdrawn_refreshed_ms_p50": float(np.percentile(refreshed, 50)) if len(refreshed) else None,
         "withdrawn_refreshed_ms_p99": float(np.percentile(refreshed, 99)) if len(refreshed) else None,
-        "withdrawn_refresh_missing": wanted - len(refreshed_s),
+        "withdrawn_refresh_missing": len(pairs - refreshed_s.keys()),
         "withdrawn_events_sent": sent,
     }
 
