@@ -30,7 +30,6 @@ from streamrec.model.numeric import DecayClock, unit
 from streamrec.model.profiles import UserProfile, apply_event
 from streamrec.settings import Settings
 
-RECENT_ITEMS = 20
 MF_FACTORS = 16
 MF_LEARNING_RATE = 0.05
 MF_L2 = 0.01
@@ -40,6 +39,10 @@ MF_NEGATIVES = 2
 
 @dataclass
 class _History:
+    """A user's list rule in the baselines, the same as streamrec's: leave out their purchases and their last
+    ``recent_items`` distinct items (``STREAMREC_RECENT_ITEMS``)."""
+
+    recent_items: int
     recent: list[str] = field(default_factory=list)
     purchased: set[str] = field(default_factory=set)
 
@@ -49,7 +52,7 @@ class _History:
         if event.item_id in self.recent:
             self.recent.remove(event.item_id)
         self.recent.append(event.item_id)
-        del self.recent[:-RECENT_ITEMS]
+        del self.recent[: -self.recent_items]
         if event.type == "purchase":
             self.purchased.add(event.item_id)
 
@@ -69,6 +72,7 @@ class PopularityBaseline:
         self.ids: list[str] = []
         self.counts = np.zeros(1024)
         self.histories: dict[str, _History] = {}
+        self.recent_items = settings.profile.recent_items
 
     def upsert_item(self, emb: ItemEmbedding) -> None:
         self._row(emb.item.item_id)
@@ -83,7 +87,10 @@ class PopularityBaseline:
         return row
 
     def history(self, user_id: str) -> _History:
-        return self.histories.setdefault(user_id, _History())
+        found = self.histories.get(user_id)
+        if found is None:
+            found = self.histories[user_id] = _History(self.recent_items)
+        return found
 
     def learn(self, event: Event) -> None:
         self.history(event.user_id).add(event)

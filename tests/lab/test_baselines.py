@@ -33,6 +33,18 @@ def test_popularity_decays_and_excludes_the_users_own_items() -> None:
     assert pop.recommend("me", 7 * DAY, 3) == ["new", "old"]
 
 
+def test_baselines_leave_out_the_users_last_recent_items_like_streamrec() -> None:
+    # the list rule is streamrec's: purchases and the last STREAMREC_RECENT_ITEMS distinct items
+    pop = PopularityBaseline(Settings.of(embedding_dim=4, recent_items=2))
+    for n, item in enumerate(["a", "b", "c"]):  # "a" is the most popular, then "b", then "c"
+        for u in range(3 - n):
+            pop.learn(Event(f"u{u}", "click", 0.0, item_id=item))
+    for item in ("a", "b", "c"):
+        pop.learn(Event("me", "view", 1.0, item_id=item))
+    assert pop.recommend("me", 1.0, 3) == ["a"]  # "a" left the last two items: offered again
+    assert PopularityBaseline(Settings.of(embedding_dim=4, recent_items=5)).history("x").recent_items == 5
+
+
 def test_cooccurrence_follows_the_users_last_items_then_tops_up_with_popularity() -> None:
     cooc = CooccurrenceBaseline(settings())
     for n in range(3):  # others go tent → stove; one goes tent → lamp
