@@ -30,7 +30,6 @@ from streamrec.model.numeric import DecayClock, unit
 from streamrec.model.profiles import UserProfile, apply_event
 from streamrec.settings import Settings
 
-RECENT_ITEMS = 20
 MF_FACTORS = 16
 MF_LEARNING_RATE = 0.05
 MF_L2 = 0.01
@@ -40,6 +39,13 @@ MF_NEGATIVES = 2
 
 @dataclass
 class _History:
+    """A user's last ``window`` distinct items and every purchase: what no baseline's list offers them again.
+
+    ``window`` is the worker profile's ``recent_items``, so every system, streamrec's own lists included, leaves
+    out the same seen items (the same list rules for all).
+    """
+
+    window: int
     recent: list[str] = field(default_factory=list)
     purchased: set[str] = field(default_factory=set)
 
@@ -49,7 +55,7 @@ class _History:
         if event.item_id in self.recent:
             self.recent.remove(event.item_id)
         self.recent.append(event.item_id)
-        del self.recent[:-RECENT_ITEMS]
+        del self.recent[: -self.window]
         if event.type == "purchase":
             self.purchased.add(event.item_id)
 
@@ -69,6 +75,7 @@ class PopularityBaseline:
         self.ids: list[str] = []
         self.counts = np.zeros(1024)
         self.histories: dict[str, _History] = {}
+        self.recent_items = settings.profile.recent_items
 
     def upsert_item(self, emb: ItemEmbedding) -> None:
         self._row(emb.item.item_id)
@@ -83,7 +90,10 @@ class PopularityBaseline:
         return row
 
     def history(self, user_id: str) -> _History:
-        return self.histories.setdefault(user_id, _History())
+        history = self.histories.get(user_id)
+        if history is None:
+            history = self.histories[user_id] = _History(self.recent_items)
+        return history
 
     def learn(self, event: Event) -> None:
         self.history(event.user_id).add(event)

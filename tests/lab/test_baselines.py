@@ -85,3 +85,17 @@ def test_popularity_counts_items_it_was_never_told_about_past_its_first_capacity
 def test_popularity_baseline_decays_with_popularity_half_life_not_the_models() -> None:
     s = Settings.of(popularity_half_life_s=10.0, model_half_life_s=99.0)
     assert PopularityBaseline(s).clock.half_life_s == 10.0
+
+
+def test_baselines_leave_out_the_same_seen_items_as_the_workers_profile() -> None:
+    # the window is the profile's recent_items: with 2, the oldest of three viewed items may be offered again
+    pop = PopularityBaseline(Settings.of(embedding_dim=4, recent_items=2))
+    for t, item in enumerate(["a", "b", "c", "a", "b", "c", "d"]):
+        pop.learn(Event(f"other{t}", "view", float(t), item_id=item))
+    for t, item in enumerate(["a", "b", "c"]):
+        pop.learn(Event("me", "view", 10.0 + t, item_id=item))
+    assert pop.recommend("me", 20.0, 4) == ["a", "d"]  # popularity: a, b, c (3 views each), then d
+    pop = PopularityBaseline(Settings.of(embedding_dim=4, recent_items=3))
+    for t, item in enumerate(["a", "b", "c", "d", "a", "b", "c", "a", "b", "c"]):
+        pop.learn(Event("me" if t >= 7 else f"other{t}", "view", float(t), item_id=item))
+    assert pop.recommend("me", 20.0, 4) == ["d"]
