@@ -69,6 +69,9 @@ TIMED = (
     "streamrec.model.ranker:FusionRanker.score",
     "streamrec.model.ranker:FusionRanker.reasons_many",
     "streamrec.model.offers:OfferCache.remember",
+    "streamrec.model.sessions:SessionIndex.add_many",
+    "streamrec.model.sessions:SessionIndex.scores_many",
+    "streamrec.model.recommender:select_lists",
 )
 """What ``--timers`` times, as ``module:attribute`` (module functions where the caller's module looks them up)."""
 TOP = 30

@@ -69,6 +69,8 @@ class RecommendationWatcher:
         self.count = 0
         self.measure_latency = False
         self.latencies_ms: list[float] = []
+        self.latency_sent: list[float] = []
+        """Each measured list's event time, beside ``latencies_ms``: when in a run the slow ones were sent."""
         self.listener: Callable[[dict[str, Any], float], None] | None = None
         self._consumer: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -99,6 +101,7 @@ class RecommendationWatcher:
                     self.count += 1
                     if self.measure_latency:
                         self.latencies_ms.append((now - ts) * 1000.0)
+                        self.latency_sent.append(ts)
                     if self.listener is not None:
                         self.listener(rec, now)
 

@@ -39,10 +39,13 @@ MF_NEGATIVES = 2
 
 @dataclass
 class _History:
-    """A user's list rule in the baselines, the same as streamrec's: leave out their purchases and their last
-    ``recent_items`` distinct items (``STREAMREC_RECENT_ITEMS``)."""
+    """A user's last ``window`` distinct items and every purchase: what no baseline's list offers them again.
 
-    recent_items: int
+    ``window`` is the worker profile's ``recent_items``, so every system, streamrec's own lists included, leaves
+    out the same seen items (the same list rules for all).
+    """
+
+    window: int
     recent: list[str] = field(default_factory=list)
     purchased: set[str] = field(default_factory=set)
 
@@ -52,7 +55,7 @@ class _History:
         if event.item_id in self.recent:
             self.recent.remove(event.item_id)
         self.recent.append(event.item_id)
-        del self.recent[: -self.recent_items]
+        del self.recent[: -self.window]
         if event.type == "purchase":
             self.purchased.add(event.item_id)
 
@@ -87,10 +90,10 @@ class PopularityBaseline:
         return row
 
     def history(self, user_id: str) -> _History:
-        found = self.histories.get(user_id)
-        if found is None:
-            found = self.histories[user_id] = _History(self.recent_items)
-        return found
+        history = self.histories.get(user_id)
+        if history is None:
+            history = self.histories[user_id] = _History(self.recent_items)
+        return history
 
     def learn(self, event: Event) -> None:
         self.history(event.user_id).add(event)

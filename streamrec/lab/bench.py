@@ -22,7 +22,8 @@ Absolute figures (of this machine only; ``machine`` says which, ISA flags includ
 * ``transport_latency_ms_p50/p99`` — raw aiokafka, produce → consume through the same broker with the worker's
   fetch wait, at the latency phase's offered rate and load generator;
 * ``latency_ms_p50/p99`` — event published → recommendation for that user received, at that steady load, with
-  ``latency_cpu_cores``: the CPU each process used meanwhile (worker, its core, broker, this load generator);
+  ``latency_cpu_cores``: the CPU each process used meanwhile (worker, its core, broker, this load generator),
+  and ``latency_ms_max_by_second``: the slowest latency per second of sending (peaks: stalls; a plateau: queueing);
 * ``rss_bytes_per_user_windows`` — the worker's resident memory growth per new user in each of three growth
   windows: the backlog is three equal cohorts of events, each from its own fresh copy of the shop's users, and
   a window is the drain of one cohort;
@@ -467,6 +468,7 @@ async def steady_latency(
         {"worker": worker_pid, "core": stats.get("core_pid"), "broker": broker_pid, "bench": os.getpid()}
     ).start()
     watcher.latencies_ms.clear()
+    watcher.latency_sent.clear()
     watcher.measure_latency = True
     try:
         last = await offer_load(producer, settings.kafka.topic("events"), events, rate)
@@ -485,7 +487,23 @@ async def steady_latency(
         "latency_ms_p50": float(np.percentile(lat, 50)),
         "latency_ms_p99": float(np.percentile(lat, 99)),
         "latency_cpu_cores": {name: round(cores, 3) for name, cores in meter.cores().items()},
+        "latency_ms_max_by_second": max_by_second(watcher.latency_sent, watcher.latencies_ms),
     }
+
+
+def max_by_second(sent: Sequence[float], latencies_ms: Sequence[float]) -> list[float]:
+    """The slowest latency of the events sent in each second of a phase, in order: a tail made of a few
+    stalls shows as isolated peaks, one of steady queueing as a plateau.
+
+    >>> max_by_second([10.2, 10.9, 11.5, 13.5], [5.0, 7.0, 3.0, 9.0])
+    [7.0, 3.0, 0.0, 9.0]
+    """
+    if not len(sent):
+        return []
+    seconds = (np.asarray(sent) - min(sent)).astype(np.int64)
+    out = np.zeros(int(seconds.max()) + 1)
+    np.maximum.at(out, seconds, np.asarray(latencies_ms, np.float64))
+    return [round(float(v), 1) for v in out]
 
 
 async def transport_latency(

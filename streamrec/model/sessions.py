@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -39,6 +38,12 @@ from streamrec.settings import RetrievalSettings
 LOG_DECAY_OFFSET = 1.7
 """``log`` decay: the newest query item weighs ``1 / log10(1.7)`` ≈ 4.3, the one before ``1 / log10(2.7)`` ≈ 2.3 …"""
 INITIAL_SLOTS = 1024
+INLINE_ITEMS = 4
+"""Items a session keeps in the slot table; a longer session gets its own array of ``session_max_items``."""
+INITIAL_HOLDERS = 4
+"""Room an item's holder array starts with (it doubles, up to ``session_sample + 2``)."""
+NO_SLOT = -1
+_NO_ROWS = np.zeros(0, np.int32)
 
 
 def _linear(position: int, length: int) -> float:
@@ -57,18 +62,34 @@ DECAYS: dict[str, Callable[[int, int], float]] = {"linear": _linear, "log": _log
 """Weight of the ``position``-th (1-based, oldest first) of a query's ``length`` items."""
 
 
-@dataclass(slots=True)
-class _Session:
-    owner: str
-    key: str | None
-    items: dict[int, None] = field(default_factory=dict)
-    """Distinct item rows, oldest first (a repeat moves to the end)."""
-    array: np.ndarray | None = None
-    """``items`` as an array, rebuilt after a change."""
+def _move_to_end(arr: np.ndarray, n: int, value: int) -> bool:
+    """Move ``value`` to position ``n - 1`` of ``arr[:n]`` if it is there (the rest keep their order)."""
+    held = arr[:n].tolist()
+    if value not in held:
+        return False
+    i = held.index(value)
+    arr[i : n - 1] = arr[i + 1 : n]
+    arr[n - 1] = value
+    return True
+
+
+def _remove(arr: np.ndarray, n: int, value: int) -> int:
+    """Remove ``value`` from ``arr[:n]`` (the rest keep their order); the new length."""
+    at = np.flatnonzero(arr[:n] == value)
+    if not len(at):
+        return n
+    i = int(at[0])
+    arr[i : n - 1] = arr[i + 1 : n]
+    return n - 1
 
 
 class SessionIndex:
-    """Recent sessions of all users, indexed by item, scored for a user's latest session (V-SKNN)."""
+    """Recent sessions of all users, indexed by item, scored for a user's latest session (V-SKNN).
+
+    Sessions live in slot-indexed arrays (no object per session): their items in a few inline columns (a long
+    session in an array of its own), the item → holder-slots index in one small array per item, the open order in
+    a ring of slots, and each user's sessions as a chain of slots from the newest.
+    """
 
     def __init__(self, cfg: RetrievalSettings) -> None:
         self.gap = cfg.session_gap_s
@@ -80,25 +101,41 @@ class SessionIndex:
         self.min_overlap = cfg.session_min_overlap
         self.min_support = cfg.session_min_support
         self.decay = DECAYS[cfg.session_decay]
-        self._sessions: dict[int, _Session] = {}
-        """Slot → session, oldest first (insertion order)."""
-        self._last = np.zeros(INITIAL_SLOTS, np.float64)
+        n = min(INITIAL_SLOTS, max(self.capacity, 1))
+        self._last = np.zeros(n, np.float64)
         """Time of each slot's session's latest event."""
-        self._opened = np.zeros(INITIAL_SLOTS, np.int64)
+        self._opened = np.zeros(n, np.int64)
         """Order in which each slot's session was opened (ties of recency go to the later one)."""
+        self._older = np.full(n, NO_SLOT, np.int32)
+        """The same user's session opened before this one (:meth:`forget` walks the chain)."""
+        self._newer = np.full(n, NO_SLOT, np.int32)
+        self._inline = np.zeros((n, INLINE_ITEMS), np.int32)
+        """Distinct item rows of each short session, oldest first (a repeat moves to the end)."""
+        self._long: dict[int, np.ndarray] = {}
+        """Slot → item rows of a session longer than ``INLINE_ITEMS`` (room for ``max_items + 1``)."""
+        self._count: list[int] = [0] * n
+        """Items each slot's session holds."""
+        self._owner: list[str | None] = [None] * n
+        """Each slot's user (``None``: a free slot)."""
+        self._key: list[str | None] = [None] * n
+        """Each slot's ``session_id`` (``None``: split by the time gap)."""
+        self._ring = np.zeros(n, np.int32)
+        """Slot of the session opened ``opens``-th, at ``opens % len(ring)``; entries of dropped sessions go stale."""
+        self._head = 0
+        """Open order of the oldest session that may still be kept (the next to make room)."""
+        self._opens = 0
+        self._alive = 0
         self._free: list[int] = []
         self._next_slot = 0
-        self._opens = 0
         self._current: dict[str, int] = {}
         """User → slot of their latest session."""
-        self._owned: dict[str, list[int]] = {}
-        """User → slots of all their sessions kept (for :meth:`forget`)."""
-        self._holders: dict[int, dict[int, None]] = {}
-        """Item row → the slots of the sessions that most recently added it (at most ``sample + 1``)."""
-        self._holder_arrays: dict[int, np.ndarray] = {}
+        self._holders: list[np.ndarray | None] = []
+        """Item row → the slots of the sessions that most recently added it, oldest first (at most ``sample + 1``)."""
+        self._held: list[int] = []
+        """Item row → how many of its holder array's entries are in use."""
 
     def __len__(self) -> int:
-        return len(self._sessions)
+        return self._alive
 
     # --- learning -----------------------------------------------------------------------------------
     def add(self, user_id: str, session_id: str | None, row: int, ts: float) -> None:
@@ -106,21 +143,25 @@ class SessionIndex:
         if self.capacity == 0:
             return
         slot = self._session_for(user_id, session_id, ts)
-        session = self._sessions[slot]
-        session.items.pop(row, None)
-        session.items[row] = None
-        session.array = None
-        if len(session.items) > self.max_items:
-            dropped = next(iter(session.items))
-            del session.items[dropped]
-            self._unhold(dropped, slot)
-        holders = self._holders.setdefault(row, {})
-        holders.pop(slot, None)
-        holders[slot] = None
-        if len(holders) > self.sample + 1:
-            del holders[next(iter(holders))]
-        self._holder_arrays.pop(row, None)
-        self._last[slot] = max(self._last[slot], ts)
+        n = self._count[slot]
+        items = self._long.get(slot)
+        if items is None:
+            items = self._inline[slot]
+        repeat = bool(n) and _move_to_end(items, n, row)
+        if not repeat:
+            if n == len(items):
+                items = self._long[slot] = np.concatenate([items, np.zeros(self.max_items + 1 - n, np.int32)])
+            items[n] = row
+            n += 1
+            if n > self.max_items:
+                dropped = int(items[0])
+                items[: n - 1] = items[1:n]
+                n -= 1
+                self._unhold(dropped, slot)
+            self._count[slot] = n
+        self._hold(row, slot, repeat)
+        if ts > self._last[slot]:
+            self._last[slot] = ts
 
     def add_many(self, visits: Sequence[tuple[str, str | None, int, float]]) -> None:
         """:meth:`add` for each ``(user_id, session_id, row, ts)``, in order."""
@@ -130,71 +171,128 @@ class SessionIndex:
     def _session_for(self, user_id: str, session_id: str | None, ts: float) -> int:
         slot = self._current.get(user_id)
         if slot is not None:
-            session = self._sessions[slot]
-            same = session.key == session_id if session_id is not None else ts - self._last[slot] <= self.gap
+            same = self._key[slot] == session_id if session_id is not None else ts - self._last[slot] <= self.gap
             if same:
                 return slot
-        if len(self._sessions) >= self.capacity:
-            self._drop(next(iter(self._sessions)))
+        if self._alive >= self.capacity:
+            self._drop_oldest()
+        previous = self._current.get(user_id, NO_SLOT)
+        owner = user_id if previous == NO_SLOT else self._owner[previous]
         slot = self._free.pop() if self._free else self._grow()
-        self._sessions[slot] = _Session(user_id, session_id)
+        self._owner[slot] = owner
+        self._key[slot] = session_id
         self._last[slot] = ts
         self._opened[slot] = self._opens
+        if self._opens - self._head >= len(self._ring):
+            self._grow_ring()
+        self._ring[self._opens % len(self._ring)] = slot
         self._opens += 1
+        self._alive += 1
+        self._older[slot] = previous
+        self._newer[slot] = NO_SLOT
+        if previous != NO_SLOT:
+            self._newer[previous] = slot
         self._current[user_id] = slot
-        self._owned.setdefault(user_id, []).append(slot)
         return slot
 
     def _grow(self) -> int:
         slot = self._next_slot
         self._next_slot += 1
-        if slot >= len(self._last):
-            self._last = np.concatenate([self._last, np.zeros(len(self._last))])
-            self._opened = np.concatenate([self._opened, np.zeros(len(self._opened), np.int64)])
+        n = len(self._last)
+        if slot >= n:
+            grown = min(2 * n, max(self.capacity, n + 1))
+            self._last = _grown(self._last, grown)
+            self._opened = _grown(self._opened, grown)
+            self._older = _grown(self._older, grown)
+            self._newer = _grown(self._newer, grown)
+            self._inline = _grown(self._inline, grown)
+            self._count += [0] * (grown - n)
+            self._owner += [None] * (grown - n)
+            self._key += [None] * (grown - n)
         return slot
 
+    def _grow_ring(self) -> None:
+        stamps = np.arange(self._head, self._opens)
+        ring = np.zeros(2 * len(self._ring), np.int32)
+        ring[stamps % len(ring)] = self._ring[stamps % len(self._ring)]
+        self._ring = ring
+
+    def _hold(self, row: int, slot: int, present: bool) -> None:
+        """``slot`` becomes the newest holder of ``row`` (``present``: it may hold it already)."""
+        if row >= len(self._holders):
+            extra = row + 1 - len(self._holders)
+            self._holders += [None] * extra
+            self._held += [0] * extra
+        slots = self._holders[row]
+        m = self._held[row]
+        if present and slots is not None and _move_to_end(slots, m, slot):
+            return
+        if slots is None or m == len(slots):
+            room = min(max(2 * m, INITIAL_HOLDERS), self.sample + 2)
+            slots = self._holders[row] = _grown(slots if slots is not None else _NO_ROWS, room)
+        slots[m] = slot
+        m += 1
+        if m > self.sample + 1:
+            slots[: m - 1] = slots[1:m]
+            m -= 1
+        self._held[row] = m
+
     def _unhold(self, row: int, slot: int) -> None:
-        holders = self._holders.get(row)
-        if holders is not None and slot in holders:
-            del holders[slot]
-            self._holder_arrays.pop(row, None)
-            if not holders:
-                del self._holders[row]
+        slots = self._holders[row] if row < len(self._holders) else None
+        if slots is None:
+            return
+        m = self._held[row] = _remove(slots, self._held[row], slot)
+        if not m:
+            self._holders[row] = None
+
+    def _drop_oldest(self) -> None:
+        """Make room: drop the session opened first of those kept (skipping ring entries of dropped ones)."""
+        while True:
+            stamp = self._head
+            slot = int(self._ring[stamp % len(self._ring)])
+            self._head += 1
+            if self._owner[slot] is not None and self._opened[slot] == stamp:
+                self._drop(slot)
+                return
 
     def _drop(self, slot: int) -> None:
-        """Erase one session: from its items' holders, its owner's list, and the slots in use."""
-        session = self._sessions.pop(slot)
-        for row in session.items:
+        """Erase one session: from its items' holders, its owner's chain, and the slots in use."""
+        for row in self._items(slot).tolist():
             self._unhold(row, slot)
-        owned = self._owned[session.owner]
-        owned.remove(slot)
-        if not owned:
-            del self._owned[session.owner]
-        if self._current.get(session.owner) == slot:
-            del self._current[session.owner]
+        older, newer = int(self._older[slot]), int(self._newer[slot])
+        if older != NO_SLOT:
+            self._newer[older] = newer
+        if newer != NO_SLOT:
+            self._older[newer] = older
+        owner = self._owner[slot]
+        if owner is not None and self._current.get(owner) == slot:
+            del self._current[owner]
+        self._owner[slot] = self._key[slot] = None
+        self._count[slot] = 0
+        self._long.pop(slot, None)
         self._last[slot] = 0.0
+        self._alive -= 1
         self._free.append(slot)
 
     def forget(self, user_id: str) -> int:
         """Erase every session of ``user_id`` (privacy requests); returns how many there were."""
-        slots = list(self._owned.get(user_id, ()))
+        slots: list[int] = []
+        slot = self._current.get(user_id, NO_SLOT)
+        while slot != NO_SLOT:
+            slots.append(slot)
+            slot = int(self._older[slot])
         for slot in slots:
             self._drop(slot)
         return len(slots)
 
     # --- scoring ------------------------------------------------------------------------------------
     def _holder_array(self, row: int) -> np.ndarray:
-        arr = self._holder_arrays.get(row)
-        if arr is None:
-            holders = self._holders.get(row, {})
-            arr = self._holder_arrays[row] = np.fromiter(holders, np.int64, len(holders))
-        return arr
+        slots = self._holders[row] if row < len(self._holders) else None
+        return _NO_ROWS if slots is None else slots[: self._held[row]]
 
     def _items(self, slot: int) -> np.ndarray:
-        session = self._sessions[slot]
-        if session.array is None:
-            session.array = np.fromiter(session.items, np.int64, len(session.items))
-        return session.array
+        items = self._long.get(slot)
+        return (self._inline[slot] if items is None else items)[: self._count[slot]]
 
     def neighbours(self, user_id: str) -> tuple[np.ndarray, np.ndarray]:
         """Slots of the neighbours of the user's latest session and their similarities, most similar first
@@ -203,7 +301,7 @@ class SessionIndex:
         own = self._current.get(user_id)
         if own is None:
             return empty
-        items = list(self._sessions[own].items)
+        items = self._items(own).tolist()
         n = len(items)
         start = max(0, n - self.query_items)
         arrays = [self._holder_array(r) for r in items[start:]]
@@ -211,20 +309,22 @@ class SessionIndex:
         if not sum(lengths):
             return empty
         weights = np.repeat([self.decay(p, n) for p in range(start + 1, n + 1)], lengths)
-        holders = np.concatenate(arrays)
-        sims = np.bincount(holders, weights=weights, minlength=self._next_slot)
+        # summed per distinct holder (not over every slot: the query's cost follows its holders, not the index)
+        slots, inverse = np.unique(np.concatenate(arrays), return_inverse=True)
+        sims = np.bincount(inverse, weights=weights, minlength=len(slots))
         if self.min_overlap > 1:
             # one shared item is weak evidence where items are rarely revisited: such sessions are no neighbours
-            overlap = np.bincount(holders, minlength=self._next_slot)
+            overlap = np.bincount(inverse, minlength=len(slots))
             sims[overlap < min(self.min_overlap, len(arrays))] = 0.0
-        sims[own] = 0.0
-        found = np.flatnonzero(sims)
+        sims[slots == own] = 0.0
+        keep = np.flatnonzero(sims)
+        found, sims = slots[keep].astype(np.int64), sims[keep]
         last, opened = self._last[found], self._opened[found]
         if len(found) > self.sample:
             keep = np.lexsort((-opened, -last))[: self.sample]
-            found, last, opened = found[keep], last[keep], opened[keep]
-        order = np.lexsort((-opened, -last, -sims[found]))[: self.k]
-        return found[order], sims[found[order]]
+            found, sims, last, opened = found[keep], sims[keep], last[keep], opened[keep]
+        order = np.lexsort((-opened, -last, -sims))[: self.k]
+        return found[order], sims[order]
 
     def scores_many(self, user_ids: Sequence[str]) -> list[CovisScores]:
         """Each user's neighbour-scored items (rows in first-appearance order, best first in ``order``)."""
@@ -243,6 +343,13 @@ class SessionIndex:
             if self.min_support > 1:
                 support = np.bincount(inverse, minlength=len(rows))[appearance]
                 appearance = appearance[support >= self.min_support]
-            rows, sums = rows[appearance], sums[appearance]
+            rows, sums = rows[appearance].astype(np.int64), sums[appearance]
             out.append(CovisScores(rows, sums, np.lexsort((np.arange(len(rows)), -sums))))
         return out
+
+
+def _grown(arr: np.ndarray, n: int) -> np.ndarray:
+    """``arr`` extended to ``n`` rows of zeros (untouched, they cost no resident memory until written)."""
+    out = np.zeros((n, *arr.shape[1:]), arr.dtype)
+    out[: len(arr)] = arr
+    return out

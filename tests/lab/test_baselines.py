@@ -33,18 +33,6 @@ def test_popularity_decays_and_excludes_the_users_own_items() -> None:
     assert pop.recommend("me", 7 * DAY, 3) == ["new", "old"]
 
 
-def test_baselines_leave_out_the_users_last_recent_items_like_streamrec() -> None:
-    # the list rule is streamrec's: purchases and the last STREAMREC_RECENT_ITEMS distinct items
-    pop = PopularityBaseline(Settings.of(embedding_dim=4, recent_items=2))
-    for n, item in enumerate(["a", "b", "c"]):  # "a" is the most popular, then "b", then "c"
-        for u in range(3 - n):
-            pop.learn(Event(f"u{u}", "click", 0.0, item_id=item))
-    for item in ("a", "b", "c"):
-        pop.learn(Event("me", "view", 1.0, item_id=item))
-    assert pop.recommend("me", 1.0, 3) == ["a"]  # "a" left the last two items: offered again
-    assert PopularityBaseline(Settings.of(embedding_dim=4, recent_items=5)).history("x").recent_items == 5
-
-
 def test_cooccurrence_follows_the_users_last_items_then_tops_up_with_popularity() -> None:
     cooc = CooccurrenceBaseline(settings())
     for n in range(3):  # others go tent → stove; one goes tent → lamp
@@ -97,3 +85,17 @@ def test_popularity_counts_items_it_was_never_told_about_past_its_first_capacity
 def test_popularity_baseline_decays_with_popularity_half_life_not_the_models() -> None:
     s = Settings.of(popularity_half_life_s=10.0, model_half_life_s=99.0)
     assert PopularityBaseline(s).clock.half_life_s == 10.0
+
+
+def test_baselines_leave_out_the_same_seen_items_as_the_workers_profile() -> None:
+    # the window is the profile's recent_items: with 2, the oldest of three viewed items may be offered again
+    pop = PopularityBaseline(Settings.of(embedding_dim=4, recent_items=2))
+    for t, item in enumerate(["a", "b", "c", "a", "b", "c", "d"]):
+        pop.learn(Event(f"other{t}", "view", float(t), item_id=item))
+    for t, item in enumerate(["a", "b", "c"]):
+        pop.learn(Event("me", "view", 10.0 + t, item_id=item))
+    assert pop.recommend("me", 20.0, 4) == ["a", "d"]  # popularity: a, b, c (3 views each), then d
+    pop = PopularityBaseline(Settings.of(embedding_dim=4, recent_items=3))
+    for t, item in enumerate(["a", "b", "c", "d", "a", "b", "c", "a", "b", "c"]):
+        pop.learn(Event("me" if t >= 7 else f"other{t}", "view", float(t), item_id=item))
+    assert pop.recommend("me", 20.0, 4) == ["d"]

@@ -130,3 +130,58 @@ def test_min_support_scores_only_items_that_several_neighbours_hold() -> None:
     assert list(scores(idx)) == [1, 2]
     with pytest.raises(SettingsError):
         RetrievalSettings(session_min_support=0)
+
+
+def test_a_long_session_keeps_its_newest_items_in_visit_order() -> None:
+    # a session outgrows the slot table's inline items; a repeat moves to the end, the oldest item leaves
+    idx = SessionIndex(RetrievalSettings(session_capacity=100, session_min_support=1, session_max_items=6))
+    for t, row in enumerate([1, 2, 3, 4, 5, 6, 2, 7]):
+        idx.add("a", None, row, float(t))
+    idx.add("q", None, 3, 10.0)
+    [found] = idx.scores_many(["q"])
+    assert found.rows.tolist() == [3, 4, 5, 6, 2, 7]  # a's items, oldest first: 1 was dropped, 2 moved to the end
+    idx.add("r", None, 1, 11.0)
+    assert idx.scores_many(["r"])[0].rows.tolist() == []  # a no longer holds 1
+
+
+def test_an_item_keeps_its_most_recent_holders_and_a_repeat_renews_one() -> None:
+    idx = SessionIndex(RetrievalSettings(session_capacity=100, session_min_support=1, session_sample=1))
+    for t, (user, row) in enumerate([("a", 10), ("b", 20), ("c", 30), ("a", 1), ("b", 1), ("c", 1), ("a", 1)]):
+        idx.add(user, None, row, float(t))  # item 1 keeps 2 holders: b drops out, a's repeat makes it newest
+    idx.add("q", None, 1, 10.0)  # q is now the newest holder: c drops out, a is left
+    assert sorted(idx.scores_many(["q"])[0].rows.tolist()) == [1, 10]
+    # a repeat within a session holds the item once: a's similarity to q stays 1
+    idx = SessionIndex(RetrievalSettings(session_capacity=100, session_min_support=1, session_decay="none"))
+    for t, (user, row) in enumerate([("a", 1), ("b", 1), ("a", 10), ("a", 1), ("b", 20)]):
+        idx.add(user, None, row, float(t))
+    idx.add("q", None, 1, 10.0)
+    assert scores(idx, "q") == {1: 2.0, 10: 1.0, 20: 1.0}
+
+
+def test_the_oldest_kept_session_makes_room_after_forgotten_ones() -> None:
+    idx = SessionIndex(RetrievalSettings(session_capacity=2, session_min_support=1))
+    for t, user in enumerate(["a", "b"]):
+        idx.add(user, None, 1, float(t))
+        assert idx.forget(user) == 1
+    for t, (user, row) in enumerate([("c", 3), ("d", 4), ("e", 3)], start=2):
+        idx.add(user, None, row, float(t))
+    assert len(idx) == 2  # e made room by dropping c, the oldest session kept (not a or b, long gone)
+    idx.add("q", None, 4, 9.0)  # q's session pushes out d: nothing holds 4 but q
+    assert idx.scores_many(["q"])[0].rows.tolist() == []
+    assert idx.scores_many(["e"])[0].rows.tolist() == []
+
+
+def test_a_one_item_session_costs_little_memory() -> None:
+    import tracemalloc
+
+    idx = SessionIndex(RetrievalSettings(session_capacity=100_000))
+    users = [f"user-{i}" for i in range(20_000)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i, user in enumerate(users):
+            idx.add(user, None, i % 1_000, float(i))
+        per_session = (tracemalloc.get_traced_memory()[0] - before) / len(users)
+    finally:
+        tracemalloc.stop()
+    assert per_session < 300  # slot arrays and the user's dict entry, no object per session
