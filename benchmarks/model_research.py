@@ -1,9 +1,10 @@
 """Model research loop: replay streamrec (prequential, discovery events, k=20) with setting overrides, fast.
 
 Caches each log's records and item embeddings under ``--cache`` so a run costs only the replay, and reports
-per run: Recall/NDCG/MRR overall and per half of the discovery events, and candidate recall (the share of
-discovery events whose item was in the pool the ranker scored). ``--tail`` keeps only the later share of the
-log's events (the whole catalogue stays), for the "later half of a log" robustness check.
+per run: Recall/NDCG/MRR overall and per half of the discovery events, candidate recall (the share of
+discovery events whose item was in the pool the ranker scored), and the replay's wall and CPU seconds.
+``--tail`` keeps only the later share of the log's events (the whole catalogue stays), for the "later half of
+a log" robustness check.
 
     PYTHONPATH=$PWD nice -n 10 .venv/bin/python benchmarks/model_research.py movielens --limit 30000 \
         --run base: --run nolearn:learn=false --jobs 2
@@ -115,7 +116,7 @@ def replay(label: str, spec: str) -> dict[str, Any]:
     seen: set[tuple[str, str]] = set()
     ranks: list[int | None] = []
     in_pool: list[bool] = []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i, record in enumerate(records):
         if record.topic == "items":
             system.upsert_item(embeddings[i])
@@ -134,9 +135,9 @@ def replay(label: str, spec: str) -> dict[str, Any]:
                 row = rec.catalog.row_of.get(event.item_id, -1)
                 in_pool.append(pool is not None and row in pool)
         system.learn(event)
-    secs = time.perf_counter() - t0
+    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     half = len(ranks) // 2
-    out: dict[str, Any] = {"label": label, "spec": spec, "n": len(ranks), "s": round(secs, 1)}
+    out: dict[str, Any] = {"label": label, "spec": spec, "n": len(ranks), "s": round(secs, 1), "cpu": round(cpu, 1)}
     for part, rs, pools in (
         ("all", ranks, in_pool),
         ("h1", ranks[:half], in_pool[:half]),
@@ -182,7 +183,7 @@ def main() -> None:
         line = (
             f"{r['label']:24} R={r['all']['recall']:.4f} N={r['all']['ndcg']:.4f} M={r['all']['mrr']:.4f} "
             f"| h1 R={r['h1']['recall']:.4f} N={r['h1']['ndcg']:.4f} | h2 R={r['h2']['recall']:.4f} "
-            f"N={r['h2']['ndcg']:.4f} | pool={r['all']['pool']:.3f} n={r['n']} {r['s']}s"
+            f"N={r['h2']['ndcg']:.4f} | pool={r['all']['pool']:.3f} n={r['n']} {r['s']}s cpu={r['cpu']}s"
         )
         print(line, flush=True)
         print("   ", r["weights"], flush=True)
