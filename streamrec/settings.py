@@ -157,10 +157,11 @@ class ProfileSettings:
     """Long-term behaviour embedding half-life (event time)."""
     intent_half_life_s: float = 0.5 * HOUR_S
     """Short-term intent half-life: the last half hour dominates."""
-    recent_items: int = 100
+    recent_items: int = 20
     """Bounded list of the user's latest distinct items: what behaviour lists leave out as seen, the ``seen``
     feature, and the seeds of co-visitation and co-embeddings (each takes only its own window of the newest).
-    A profile grows by about 10 bytes an item id (docs/evaluation.md, "Third round")."""
+    A profile grows by about 10 bytes an item id (docs/evaluation.md, "Third round: remembering what users took,
+    more session neighbours")."""
     max_categories: int = 16
     max_purchased: int = 64
     max_hidden: int = 1000
@@ -211,7 +212,7 @@ class RetrievalSettings:
     """Items visited fewer times have no co-embedding similarity yet: their vector is still mostly its random start."""
     session_gap_s: float = 0.5 * HOUR_S
     """Events of a user further apart than this start a new session (when events carry no ``session_id``)."""
-    session_neighbours: int = 50
+    session_neighbours: int = 20
     """Session-kNN: the most similar past sessions whose items are scored (:mod:`streamrec.model.sessions`)."""
     session_sample: int = 500
     """Session-kNN: of the sessions sharing an item with the user's, only this many most recent are compared."""

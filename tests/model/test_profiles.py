@@ -88,7 +88,7 @@ def test_serialisation_is_compact_and_lossless_enough() -> None:
     for stored, original in ((q.long_term, p.long_term), (q.intent, p.intent)):
         cosine = float(stored @ original) / float(np.linalg.norm(stored) * np.linalg.norm(original))
         assert cosine > 0.9999
-    assert len(raw) < 1600  # 2 × 384 int8 components and their scales, the header, 50 recent ids, 7 categories
+    assert len(raw) < 1300  # 2 × 384 int8 components and their scales, the header, 20 recent ids, 7 categories
 
 
 def _busy_profile() -> UserProfile:

@@ -53,10 +53,10 @@ def test_user_gets_their_category_and_purchases_are_excluded() -> None:
     assert taken not in [i.item_id for i in again.items]
 
 
-def test_a_list_leaves_out_every_item_among_the_users_recent_ones_with_the_default_memory() -> None:
-    # a user who took 60 items of a category: with the default memory of recent items none of them comes back,
-    # though they are the category's most similar items (a profile that kept only 20 offers the older 40 again)
-    rec = build(Settings.of(embedding_dim=DIM, top_k=5, seed=1, exploration_slots=0), n_per_cat=80)
+def test_a_list_leaves_out_every_item_among_the_users_recent_ones() -> None:
+    # a user who took 60 items of a category: with a memory of 100 recent items none of them comes back,
+    # though they are the category's most similar items (a profile that keeps only 20 offers the older 40 again)
+    rec = build(Settings.of(embedding_dim=DIM, top_k=5, seed=1, exploration_slots=0, recent_items=100), n_per_cat=80)
     store = DictProfileStore()
     taken = [f"coffee-{i}" for i in range(60)]
     result = rec.process([Event("u", "view", float(i), item_id=item) for i, item in enumerate(taken)], store)
