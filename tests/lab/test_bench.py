@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -169,3 +170,16 @@ def test_only_latency_reaches_the_bench_options(monkeypatch: pytest.MonkeyPatch)
         assert result.exit_code == 0, result.output
     assert [o.latency_only for o in seen] == [True, False, True]
     assert seen[0].events == BenchOptions.quick().events and seen[2].events == BenchOptions().events
+
+
+def test_gc_pauses_measures_this_process_collections_only_inside_the_block() -> None:
+    before = list(gc.callbacks)
+    with bench.GcPauses() as pauses:
+        junk = [[] for _ in range(200_000)]
+        gc.collect()
+    del junk
+    assert pauses.longest_ms > 0.0
+    assert gc.callbacks == before  # the callback is gone: nothing is measured after the block
+    seen = pauses.longest_ms
+    gc.collect()
+    assert pauses.longest_ms == seen
