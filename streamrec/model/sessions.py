@@ -62,25 +62,26 @@ DECAYS: dict[str, Callable[[int, int], float]] = {"linear": _linear, "log": _log
 """Weight of the ``position``-th (1-based, oldest first) of a query's ``length`` items."""
 
 
-def _move_to_end(arr: np.ndarray, n: int, value: int) -> bool:
-    """Move ``value`` to position ``n - 1`` of ``arr[:n]`` if it is there (the rest keep their order)."""
+def _find(arr: np.ndarray, n: int, value: int) -> int:
+    """Position of ``value`` in ``arr[:n]``, -1 if it is not there."""
     held = arr[:n].tolist()
-    if value not in held:
-        return False
-    i = held.index(value)
-    arr[i : n - 1] = arr[i + 1 : n]
-    arr[n - 1] = value
-    return True
+    return held.index(value) if value in held else -1
 
 
-def _remove(arr: np.ndarray, n: int, value: int) -> int:
-    """Remove ``value`` from ``arr[:n]`` (the rest keep their order); the new length."""
-    at = np.flatnonzero(arr[:n] == value)
-    if not len(at):
-        return n
-    i = int(at[0])
+def _cut(arr: np.ndarray, n: int, i: int) -> int:
+    """Remove position ``i`` of ``arr[:n]`` (the rest keep their order); the new length."""
     arr[i : n - 1] = arr[i + 1 : n]
     return n - 1
+
+
+def _move_to_end(arr: np.ndarray, n: int, value: int) -> bool:
+    """Move ``value`` to position ``n - 1`` of ``arr[:n]`` if it is there (the rest keep their order)."""
+    i = _find(arr, n, value)
+    if i < 0:
+        return False
+    _cut(arr, n, i)
+    arr[n - 1] = value
+    return True
 
 
 class SessionIndex:
@@ -150,13 +151,12 @@ class SessionIndex:
         repeat = bool(n) and _move_to_end(items, n, row)
         if not repeat:
             if n == len(items):
-                items = self._long[slot] = np.concatenate([items, np.zeros(self.max_items + 1 - n, np.int32)])
+                items = self._long[slot] = _grown(items, self.max_items + 1)
             items[n] = row
             n += 1
             if n > self.max_items:
                 dropped = int(items[0])
-                items[: n - 1] = items[1:n]
-                n -= 1
+                n = _cut(items, n, 0)
                 self._unhold(dropped, slot)
             self._count[slot] = n
         self._hold(row, slot, repeat)
@@ -233,15 +233,18 @@ class SessionIndex:
         slots[m] = slot
         m += 1
         if m > self.sample + 1:
-            slots[: m - 1] = slots[1:m]
-            m -= 1
+            m = _cut(slots, m, 0)
         self._held[row] = m
 
     def _unhold(self, row: int, slot: int) -> None:
         slots = self._holders[row] if row < len(self._holders) else None
         if slots is None:
             return
-        m = self._held[row] = _remove(slots, self._held[row], slot)
+        m = self._held[row]
+        i = _find(slots, m, slot)
+        if i < 0:
+            return
+        m = self._held[row] = _cut(slots, m, i)
         if not m:
             self._holders[row] = None
 
