@@ -34,7 +34,15 @@ class CoEmbedding:
         self.negatives = cfg.coemb_negatives
         self.rng = np.random.default_rng(cfg.seed)
         self.min_visits = cfg.coemb_min_visits
+        self.user_window = cfg.coemb_user_window or cfg.cooc_window
+        self.user_decay = cfg.coemb_user_decay
+        self.user_half_life = cfg.coemb_user_half_life
+        self.negative_power = cfg.coemb_negative_power
         self.vectors = self._init(INITIAL_CAPACITY)
+        self.context: np.ndarray | None = None
+        """Context vectors (``coemb_context_vectors``), zero at first as in word2vec; None: ``vectors`` serve both."""
+        if cfg.coemb_context_vectors:
+            self.context = np.zeros_like(self.vectors)
         self.visits = np.zeros(INITIAL_CAPACITY, np.int32)
         self.n = 0
 
@@ -46,6 +54,8 @@ class CoEmbedding:
             grow = max(row + 1, int(len(self.vectors) * COEMB_GROWTH)) - len(self.vectors)
             self.vectors = np.concatenate([self.vectors, self._init(grow)])
             self.visits = np.concatenate([self.visits, np.zeros(grow, np.int32)])
+            if self.context is not None:
+                self.context = np.concatenate([self.context, np.zeros((grow, self.dim), np.float32)])
         self.n = max(self.n, row + 1)
 
     def add(self, previous_rows: Sequence[int], row: int) -> None:
@@ -72,25 +82,43 @@ class CoEmbedding:
             return
         ctx = np.fromiter((r for c in contexts for r in c), np.int64, int(lens.sum()))
         centres = rows[learning]
-        neg = self.rng.integers(0, self.n, size=(len(centres), self.negatives))
+        neg = self._negatives(len(centres))
         keep = neg != centres[:, None]
         centre = np.concatenate([np.repeat(rows, lens), np.broadcast_to(centres[:, None], neg.shape)[keep]])
         other = np.concatenate([ctx, neg[keep]])
         labels = np.zeros(len(other), np.float32)
         labels[: len(ctx)] = 1.0
+        outer = self.vectors if self.context is None else self.context
         vc = self.vectors[centre]
-        vo = self.vectors[other]
+        vo = outer[other]
         g = (self.lr * (labels - sigmoid(np.einsum("nd,nd->n", vc, vo))))[:, None]
         np.add.at(self.vectors, centre, g * vo)
-        np.add.at(self.vectors, other, g * vc)
+        np.add.at(outer, other, g * vc)
+
+    def _negatives(self, n: int) -> np.ndarray:
+        """``coemb_negatives`` rows for each of ``n`` visits: uniform over known rows, or ∝ visits**power."""
+        shape = (n, self.negatives)
+        if self.negative_power <= 0.0:
+            return self.rng.integers(0, self.n, size=shape)
+        cdf = np.cumsum(self.visits[: self.n].astype(np.float64) ** self.negative_power)
+        return np.minimum(np.searchsorted(cdf, self.rng.random(shape) * cdf[-1], side="right"), self.n - 1)
+
+    def _age_weights(self, n: int) -> np.ndarray:
+        """Weights of ``n`` items, oldest first, by ``coemb_user_decay``: the newest weighs 1."""
+        if self.user_decay == "uniform":
+            return np.ones(n, np.float32)
+        if self.user_decay == "exponential":
+            return np.exp2(-np.arange(n - 1, -1, -1) / self.user_half_life).astype(np.float32)
+        return 1.0 / np.arange(n, 0, -1, dtype=np.float32)
 
     def user_vector(self, seed_rows: Sequence[int]) -> np.ndarray | None:
-        """The user's recent items' vectors, the most recent weighing most (unit length)."""
-        seeds = [r for r in seed_rows[-self.window :] if r < self.n and self.visits[r] >= self.min_visits]
+        """The user's recent items' vectors (context vectors where kept), the most recent weighing most (unit
+        length)."""
+        seeds = [r for r in seed_rows[-self.user_window :] if r < self.n and self.visits[r] >= self.min_visits]
         if not seeds:
             return None
-        w = 1.0 / np.arange(len(seeds), 0, -1, dtype=np.float32)
-        u = w @ self.vectors[seeds]
+        w = self._age_weights(len(seeds))
+        u = w @ (self.vectors if self.context is None else self.context)[seeds]
         norm = float(np.linalg.norm(u))
         return u / norm if norm > 0 else None
 
