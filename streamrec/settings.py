@@ -211,6 +211,8 @@ class RetrievalSettings:
     """Uniformly sampled items pushed away from the visited one per event."""
     coemb_min_visits: int = 5
     """Items visited fewer times have no co-embedding similarity yet: their vector is still mostly its random start."""
+    coemb_train_window: int = 0
+    """A visit trains its co-embedding against this many of the user's previous items; 0 takes ``cooc_window``."""
     coemb_user_window: int = 0
     """The user's newest this many items form the co-embedding user vector; 0 takes ``cooc_window``. At most
     ``recent_items`` are known."""
@@ -256,8 +258,11 @@ class RetrievalSettings:
             raise SettingsError(f"model_half_life_s must be >= 0, got {self.model_half_life_s!r}")
         if min(self.session_max_items, self.session_min_overlap, self.session_min_support) < 1:
             raise SettingsError("session_max_items, session_min_overlap and session_min_support must be >= 1")
-        if self.coemb_user_window < 0 or self.coemb_negative_power < 0.0 or self.coemb_user_half_life <= 0.0:
-            raise SettingsError("coemb_user_window and coemb_negative_power must be >= 0, coemb_user_half_life > 0")
+        coemb_windows = min(self.coemb_user_window, self.coemb_train_window)
+        if coemb_windows < 0 or self.coemb_negative_power < 0.0 or self.coemb_user_half_life <= 0.0:
+            raise SettingsError(
+                "coemb_user_window, coemb_train_window and coemb_negative_power must be >= 0, coemb_user_half_life > 0"
+            )
         if self.session_capacity < 0:
             raise SettingsError(f"session_capacity must be >= 0, got {self.session_capacity!r}")
         if not 0.0 <= self.search_query_weight <= 1.0:

@@ -29,7 +29,7 @@ class CoEmbedding:
 
     def __init__(self, cfg: RetrievalSettings) -> None:
         self.dim = cfg.coemb_dim
-        self.window = cfg.cooc_window
+        self.window = cfg.coemb_train_window or cfg.cooc_window
         self.lr = cfg.coemb_learning_rate
         self.negatives = cfg.coemb_negatives
         self.rng = np.random.default_rng(cfg.seed)

@@ -122,3 +122,12 @@ def test_context_vectors_score_what_followed_the_user_s_item_not_what_preceded_i
     assert sims[0] < 0.0 < sims[2]
     # one shared table makes both of 1's neighbours alike to it, what came before as much as what came after
     assert similarity(shared, shared.user_vector([1]), np.array([0, 2])).min() > 0.5
+
+
+def test_a_visit_trains_against_its_own_window_of_previous_items() -> None:
+    emb = CoEmbedding(Settings.of(coemb_negatives=0, cooc_window=3, coemb_train_window=1).retrieval)
+    emb.add([], 9)
+    v = emb.vectors.copy()
+    emb.add([3, 5], 7)  # only 5, the newest, is within the window of one
+    assert np.array_equal(emb.vectors[3], v[3])
+    assert not np.array_equal(emb.vectors[5], v[5]) and not np.array_equal(emb.vectors[7], v[7])
