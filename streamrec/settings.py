@@ -213,6 +213,11 @@ class RetrievalSettings:
     """Items visited fewer times have no co-embedding similarity yet: their vector is still mostly its random start."""
     coemb_train_window: int = 0
     """A visit trains its co-embedding against this many of the user's previous items; 0 takes ``cooc_window``."""
+    coemb_replay: int = 0
+    """Each co-embedding step also retrains this many past visits per new one, drawn uniformly from the newest
+    ``coemb_replay_capacity``: more passes over what was seen, like an offline item2vec's epochs; 0: off."""
+    coemb_replay_capacity: int = 100_000
+    """Past visits (row and training context) kept for ``coemb_replay``."""
     coemb_user_window: int = 0
     """The user's newest this many items form the co-embedding user vector; 0 takes ``cooc_window``. At most
     ``recent_items`` are known."""
@@ -252,16 +257,24 @@ class RetrievalSettings:
     def __post_init__(self) -> None:
         _check(
             self,
-            ("top_k", "candidates_per_source", "session_neighbours", "session_sample", "session_query_items"),
+            (
+                "top_k",
+                "candidates_per_source",
+                "session_neighbours",
+                "session_sample",
+                "session_query_items",
+                "coemb_replay_capacity",
+            ),
         )
         if self.model_half_life_s < 0.0:
             raise SettingsError(f"model_half_life_s must be >= 0, got {self.model_half_life_s!r}")
         if min(self.session_max_items, self.session_min_overlap, self.session_min_support) < 1:
             raise SettingsError("session_max_items, session_min_overlap and session_min_support must be >= 1")
-        coemb_windows = min(self.coemb_user_window, self.coemb_train_window)
+        coemb_windows = min(self.coemb_user_window, self.coemb_train_window, self.coemb_replay)
         if coemb_windows < 0 or self.coemb_negative_power < 0.0 or self.coemb_user_half_life <= 0.0:
             raise SettingsError(
-                "coemb_user_window, coemb_train_window and coemb_negative_power must be >= 0, coemb_user_half_life > 0"
+                "coemb_user_window, coemb_train_window, coemb_replay and coemb_negative_power must be >= 0, "
+                "coemb_user_half_life > 0"
             )
         if self.session_capacity < 0:
             raise SettingsError(f"session_capacity must be >= 0, got {self.session_capacity!r}")

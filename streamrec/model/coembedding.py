@@ -45,6 +45,13 @@ class CoEmbedding:
             self.context = np.zeros_like(self.vectors)
         self.visits = np.zeros(INITIAL_CAPACITY, np.int32)
         self.n = 0
+        self.replay = cfg.coemb_replay
+        capacity = cfg.coemb_replay_capacity if self.replay else 0
+        self._replay_rows = np.zeros(capacity, np.int64)
+        self._replay_contexts = np.full((capacity, self.window), -1, np.int64)
+        """Past visits kept for replay: each row and its training context (padded with -1), a ring."""
+        self._replay_n = 0
+        self._replay_pos = 0
 
     def _init(self, n: int) -> np.ndarray:
         return (self.rng.standard_normal((n, self.dim)) / math.sqrt(self.dim) * COEMB_INIT_SCALE).astype(np.float32)
@@ -80,6 +87,10 @@ class CoEmbedding:
         learning = lens > 0
         if not learning.any():
             return
+        if self.replay:
+            rows, contexts = self._with_replay(rows, contexts, learning)
+            lens = np.fromiter(map(len, contexts), np.int64, len(contexts))
+            learning = lens > 0
         ctx = np.fromiter((r for c in contexts for r in c), np.int64, int(lens.sum()))
         centres = rows[learning]
         neg = self._negatives(len(centres))
@@ -94,6 +105,25 @@ class CoEmbedding:
         g = (self.lr * (labels - sigmoid(np.einsum("nd,nd->n", vc, vo))))[:, None]
         np.add.at(self.vectors, centre, g * vo)
         np.add.at(outer, other, g * vc)
+
+    def _with_replay(
+        self, rows: np.ndarray, contexts: list[list[int]], learning: np.ndarray
+    ) -> tuple[np.ndarray, list[list[int]]]:
+        """The batch's visits and ``coemb_replay`` past ones per new visit that trains; the new ones are kept."""
+        old = np.empty(0, np.int64)
+        if self._replay_n:
+            old = self.rng.integers(0, self._replay_n, size=self.replay * int(learning.sum()))
+        old_rows = self._replay_rows[old]
+        old_contexts = [c[c >= 0].tolist() for c in self._replay_contexts[old]]
+        capacity = len(self._replay_rows)
+        for row, context in zip(rows[learning].tolist(), (c for c in contexts if c), strict=True):
+            pos = self._replay_pos
+            self._replay_rows[pos] = row
+            self._replay_contexts[pos] = -1
+            self._replay_contexts[pos, : len(context)] = context
+            self._replay_pos = (pos + 1) % capacity
+            self._replay_n = min(self._replay_n + 1, capacity)
+        return np.concatenate([rows, old_rows]), contexts + old_contexts
 
     def _negatives(self, n: int) -> np.ndarray:
         """``coemb_negatives`` rows for each of ``n`` visits: uniform over known rows, or ∝ visits**power."""

@@ -131,3 +131,20 @@ def test_a_visit_trains_against_its_own_window_of_previous_items() -> None:
     emb.add([3, 5], 7)  # only 5, the newest, is within the window of one
     assert np.array_equal(emb.vectors[3], v[3])
     assert not np.array_equal(emb.vectors[5], v[5]) and not np.array_equal(emb.vectors[7], v[7])
+
+
+def test_replay_retrains_past_visits_with_the_new_ones() -> None:
+    emb = CoEmbedding(Settings.of(coemb_negatives=0, coemb_replay=2, coemb_replay_capacity=2).retrieval)
+    emb.add([], 9)
+    emb.add([1], 2)  # nothing kept yet: only the new visit trains
+    assert emb._replay_n == 1 and emb._replay_rows[0] == 2 and emb._replay_contexts[0, :2].tolist() == [1, -1]
+    v = emb.vectors.copy()
+    emb.add([4, 5], 6)  # 6 with 4 and 5, and twice 2 with 1 (the only past visit)
+    g = 0.05 * (1.0 - 1.0 / (1.0 + np.exp(-float(v[2] @ v[1]))))
+    np.testing.assert_allclose(emb.vectors[1], v[1] + 2 * g * v[2], rtol=1e-5)
+    assert emb.visits[[1, 2, 6]].tolist() == [0, 1, 1]  # replays are not visits
+    emb.add([7], 8)  # the ring holds two: the oldest (2 after 1) goes
+    assert sorted(emb._replay_rows.tolist()) == [6, 8] and emb._replay_n == 2
+    off = CoEmbedding(Settings.of(coemb_negatives=0).retrieval)
+    off.add([1], 2)
+    assert off._replay_n == 0 and len(off._replay_rows) == 0
