@@ -27,6 +27,7 @@ Precision = Literal["auto", "fp32", "bf16"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 Optimizer = Literal["sgd", "rmsprop"]
 SessionDecay = Literal["linear", "log", "none"]
+CoembDecay = Literal["harmonic", "uniform", "exponential"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 ENV_PREFIX = "STREAMREC_"
@@ -210,6 +211,27 @@ class RetrievalSettings:
     """Uniformly sampled items pushed away from the visited one per event."""
     coemb_min_visits: int = 5
     """Items visited fewer times have no co-embedding similarity yet: their vector is still mostly its random start."""
+    coemb_train_window: int = 0
+    """A visit trains its co-embedding against this many of the user's previous items; 0 takes ``cooc_window``."""
+    coemb_replay: int = 0
+    """Each co-embedding step also retrains this many past visits per new one, drawn uniformly from the newest
+    ``coemb_replay_capacity``: more passes over what was seen, like an offline item2vec's epochs; 0: off."""
+    coemb_replay_capacity: int = 100_000
+    """Past visits (row and training context) kept for ``coemb_replay``."""
+    coemb_user_window: int = 0
+    """The user's newest this many items form the co-embedding user vector; 0 takes ``cooc_window``. At most
+    ``recent_items`` are known."""
+    coemb_user_decay: CoembDecay = "harmonic"
+    """Weight of those items by age: ``harmonic`` 1/rank (the newest 1, the one before 1/2, ...), ``uniform``, or
+    ``exponential`` (halved every ``coemb_user_half_life`` items)."""
+    coemb_user_half_life: float = 5.0
+    """Items over which an older item's weight in the user vector halves, with ``coemb_user_decay=exponential``."""
+    coemb_negative_power: float = 0.0
+    """Co-embedding negatives are drawn with probability ∝ visits**this among visited items (word2vec: 0.75);
+    0 draws them uniformly over every known row."""
+    coemb_context_vectors: bool = False
+    """Separate context vectors, as in word2vec's skip-gram: a visit pulls the item's vector towards its previous
+    items' *context* vectors, and the user vector is built from context vectors. Off: one shared table."""
     session_gap_s: float = 0.5 * HOUR_S
     """Events of a user further apart than this start a new session (when events carry no ``session_id``)."""
     session_neighbours: int = 20
@@ -235,12 +257,25 @@ class RetrievalSettings:
     def __post_init__(self) -> None:
         _check(
             self,
-            ("top_k", "candidates_per_source", "session_neighbours", "session_sample", "session_query_items"),
+            (
+                "top_k",
+                "candidates_per_source",
+                "session_neighbours",
+                "session_sample",
+                "session_query_items",
+                "coemb_replay_capacity",
+            ),
         )
         if self.model_half_life_s < 0.0:
             raise SettingsError(f"model_half_life_s must be >= 0, got {self.model_half_life_s!r}")
         if min(self.session_max_items, self.session_min_overlap, self.session_min_support) < 1:
             raise SettingsError("session_max_items, session_min_overlap and session_min_support must be >= 1")
+        coemb_windows = min(self.coemb_user_window, self.coemb_train_window, self.coemb_replay)
+        if coemb_windows < 0 or self.coemb_negative_power < 0.0 or self.coemb_user_half_life <= 0.0:
+            raise SettingsError(
+                "coemb_user_window, coemb_train_window, coemb_replay and coemb_negative_power must be >= 0, "
+                "coemb_user_half_life > 0"
+            )
         if self.session_capacity < 0:
             raise SettingsError(f"session_capacity must be >= 0, got {self.session_capacity!r}")
         if not 0.0 <= self.search_query_weight <= 1.0:

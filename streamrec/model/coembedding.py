@@ -29,14 +29,29 @@ class CoEmbedding:
 
     def __init__(self, cfg: RetrievalSettings) -> None:
         self.dim = cfg.coemb_dim
-        self.window = cfg.cooc_window
+        self.window = cfg.coemb_train_window or cfg.cooc_window
         self.lr = cfg.coemb_learning_rate
         self.negatives = cfg.coemb_negatives
         self.rng = np.random.default_rng(cfg.seed)
         self.min_visits = cfg.coemb_min_visits
+        self.user_window = cfg.coemb_user_window or cfg.cooc_window
+        self.user_decay = cfg.coemb_user_decay
+        self.user_half_life = cfg.coemb_user_half_life
+        self.negative_power = cfg.coemb_negative_power
         self.vectors = self._init(INITIAL_CAPACITY)
+        self.context: np.ndarray | None = None
+        """Context vectors (``coemb_context_vectors``), zero at first as in word2vec; None: ``vectors`` serve both."""
+        if cfg.coemb_context_vectors:
+            self.context = np.zeros_like(self.vectors)
         self.visits = np.zeros(INITIAL_CAPACITY, np.int32)
         self.n = 0
+        self.replay = cfg.coemb_replay
+        capacity = cfg.coemb_replay_capacity if self.replay else 0
+        self._replay_rows = np.zeros(capacity, np.int64)
+        self._replay_contexts = np.full((capacity, self.window), -1, np.int64)
+        """Past visits kept for replay: each row and its training context (padded with -1), a ring."""
+        self._replay_n = 0
+        self._replay_pos = 0
 
     def _init(self, n: int) -> np.ndarray:
         return (self.rng.standard_normal((n, self.dim)) / math.sqrt(self.dim) * COEMB_INIT_SCALE).astype(np.float32)
@@ -46,6 +61,8 @@ class CoEmbedding:
             grow = max(row + 1, int(len(self.vectors) * COEMB_GROWTH)) - len(self.vectors)
             self.vectors = np.concatenate([self.vectors, self._init(grow)])
             self.visits = np.concatenate([self.visits, np.zeros(grow, np.int32)])
+            if self.context is not None:
+                self.context = np.concatenate([self.context, np.zeros((grow, self.dim), np.float32)])
         self.n = max(self.n, row + 1)
 
     def add(self, previous_rows: Sequence[int], row: int) -> None:
@@ -70,27 +87,68 @@ class CoEmbedding:
         learning = lens > 0
         if not learning.any():
             return
+        if self.replay:
+            rows, contexts = self._with_replay(rows, contexts, learning)
+            lens = np.fromiter(map(len, contexts), np.int64, len(contexts))
+            learning = lens > 0
         ctx = np.fromiter((r for c in contexts for r in c), np.int64, int(lens.sum()))
         centres = rows[learning]
-        neg = self.rng.integers(0, self.n, size=(len(centres), self.negatives))
+        neg = self._negatives(len(centres))
         keep = neg != centres[:, None]
         centre = np.concatenate([np.repeat(rows, lens), np.broadcast_to(centres[:, None], neg.shape)[keep]])
         other = np.concatenate([ctx, neg[keep]])
         labels = np.zeros(len(other), np.float32)
         labels[: len(ctx)] = 1.0
+        outer = self.vectors if self.context is None else self.context
         vc = self.vectors[centre]
-        vo = self.vectors[other]
+        vo = outer[other]
         g = (self.lr * (labels - sigmoid(np.einsum("nd,nd->n", vc, vo))))[:, None]
         np.add.at(self.vectors, centre, g * vo)
-        np.add.at(self.vectors, other, g * vc)
+        np.add.at(outer, other, g * vc)
+
+    def _with_replay(
+        self, rows: np.ndarray, contexts: list[list[int]], learning: np.ndarray
+    ) -> tuple[np.ndarray, list[list[int]]]:
+        """The batch's visits and ``coemb_replay`` past ones per new visit that trains; the new ones are kept."""
+        old = np.empty(0, np.int64)
+        if self._replay_n:
+            old = self.rng.integers(0, self._replay_n, size=self.replay * int(learning.sum()))
+        old_rows = self._replay_rows[old]
+        old_contexts = [c[c >= 0].tolist() for c in self._replay_contexts[old]]
+        capacity = len(self._replay_rows)
+        for row, context in zip(rows[learning].tolist(), (c for c in contexts if c), strict=True):
+            pos = self._replay_pos
+            self._replay_rows[pos] = row
+            self._replay_contexts[pos] = -1
+            self._replay_contexts[pos, : len(context)] = context
+            self._replay_pos = (pos + 1) % capacity
+            self._replay_n = min(self._replay_n + 1, capacity)
+        return np.concatenate([rows, old_rows]), contexts + old_contexts
+
+    def _negatives(self, n: int) -> np.ndarray:
+        """``coemb_negatives`` rows for each of ``n`` visits: uniform over known rows, or ∝ visits**power."""
+        shape = (n, self.negatives)
+        if self.negative_power <= 0.0:
+            return self.rng.integers(0, self.n, size=shape)
+        cdf = np.cumsum(self.visits[: self.n].astype(np.float64) ** self.negative_power)
+        return np.minimum(np.searchsorted(cdf, self.rng.random(shape) * cdf[-1], side="right"), self.n - 1)
+
+    def _age_weights(self, n: int) -> np.ndarray:
+        """Weights of ``n`` items, oldest first, by ``coemb_user_decay``: the newest weighs 1."""
+        if self.user_decay == "uniform":
+            return np.ones(n, np.float32)
+        if self.user_decay == "exponential":
+            return np.exp2(-np.arange(n - 1, -1, -1) / self.user_half_life).astype(np.float32)
+        return 1.0 / np.arange(n, 0, -1, dtype=np.float32)
 
     def user_vector(self, seed_rows: Sequence[int]) -> np.ndarray | None:
-        """The user's recent items' vectors, the most recent weighing most (unit length)."""
-        seeds = [r for r in seed_rows[-self.window :] if r < self.n and self.visits[r] >= self.min_visits]
+        """The user's recent items' vectors (context vectors where kept), the most recent weighing most (unit
+        length)."""
+        seeds = [r for r in seed_rows[-self.user_window :] if r < self.n and self.visits[r] >= self.min_visits]
         if not seeds:
             return None
-        w = 1.0 / np.arange(len(seeds), 0, -1, dtype=np.float32)
-        u = w @ self.vectors[seeds]
+        w = self._age_weights(len(seeds))
+        u = w @ (self.vectors if self.context is None else self.context)[seeds]
         norm = float(np.linalg.norm(u))
         return u / norm if norm > 0 else None
 

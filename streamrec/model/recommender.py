@@ -441,7 +441,9 @@ class Recommender:
                 previous = self._rows(profile.recent)
                 weight = self.settings.profile.event_weight(event.type)
                 if self.settings.batching.share_item_stats:
-                    recent = tuple(profile.recent[-self.settings.retrieval.cooc_window :])
+                    retrieval = self.settings.retrieval
+                    window = max(retrieval.cooc_window, retrieval.coemb_train_window)  # what peers' folds read
+                    recent = tuple(profile.recent[-window:])
                     result.item_updates.append(ItemUpdate(event.item_id, recent, weight, event.ts))
                 vector = self.catalog.vectors[row] if self.catalog.has_vector[row] else None
                 apply_event(profile, event, vector, self.catalog.category_of(row), self.settings.profile, part, off)

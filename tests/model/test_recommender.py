@@ -320,3 +320,16 @@ def test_explaining_a_list_changes_nothing_and_its_terms_add_up_to_the_scores() 
         assert sum(item["contributions"].values()) == pytest.approx(item["score"], abs=1e-5)
     assert [c["category"] for c in last["top_categories"]] == ["shoes"]  # u0 only ever took shoes
     assert [r["item_id"] for r in last["recent_items"]][:2] == ["shoes-3", "shoes-2"]  # newest first
+
+
+@pytest.mark.parametrize(("train_window", "shared"), [(0, 3), (6, 6)])
+def test_shared_item_updates_carry_the_wider_of_the_co_visitation_and_co_embedding_windows(
+    train_window: int, shared: int
+) -> None:
+    s = Settings.of(embedding_dim=DIM, top_k=5, seed=1, exploration_slots=0, cooc_window=3)
+    rec = build(s.replace(coemb_train_window=train_window))
+    events = [Event("u", "view", float(i), item_id=f"coffee-{i}") for i in range(8)]
+    updates = rec.process(events, DictProfileStore()).item_updates
+    assert [u.item_id for u in updates] == [f"coffee-{i}" for i in range(8)]
+    # the last event's update names the user's items before it, the newest `shared` of them
+    assert list(updates[-1].previous) == [f"coffee-{i}" for i in range(7 - shared, 7)]
