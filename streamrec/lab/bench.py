@@ -27,7 +27,8 @@ Absolute figures (of this machine only; ``machine`` says which, ISA flags includ
   ``latency_bench_gc_pause_ms_max``: the longest garbage-collection pause of this (measuring) process meanwhile;
 * ``rss_bytes_per_user_windows`` — the worker's resident memory growth per new user in each of three growth
   windows: the backlog is three equal cohorts of events, each from its own fresh copy of the shop's users, and
-  a window is the drain of one cohort;
+  a window is the drain of one cohort; read as each batch left the worker (``rss_settled_bytes``: its
+  temporaries freed, in step with the counts of events and users), not mid-batch;
 * ``encoder_items_per_s`` — the text encoder on catalogue texts, on ``encoder_path`` (``cpu-bf16`` where the CPU
   has native bf16 and it agrees with fp32, else ``cpu-fp32``); ``new_item_visible_ms_p99`` — an item upsert
   published → indexed by the worker (through the encoder process); ``eval_events_per_s`` — the in-process
@@ -372,7 +373,7 @@ async def drain_backlog(
             stats = await worker_stats(settings)
             if stats is None:
                 return None
-            samples.append(_memory_sample(stats))
+            samples.append(memory_sample(stats))
             if stats["events"] + stats["duplicates_skipped"] + stats["dead_letters"] < n:
                 return None
             return stats if watcher.missing(last_ts) == 0 else None
@@ -391,7 +392,7 @@ async def drain_backlog(
     """What each of the worker's processes spent from its first batch on, by its own account."""
     users = len(last_ts)
     ready = MemorySample(0, 0, stats["rss_ready_bytes"], stats["core_rss_ready_bytes"])
-    per_user, core_per_user = growth_windows(ready, samples, _memory_sample(stats), n, windows)
+    per_user, core_per_user = growth_windows(ready, samples, memory_sample(stats), n, windows)
     figures = {
         "users": users,
         "worker_events_per_s": n / max(elapsed, 1e-9),
@@ -422,10 +423,12 @@ async def drain_backlog(
     return figures, worker, watcher
 
 
-def _memory_sample(stats: dict[str, Any]) -> MemorySample:
-    return MemorySample(
-        int(stats["events"]), int(stats["profiles"]), int(stats["rss_bytes"]), int(stats["core_rss_bytes"])
-    )
+def memory_sample(stats: dict[str, Any]) -> MemorySample:
+    """The worker's memory as its last batch left it (no batch's temporaries in it), in step with its counts."""
+    settled = int(stats["rss_settled_bytes"])
+    if not settled:  # no batch yet
+        return MemorySample(int(stats["events"]), int(stats["profiles"]), stats["rss_bytes"], stats["core_rss_bytes"])
+    return MemorySample(int(stats["events"]), int(stats["profiles"]), settled, int(stats["core_rss_settled_bytes"]))
 
 
 async def offer_load(producer: Any, topic: str, events: Sequence[Event], rate: float) -> dict[str, float]:

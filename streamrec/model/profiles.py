@@ -32,14 +32,22 @@ from streamrec.model.events import Event
 from streamrec.model.numeric import decay
 from streamrec.settings import ProfileSettings
 
-FORMAT_VERSION = 3
-"""The one format written and read (formats 1 and 2 were pre-release and are refused)."""
+FORMAT_VERSION = 4
+"""The format written: format 3's layout and a flags byte after the scales, the intent vector left out when it
+equals the long-term one (a user's first event gives both the same vector)."""
+READABLE_VERSIONS = (3, 4)
+"""Formats read: 3 (earlier releases; rewritten as 4 with the user's next event); 1 and 2 were pre-release and
+are refused."""
 MAGIC = b"\xa7"
 """First byte of a stored profile."""
 HEADER = struct.Struct("<cBQdH")
 """magic, format version, applied events, last event time, embedding dimension."""
 SCALES = struct.Struct("<ff")
 """The largest absolute component of the long-term and of the intent vector."""
+FLAGS = struct.Struct("<B")
+"""Format 4: what follows the scales."""
+SHARED_INTENT = 1
+"""Flag: one vector follows, the long-term one, and the intent is equal to it (its scale too)."""
 INT8_LEVELS = 127
 """Each component is stored as round(v / max|v| · 127): a quarter of float32; the rounding on every write leaves
 the quality unchanged (docs/performance.md, "Where the memory goes")."""
@@ -100,22 +108,31 @@ class UserProfile:
             fields["hc"] = self.hidden_categories
         lists = orjson.dumps(fields)
         head = HEADER.pack(MAGIC, FORMAT_VERSION, self.events, self.last_ts, len(self.long_term))
-        return b"".join((head, SCALES.pack(long_scale, intent_scale), long_q, intent_q, lists))
+        shared = long_scale == intent_scale and long_q == intent_q
+        vectors = (FLAGS.pack(SHARED_INTENT), long_q) if shared else (FLAGS.pack(0), long_q, intent_q)
+        return b"".join((head, SCALES.pack(long_scale, intent_scale), *vectors, lists))
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> UserProfile:
-        """A profile from its stored record (format 3); :class:`ProfileFormatError` for anything else.
+        """A profile from its stored record (formats 3 and 4); :class:`ProfileFormatError` for anything else.
 
         A record in another format is refused rather than guessed at: after a rollback, a newer worker's
         records would otherwise be read with the wrong layout and silently corrupt the user's state.
         """
-        events, last_ts, dim = _header(raw)
+        version, events, last_ts, dim = _header(raw)
         start = HEADER.size
         long_scale, intent_scale = SCALES.unpack_from(raw, start)
         start += SCALES.size
+        shared = False
+        if version >= 4:
+            shared = bool(FLAGS.unpack_from(raw, start)[0] & SHARED_INTENT)
+            start += FLAGS.size
         long_term = _dequantise(np.frombuffer(raw, np.int8, dim, start), long_scale)
-        intent = _dequantise(np.frombuffer(raw, np.int8, dim, start + dim), intent_scale)
-        d = orjson.loads(memoryview(raw)[start + 2 * dim :])
+        start += dim
+        # two arrays even when stored once: each event decays them apart, in place
+        intent = _dequantise(np.frombuffer(raw, np.int8, dim, start - dim if shared else start), intent_scale)
+        start += 0 if shared else dim
+        d = orjson.loads(memoryview(raw)[start:])
         return cls(
             user_id=d["u"],
             long_term=long_term,
@@ -140,29 +157,30 @@ class UserProfile:
 def applied_count(raw: bytes) -> int:
     """How many events a stored profile has applied, read from its header; :class:`ProfileFormatError` for a
     record :meth:`UserProfile.from_bytes` would refuse."""
-    return _header(raw)[0]
+    return _header(raw)[1]
 
 
-def _header(raw: bytes) -> tuple[int, float, int]:
-    """(applied events, last event time, embedding dimension) of a format-3 record, or :class:`ProfileFormatError`
-    saying why the record is not one."""
+def _header(raw: bytes) -> tuple[int, int, float, int]:
+    """(format, applied events, last event time, embedding dimension) of a record in a readable format, or
+    :class:`ProfileFormatError` saying why the record is not one."""
     if raw[:1] != MAGIC or len(raw) < HEADER.size:
         raise ProfileFormatError(
             "not a stored profile (format-1 JSON profiles were pre-release and are no longer read):"
             f" starts with {bytes(raw[:8])!r}"
         )
     _, version, events, last_ts, dim = HEADER.unpack_from(raw)
-    if version < FORMAT_VERSION:
+    readable = " and ".join(map(str, READABLE_VERSIONS))
+    if version < READABLE_VERSIONS[0]:
         raise ProfileFormatError(
-            f"profile format {version} is from a pre-release streamrec and no longer read (only format"
-            f" {FORMAT_VERSION}): remove the user's profile to start afresh"
+            f"profile format {version} is from a pre-release streamrec and no longer read (only formats"
+            f" {readable}): remove the user's profile to start afresh"
         )
-    if version > FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ProfileFormatError(
-            f"profile format {version} is not one this streamrec reads (only format {FORMAT_VERSION}): it was"
+            f"profile format {version} is not one this streamrec reads (only formats {readable}): it was"
             " written by a newer version; run that version, or remove the user's profile to start afresh"
         )
-    return int(events), float(last_ts), int(dim)
+    return int(version), int(events), float(last_ts), int(dim)
 
 
 def _quantise(v: np.ndarray) -> tuple[float, bytes]:

@@ -68,6 +68,10 @@ class WorkerStats:
     rss_ready_bytes: int = 0
     """Resident memory when the catalogue was loaded, the core process's included."""
     core_rss_ready_bytes: int = 0
+    rss_settled_bytes: int = 0
+    """Resident memory right after the last batch took effect (its temporaries freed), the core process's
+    included: what the state holds, without a batch in flight (``streamrec bench`` measures growth with it)."""
+    core_rss_settled_bytes: int = 0
     first_batch_at: float | None = None
     cpu_at_first_batch: dict[str, float] = field(default_factory=dict)
     """CPU seconds each of the worker's processes had used when the first batch started (what a drain costs)."""
@@ -366,6 +370,20 @@ FIGURES: tuple[Figure, ...] = (
         GAUGE,
         "The core process's resident memory when the catalogue was loaded (bytes).",
         lambda r: r.stats.core_rss_ready_bytes,
+    ),
+    Figure(
+        "rss_settled_bytes",
+        None,
+        GAUGE,
+        "Resident memory right after the last batch took effect, the core process's included (bytes).",
+        lambda r: r.stats.rss_settled_bytes,
+    ),
+    Figure(
+        "core_rss_settled_bytes",
+        None,
+        GAUGE,
+        "The core process's resident memory right after the last batch (bytes).",
+        lambda r: r.stats.core_rss_settled_bytes,
     ),
     Figure("profiles", "streamrec_users", GAUGE, "Users with a profile in this worker's partitions.", _profiles),
     Figure("profile_bytes", None, GAUGE, "Bytes of the profiles in this worker's table.", _profile_bytes),

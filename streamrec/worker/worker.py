@@ -144,30 +144,12 @@ class Worker:
             valid.append(event)
             positions.append((position_key(msg.partition, not check_routes), msg.offset))
         if valid:
-            raw = store.raw_for(users)
-            tombstones: dict[str, set[int]] = {}
-            if forgets:
-                valid, positions, tombstones = self._plan_forgets(valid, positions, raw)
-            # the core runs elsewhere: meanwhile the loop keeps fetching, so the next batch is ready
-            result = await self.core.process(valid, positions, raw)
-            topic = self.settings.kafka.topic("recommendations")
-            updates = self.settings.kafka.topic("item-updates")
-            # tombstones first: lists made after a forget (fresh profile) must win
-            await self.publisher.publish(
-                store.write(result.profiles, changelog_partition, tombstones)
-                + [(topic, None, user_id.encode(), None) for user_id in dict.fromkeys(result.forgotten)]
-                + [(topic, None, key, value) for key, value in result.recommendations]
-                + [(updates, None, self.item_updates_key, value) for value in result.item_updates]
-            )
-            if forgets:
-                self.stats.forgotten += forgets
-                # never the ids: personal data
-                log.info("%d forget_user record(s): erased %d user(s)", forgets, len(set(result.forgotten)))
-            self.stats.events += result.applied
-            self.stats.duplicates += result.duplicates
-            self.stats.recommendations += len(result.recommendations)
-            if len(valid) >= TRIM_AFTER_EVENTS:  # this process's share: the batch's messages and the reply
-                release_free_memory()
+            await self._apply(valid, positions, users, changelog_partition, forgets, store)
+        if len(valid) >= TRIM_AFTER_EVENTS:  # this process's share, the batch's messages and the reply, now freed
+            release_free_memory()
+        if valid:
+            self.stats.core_rss_settled_bytes = self.core.rss_bytes()
+            self.stats.rss_settled_bytes = rss_bytes() + self.stats.core_rss_settled_bytes
         now = time.time()
         for stamp in stamps:
             self.latency.observe((now - stamp) * 1000.0)
@@ -177,6 +159,40 @@ class Worker:
         self.stats.batches += 1
         self.stats.latencies_ms.append((time.perf_counter() - t0) * 1000.0)
         self.stats.last_batch_at = time.time()
+
+    async def _apply(
+        self,
+        valid: list[Event],
+        positions: list[tuple[int, int]],
+        users: set[str],
+        changelog_partition: dict[str, int],
+        forgets: int,
+        store: TableProfileStore,
+    ) -> None:
+        """Run a batch's valid events through the core and publish what it changed (the batch's profiles and
+        the core's reply are freed when this returns, before the worker reads its settled memory)."""
+        raw = store.raw_for(users)
+        tombstones: dict[str, set[int]] = {}
+        if forgets:
+            valid, positions, tombstones = self._plan_forgets(valid, positions, raw)
+        # the core runs elsewhere: meanwhile the loop keeps fetching, so the next batch is ready
+        result = await self.core.process(valid, positions, raw)
+        topic = self.settings.kafka.topic("recommendations")
+        updates = self.settings.kafka.topic("item-updates")
+        # tombstones first: lists made after a forget (fresh profile) must win
+        await self.publisher.publish(
+            store.write(result.profiles, changelog_partition, tombstones)
+            + [(topic, None, user_id.encode(), None) for user_id in dict.fromkeys(result.forgotten)]
+            + [(topic, None, key, value) for key, value in result.recommendations]
+            + [(updates, None, self.item_updates_key, value) for value in result.item_updates]
+        )
+        if forgets:
+            self.stats.forgotten += forgets
+            # never the ids: personal data
+            log.info("%d forget_user record(s): erased %d user(s)", forgets, len(set(result.forgotten)))
+        self.stats.events += result.applied
+        self.stats.duplicates += result.duplicates
+        self.stats.recommendations += len(result.recommendations)
 
     def _plan_forgets(
         self, events: list[Event], positions: list[tuple[int, int]], raw: Mapping[str, bytes | None]

@@ -23,6 +23,7 @@ from streamrec.lab.bench import (
     cpu_description,
     format_table,
     growth_windows,
+    memory_sample,
     targets,
 )
 from streamrec.lab.synthetic import make_events, make_shop
@@ -48,6 +49,16 @@ def test_cohorts_bring_fresh_users_and_equal_events_in_order() -> None:
     assert [e.item_id for e in cohorts[1][:50]] != [e.item_id for e in cohorts[0][:50]]
     assert cohort_events(shop, N_EVENTS, 1, seed=7, start_ts=100.0) == make_events(shop, N_EVENTS, 7, 100.0)
     assert cohorts[0] == make_events(shop, per, 7, 100.0)
+
+
+def test_memory_is_read_as_the_last_batch_left_it_not_mid_batch() -> None:
+    stats = {"events": 4096, "profiles": 3000, "rss_bytes": 900_000, "core_rss_bytes": 500_000}
+    settled = stats | {"rss_settled_bytes": 700_000, "core_rss_settled_bytes": 400_000}
+    assert memory_sample(settled) == MemorySample(4096, 3000, 700_000, 400_000)
+    idle = {"events": 0, "profiles": 0, "rss_bytes": 600_000, "core_rss_bytes": 300_000}
+    assert memory_sample(idle | {"rss_settled_bytes": 0, "core_rss_settled_bytes": 0}) == MemorySample(
+        0, 0, 600_000, 300_000
+    )
 
 
 def test_growth_windows_per_new_user_between_marks() -> None:

@@ -11,6 +11,7 @@ from streamrec.model.events import Event
 from streamrec.model.profiles import (
     HEADER,
     MAGIC,
+    SCALES,
     ProfileFormatError,
     UserProfile,
     applied_count,
@@ -127,6 +128,43 @@ def test_binary_format_round_trips_and_its_header_gives_the_applied_count() -> N
     assert q.to_bytes() == raw  # read and written unchanged: the same bytes
 
 
+def test_a_first_event_stores_one_vector_and_reads_back_two_that_change_apart() -> None:
+    p = UserProfile.new("u", 3)
+    apply_event(p, Event("u", "view", 5.0, item_id="a"), E1, "x", S.profile)
+    one = p.to_bytes()
+    q = UserProfile.from_bytes(one)
+    np.testing.assert_array_equal(q.long_term, p.long_term)
+    np.testing.assert_array_equal(q.intent, p.intent)
+    assert q.to_bytes() == one
+    apply_event(q, Event("u", "view", 6.0, item_id="b"), E2, "x", S.profile)  # decays the two at their own rates
+    np.testing.assert_allclose(q.long_term, [0.3 * 2**-0.1, 0.3, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(q.intent, [0.15, 0.3, 0.0], rtol=1e-6)
+    two = q.to_bytes()
+    vectors = HEADER.size + SCALES.size + 1  # after the flags byte
+    assert (one[vectors - 1], one.index(b'{"u"') - vectors) == (1, 3)  # shared: one vector of 3 components
+    assert (two[vectors - 1], two.index(b'{"u"') - vectors) == (0, 6)
+    assert UserProfile.from_bytes(two).to_bytes() == two
+
+
+def test_a_format_3_record_of_an_earlier_release_reads_the_same_and_is_rewritten_as_format_4() -> None:
+    p = _busy_profile()
+    new = p.to_bytes()
+    dim = len(p.long_term)
+    body = HEADER.size + SCALES.size
+    lists = new[body + 1 + 2 * dim :]
+    old = b"".join((HEADER.pack(MAGIC, 3, p.events, p.last_ts, dim), new[HEADER.size : body], new[body + 1 :]))
+    q = UserProfile.from_bytes(old)
+    assert q.to_bytes() == new
+    assert (applied_count(old), q.recent, q.offsets, orjson.loads(lists)["u"]) == (3, p.recent, p.offsets, "user-7")
+    assert len(old) == len(new) - 1  # the flags byte
+    same = UserProfile.new("s", 3)
+    apply_event(same, Event("s", "view", 1.0, item_id="a"), E2, None, S.profile)
+    shared = same.to_bytes()  # a format-3 record kept both copies: it reads as the shared one does
+    v = shared[body + 1 : body + 1 + 3]
+    old = b"".join((HEADER.pack(MAGIC, 3, 1, 1.0, 3), shared[HEADER.size : body], v, v, shared[body + 4 :]))
+    assert UserProfile.from_bytes(old).to_bytes() == shared
+
+
 def test_a_format_2_float16_profile_from_a_pre_release_is_refused_clearly() -> None:
     p = _busy_profile()
     lists = {"u": p.user_id, "r": p.recent, "c": p.categories, "p": p.purchased, "s": ["x", "y"]}
@@ -146,9 +184,9 @@ def test_a_format_2_float16_profile_from_a_pre_release_is_refused_clearly() -> N
 
 def test_a_profile_in_a_format_from_a_newer_version_is_refused_not_misread() -> None:
     raw = bytearray(_busy_profile().to_bytes())
-    raw[1] = 4  # the version byte: a layout this version does not know
+    raw[1] = 5  # the version byte: a layout this version does not know
     for read in (UserProfile.from_bytes, applied_count):
-        with pytest.raises(ProfileFormatError, match="profile format 4 is not one this streamrec reads"):
+        with pytest.raises(ProfileFormatError, match="profile format 5 is not one this streamrec reads"):
             read(bytes(raw))
     with pytest.raises(ProfileFormatError, match="not a stored profile"):
         UserProfile.from_bytes(b"\x00" + bytes(raw[1:]))
@@ -208,8 +246,10 @@ def test_profiles_to_bytes_gives_each_profile_its_own_record_to_the_byte() -> No
         p.recent, p.categories, p.offsets, p.events, p.last_ts = [f"i{i}", "x"], {"c": 0.5}, {0: i}, i, 1.5 * i
         profiles.append(p)
     profiles[5].intent[3] = np.nan  # a vector that is not finite is stored as zeros, as one at a time
+    profiles[7].intent[:] = profiles[7].long_term  # equal vectors: stored once
     records = profiles_to_bytes(profiles)
     assert records == [p.to_bytes() for p in profiles]
+    assert len(records[7]) == len(records[8]) - 64 - len("7") + len("8")
     assert len(set(records)) == len(profiles)
     assert profiles_to_bytes([]) == []
     odd = UserProfile.new("odd", 8)  # a profile of another dimension: each on its own
@@ -224,7 +264,7 @@ def test_hides_live_in_the_profile_bounded_and_a_profile_without_them_is_unchang
     apply_event(p, Event("u", "view", 5.0, item_id="a"), E1, "x", cfg)
     plain = p.to_bytes()
     assert b'"hi"' not in plain and b'"hc"' not in plain
-    assert UserProfile.from_bytes(plain).to_bytes() == plain  # a format-3 profile from before hides reads the same
+    assert UserProfile.from_bytes(plain).to_bytes() == plain  # a profile from before hides reads the same
     assert apply_hide(p, Event("u", "hide", 6.0, item_id="i1"), cfg, partition=0, offset=7)
     assert not apply_hide(p, Event("u", "hide", 6.0, item_id="i1"), cfg, partition=0, offset=7)  # redelivered
     apply_hide(p, Event("u", "hide", 7.0, context={"category": "shoes"}), cfg)

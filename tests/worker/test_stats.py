@@ -44,6 +44,8 @@ STATS_KEYS = [
     "rss_bytes",
     "rss_ready_bytes",
     "core_rss_ready_bytes",
+    "rss_settled_bytes",
+    "core_rss_settled_bytes",
     "profiles",
     "profile_bytes",
     "worker_id",
