@@ -13,6 +13,11 @@ from streamrec.settings import RetrievalSettings
 
 COEMB_INIT_SCALE = 0.1
 """Co-embeddings start as small random vectors (norm ≈ this), so the first co-visits decide their direction."""
+REPLAY_STEP_VISITS = 64
+"""With ``coemb_replay``, a batch's visits and their replays are stepped this many at a time: one step for a
+worker's whole batch (thousands of visits, ten times as many replays) drove the vectors to overflow
+(docs/evaluation.md, "Fourth round: the co-embedding signal"); a prequential replay's step (one visit and its
+replays) is one step."""
 COEMB_GROWTH = 1.125
 """Co-embedding capacity grows by this factor (at least to the row needed): the first visits reach the end of a
 loaded catalogue at once, and a small factor keeps the unused tail small where doubling would leave up to half
@@ -91,6 +96,18 @@ class CoEmbedding:
             rows, contexts = self._with_replay(rows, contexts, learning)
             lens = np.fromiter(map(len, contexts), np.int64, len(contexts))
             learning = lens > 0
+        if not self.replay or len(rows) <= REPLAY_STEP_VISITS:
+            self._step(rows, contexts, lens, learning)
+            return
+        # replayed visits multiply a batch's same-direction updates of popular items: in steps of a bounded size
+        for start in range(0, len(rows), REPLAY_STEP_VISITS):
+            end = start + REPLAY_STEP_VISITS
+            self._step(rows[start:end], contexts[start:end], lens[start:end], learning[start:end])
+
+    def _step(self, rows: np.ndarray, contexts: list[list[int]], lens: np.ndarray, learning: np.ndarray) -> None:
+        """One SGD step for these visits, every gradient taken at the vectors as they are now."""
+        if not learning.any():
+            return
         ctx = np.fromiter((r for c in contexts for r in c), np.int64, int(lens.sum()))
         centres = rows[learning]
         neg = self._negatives(len(centres))

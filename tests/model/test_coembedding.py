@@ -148,3 +148,15 @@ def test_replay_retrains_past_visits_with_the_new_ones() -> None:
     off = CoEmbedding(Settings.of(coemb_negatives=0).retrieval)
     off.add([1], 2)
     assert off._replay_n == 0 and len(off._replay_rows) == 0
+
+
+def test_replay_in_a_large_batch_is_stepped_in_bounded_pieces_and_stays_finite() -> None:
+    # a worker's batch: thousands of visits, ten replays each; one step for all of it drove the vectors to overflow
+    filler = [[10 + 2 * i, 11 + 2 * i] for i in range(100)]
+    sessions = [[0, 1], [1, 2], [3, 4], [4, 5], *filler]
+    visits = [(s[:i], r) for s in sessions for i, r in enumerate(s)]
+    emb = CoEmbedding(Settings.of(cooc_window=3, seed=1, coemb_replay=10).retrieval)
+    for _ in range(100):
+        emb.add_many(visits)
+    assert np.isfinite(emb.vectors).all()
+    assert float(np.abs(emb.vectors[:210]).max()) < 10.0
