@@ -425,10 +425,10 @@ async def drain_backlog(
 
 def memory_sample(stats: dict[str, Any]) -> MemorySample:
     """The worker's memory as its last batch left it (no batch's temporaries in it), in step with its counts."""
-    settled = int(stats["rss_settled_bytes"])
-    if not settled:  # no batch yet
-        return MemorySample(int(stats["events"]), int(stats["profiles"]), stats["rss_bytes"], stats["core_rss_bytes"])
-    return MemorySample(int(stats["events"]), int(stats["profiles"]), settled, int(stats["core_rss_settled_bytes"]))
+    read = "rss_settled_bytes", "core_rss_settled_bytes"
+    if not stats["rss_settled_bytes"]:  # no batch yet
+        read = "rss_bytes", "core_rss_bytes"
+    return MemorySample(int(stats["events"]), int(stats["profiles"]), int(stats[read[0]]), int(stats[read[1]]))
 
 
 async def offer_load(producer: Any, topic: str, events: Sequence[Event], rate: float) -> dict[str, float]:

@@ -127,12 +127,11 @@ class UserProfile:
         if version >= 4:
             shared = bool(FLAGS.unpack_from(raw, start)[0] & SHARED_INTENT)
             start += FLAGS.size
+        intent_at = start if shared else start + dim
         long_term = _dequantise(np.frombuffer(raw, np.int8, dim, start), long_scale)
-        start += dim
         # two arrays even when stored once: each event decays them apart, in place
-        intent = _dequantise(np.frombuffer(raw, np.int8, dim, start - dim if shared else start), intent_scale)
-        start += 0 if shared else dim
-        d = orjson.loads(memoryview(raw)[start:])
+        intent = _dequantise(np.frombuffer(raw, np.int8, dim, intent_at), intent_scale)
+        d = orjson.loads(memoryview(raw)[intent_at + dim :])
         return cls(
             user_id=d["u"],
             long_term=long_term,

@@ -409,6 +409,8 @@ class Recommender:
         session_visits: list[tuple[str, str | None, int, float]] = []
         scored: tuple[list[str], list[int], list[bool]] = ([], [], [])
         """(user, item row, repeat) of the batch's item events whose user has a published list kept."""
+        retrieval = self.settings.retrieval
+        shared_window = max(retrieval.cooc_window, retrieval.coemb_train_window)  # what peers' folds read
         for idx, event in enumerate(events):
             profile = profiles.get(event.user_id) or store.get(event.user_id)
             if profile is None:
@@ -441,9 +443,7 @@ class Recommender:
                 previous = self._rows(profile.recent)
                 weight = self.settings.profile.event_weight(event.type)
                 if self.settings.batching.share_item_stats:
-                    retrieval = self.settings.retrieval
-                    window = max(retrieval.cooc_window, retrieval.coemb_train_window)  # what peers' folds read
-                    recent = tuple(profile.recent[-window:])
+                    recent = tuple(profile.recent[-shared_window:])
                     result.item_updates.append(ItemUpdate(event.item_id, recent, weight, event.ts))
                 vector = self.catalog.vectors[row] if self.catalog.has_vector[row] else None
                 apply_event(profile, event, vector, self.catalog.category_of(row), self.settings.profile, part, off)

@@ -145,9 +145,8 @@ class Worker:
             positions.append((position_key(msg.partition, not check_routes), msg.offset))
         if valid:
             await self._apply(valid, positions, users, changelog_partition, forgets, store)
-        if len(valid) >= TRIM_AFTER_EVENTS:  # this process's share, the batch's messages and the reply, now freed
-            release_free_memory()
-        if valid:
+            if len(valid) >= TRIM_AFTER_EVENTS:  # this process's share, the batch's messages and the reply, now freed
+                release_free_memory()
             self.stats.core_rss_settled_bytes = self.core.rss_bytes()
             self.stats.rss_settled_bytes = rss_bytes() + self.stats.core_rss_settled_bytes
         now = time.time()
